@@ -1,0 +1,123 @@
+"""Every named variant as data, and ``create_model(name, **overrides)``.
+
+A variant fixes its family's structure (stem, bias choices, attention scale) and its default sizes; the
+overrides in ``OVERRIDABLE`` change sizes on any name, timm-style. Each name is also registered in timm's
+registry (see ``zoo.py``), so ``timm.create_model(name)`` works once ``spikformer`` is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .spikformer import Spikformer
+
+OVERRIDABLE = (
+    "T", "num_classes", "img_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
+    "drop_path_rate", "patch_size", "lif_backend", "stem_options",
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered model: its constructor arguments and what the paper reports for it."""
+
+    family: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    img_size: int
+    patch_size: int
+    in_chans: int
+    num_classes: int
+    T: int
+    qkv_bias: bool
+    attn_scale: float
+    mlp_ratio: float = 4.0
+    stem: str = "sps"
+    stem_options: dict[str, Any] = field(default_factory=dict)
+    paper_accuracy: str = ""
+    description: str = ""
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs = asdict(self)
+        for key in ("family", "paper_accuracy", "description"):
+            kwargs.pop(key)
+        return kwargs
+
+
+def _cifar(depth: int, dim: int, heads: int, accuracy: str) -> Variant:
+    return Variant("cifar", dim, depth, heads, 32, 4, 3, 10, 4, qkv_bias=True, attn_scale=0.125,
+                   paper_accuracy=accuracy, description=f"CIFAR family, {depth} blocks x {dim}")
+
+
+def _imagenet(depth: int, dim: int, heads: int, accuracy: str) -> Variant:
+    return Variant("imagenet", dim, depth, heads, 224, 16, 3, 1000, 4, qkv_bias=False, attn_scale=0.125,
+                   paper_accuracy=accuracy, description=f"ImageNet family, {depth} blocks x {dim}")
+
+
+VARIANTS: dict[str, Variant] = {
+    # CIFAR 4-256's head count is not stated in the sources (it changes no parameter count); we use 8.
+    "spikformer_cifar_4_256": _cifar(4, 256, 8, "CIFAR-10 93.94 / CIFAR-100 75.96 (T=4)"),
+    "spikformer_cifar_2_384": _cifar(2, 384, 12, "CIFAR-10 94.80 / CIFAR-100 76.95 (T=4)"),
+    "spikformer_cifar_4_384": _cifar(4, 384, 12, "CIFAR-10 95.19 / CIFAR-100 77.86 (T=4; 95.51/78.21 at 400 ep)"),
+    "spikformer_8_384": _imagenet(8, 384, 12, "ImageNet 70.24 (T=4)"),
+    "spikformer_6_512": _imagenet(6, 512, 8, "ImageNet 72.46 (T=4)"),
+    "spikformer_8_512": _imagenet(8, 512, 8, "ImageNet 73.38 (T=4)"),
+    "spikformer_10_512": _imagenet(10, 512, 8, "ImageNet 73.68 (T=4)"),
+    "spikformer_8_768": _imagenet(8, 768, 12, "ImageNet 74.81 (T=4)"),
+    "spikformer_dvs_2_256": Variant(
+        "dvs", 256, 2, 16, 128, 16, 2, 10, 16, qkv_bias=False, attn_scale=0.25,
+        paper_accuracy="CIFAR10-DVS 78.9 (T=10) / 80.9 (T=16); DVS128 Gesture 96.9 / 98.3",
+        description="neuromorphic family, 2 blocks x 256, event frames of 2 polarities",
+    ),
+}
+
+
+def register_variant(name: str, variant: Variant) -> None:
+    """Add a variant (used by the V2 family and by users who define their own)."""
+    VARIANTS[name] = variant
+
+
+def list_models(pattern: str = "") -> list[str]:
+    return sorted(name for name in VARIANTS if pattern in name)
+
+
+def get_variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        close = difflib.get_close_matches(name, VARIANTS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (`spikformer models` lists all {len(VARIANTS)})")
+    return VARIANTS[name]
+
+
+def resolve_model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of ``name`` with ``overrides`` applied; unknown overrides are an error."""
+    variant = get_variant(name)
+    unknown = [key for key in overrides if key not in OVERRIDABLE]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, OVERRIDABLE, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown model option {', '.join(hints)}; options: {', '.join(OVERRIDABLE)}")
+    kwargs = variant.model_kwargs()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "stem_options":
+            kwargs[key] = {**kwargs[key], **value}
+        else:
+            kwargs[key] = value
+    return kwargs
+
+
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Spikformer:
+    """Build a registered variant, e.g. ``create_model("spikformer_8_512", embed_dim=64, depth=1)``."""
+    if pretrained:
+        raise ValueError(
+            "no pretrained weights are hosted for Spikformer; build the model with pretrained=False and use "
+            "spikformer.load_checkpoint(model, path) with an official or own checkpoint file"
+        )
+    return Spikformer(**resolve_model_kwargs(name, **overrides))

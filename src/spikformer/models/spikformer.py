@@ -1,0 +1,141 @@
+"""The Spikformer model (V1 and V2 share this class; they differ in the stem) and its input handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import SpikformerBlock, build_stem
+
+
+class Spikformer(nn.Module):
+    """Spiking Transformer: stem -> ``depth`` SSA blocks -> mean over tokens and time -> Linear head.
+
+    Accepts static images ``[B, C, H, W]`` (repeated over ``T`` steps) or event frames ``[B, T', C, H, W]``
+    (run for their own ``T'`` steps). ``H`` and ``W`` may be any multiple of ``patch_size``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        T: int = 4,
+        qkv_bias: bool = False,
+        attn_scale: float = 0.125,
+        drop_path_rate: float = 0.0,
+        stem: str = "sps",
+        stem_options: dict[str, Any] | None = None,
+        lif_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        _check_hyper_parameters(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
+                                mlp_ratio, T, drop_path_rate)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.T = T
+        self.stem_name = stem
+        self.patch_embed = build_stem(
+            stem, in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, lif_backend=lif_backend,
+            **(stem_options or {}),
+        )
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], lif_backend)
+            for i in range(depth)
+        )
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    # --- timm's model interface --------------------------------------------------------------------
+
+    def time_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate the input and return it as ``[T, B, C, H, W]``."""
+        if x.ndim == 4:
+            x = x.unsqueeze(0).expand(self.T, *x.shape)  # the same frame at every step
+        elif x.ndim == 5:
+            x = x.transpose(0, 1)  # event frames [B, T', C, H, W] -> [T', B, C, H, W]
+        else:
+            raise ValueError(
+                f"expected an image batch [B, {self.in_chans}, H, W] or event frames [B, T, {self.in_chans}, H, W], "
+                f"got a tensor of shape {list(x.shape)}"
+            )
+        T, B, C, H, W = x.shape
+        if C != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got shape {list(x.shape)} with {C}")
+        if T < 1 or B < 1:
+            raise ValueError(f"expected at least one time step and one sample, got T={T}, B={B}")
+        if H % self.patch_size or W % self.patch_size or H == 0 or W == 0:
+            raise ValueError(
+                f"input size {H}x{W} is not a positive multiple of the patch size {self.patch_size} "
+                f"(expected e.g. {self.img_size}x{self.img_size}); resize or pad the input"
+            )
+        if not x.is_floating_point():
+            x = x.float()
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
+        x = self.patch_embed(self.time_first(x))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[T, B, N, D]`` -> mean over tokens, then over time -> ``[B, D]`` (or logits ``[B, classes]``)."""
+        x = x.mean(2).mean(0)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(self.head)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _check_hyper_parameters(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
+                            mlp_ratio, T, drop_path_rate) -> None:
+    problems = []
+    for name, value, low in (("img_size", img_size, 1), ("patch_size", patch_size, 1),
+                             ("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
+                             ("embed_dim", embed_dim, 8), ("depth", depth, 0), ("num_heads", num_heads, 1),
+                             ("T", T, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            problems.append(f"{name} must be an integer >= {low} (got {value!r})")
+    if not problems:
+        if img_size % patch_size:
+            problems.append(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if embed_dim % num_heads:
+            problems.append(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+    if not (isinstance(mlp_ratio, int | float) and mlp_ratio > 0):
+        problems.append(f"mlp_ratio must be > 0 (got {mlp_ratio!r})")
+    if not (isinstance(drop_path_rate, int | float) and 0.0 <= drop_path_rate < 1.0):
+        problems.append(f"drop_path_rate must be in [0, 1) (got {drop_path_rate!r})")
+    if problems:
+        raise ValueError("invalid Spikformer configuration: " + "; ".join(problems))
