@@ -121,3 +121,11 @@ def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Spikf
             "spikformer.load_checkpoint(model, path) with an official or own checkpoint file"
         )
     return Spikformer(**resolve_model_kwargs(name, **overrides))
+
+
+def build_model(model_config) -> Spikformer:
+    """Build the model a ``ModelConfig`` describes (weights from ``model_config.pretrained`` are loaded by
+    the caller, see ``spikformer.checkpoint``)."""
+    from ..config import model_overrides
+
+    return create_model(model_config.name, **model_overrides(model_config))

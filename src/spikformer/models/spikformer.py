@@ -49,7 +49,7 @@ class Spikformer(nn.Module):
             stem, in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, lif_backend=lif_backend,
             **(stem_options or {}),
         )
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as in timm
         self.blocks = nn.ModuleList(
             SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], lif_backend)
             for i in range(depth)

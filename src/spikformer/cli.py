@@ -1,0 +1,52 @@
+"""The ``spikformer`` command. Thin: each subcommand lives in ``spikformer.commands.<name>`` and delegates to
+the library.
+
+Usage: ``spikformer train --config configs/digits.yaml train.epochs=1``; ``spikformer --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import SpikformerError
+
+# Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
+COMMANDS = ("train", "eval", "models", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikformer", description="Spiking Transformers (Spikformer V1/V2).")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"spikformer.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .train import NonFiniteLossError, TrainingInterrupted
+
+    try:
+        return int(args.func(args) or 0)
+    except SpikformerError as error:
+        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as stop:
+        print(f"spikformer {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except NonFiniteLossError as error:
+        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"spikformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""``spikformer eval --checkpoint PATH [section.key=value ...] [--json OUT]``: top-1, top-5 and loss.
+
+The checkpoint carries its config, so nothing else is needed; overrides change it (``model.T=8`` evaluates
+at another number of time steps, ``data.root=...`` points at the data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a checkpoint on its dataset's validation split")
+    parser.add_argument("--checkpoint", required=True, help="own checkpoint (best.safetensors / last.safetensors)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser.add_argument("--split", default="val", choices=("train", "val"))
+    parser.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoint import load_model_from_checkpoint
+    from ..data import build_dataset, build_loader
+    from ..train.engine import autocast_dtype, evaluate, resolve_device
+
+    model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
+    device = resolve_device(config.train.device)
+    dataset = build_dataset(config, args.split)
+    loader = build_loader(dataset, config.data.eval_batch_size or config.data.batch_size, train=False,
+                          num_workers=config.data.num_workers)
+    result = evaluate(model.to(device), loader, device, autocast_dtype(device, config.train.amp),
+                      progress=config.train.progress)
+    result = {"checkpoint": str(args.checkpoint), "model": config.model.name, "T": model.T,
+              "split": args.split, **result}
+    print(f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['count']} samples, T={model.T})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

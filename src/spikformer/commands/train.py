@@ -1,0 +1,29 @@
+"""``spikformer train --config FILE [section.key=value ...]``: a supervised (or fine-tuning) run."""
+
+from __future__ import annotations
+
+from . import add_config_arguments
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train (or fine-tune) a model from a YAML config")
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="auto|PATH", help="continue a run (same as train.resume=...)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import load_config
+    from ..train import Trainer
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
+    config = load_config(args.config, overrides)
+    result = Trainer(config).fit()
+    print(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
+          f"{config.train.out_dir}")
+    return 0

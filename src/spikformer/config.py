@@ -1,0 +1,345 @@
+"""Run configuration: plain dataclasses, read from YAML, overridden by ``section.key=value`` strings.
+
+A config flows one way (file -> overrides -> validated ``Config`` -> everything else) and is saved in every
+run folder and inside every checkpoint, so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """``name`` picks a registered variant; every other field left ``None`` keeps the variant's value."""
+
+    name: str = "spikformer_cifar_4_256"
+    T: int | None = None
+    num_classes: int | None = None
+    img_size: int | None = None
+    in_chans: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    patch_size: int | None = None
+    drop_path_rate: float = 0.0
+    lif_backend: str = "auto"
+    stem_options: dict[str, Any] = field(default_factory=dict)
+    # A checkpoint (own or official) whose weights initialise the model before training (fine-tuning).
+    pretrained: str | None = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    download: bool = False
+    # Random translation in pixels of the model's input (the digits' augmentation).
+    shift: int = 2
+    # Fraction of the training split to use (e.g. 0.1 for semi-supervised fine-tuning); taken per class.
+    train_fraction: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.06
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    # The schedule advances every optimizer step ("step") or, like the original timm trainer, once per
+    # epoch ("epoch").
+    schedule_unit: str = "step"
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-5
+    # Extra epochs at ``min_lr`` after the cosine (timm's cooldown); the run lasts epochs + cooldown.
+    cooldown_epochs: int = 0
+    label_smoothing: float = 0.1
+    clip_grad: float | None = None
+    layer_decay: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    # "auto": bfloat16 autocast on CPU and on GPUs that support it, float16 with loss scaling otherwise.
+    amp: str = "auto"
+    accum_steps: int = 1
+    eval_every: int = 1
+    save_every_steps: int = 0
+    resume: str | None = None
+    overwrite: bool = False
+    deterministic: bool = False
+    nan_policy: str = "stop"
+    ema_decay: float | None = None
+    compile: bool = False
+    sync_bn: bool = False
+    threads: int | None = None
+    progress: bool = True
+    log_interval: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    ("optim", "name"): ("adamw", "sgd"),
+    ("optim", "schedule"): ("cosine", "constant"),
+    ("optim", "schedule_unit"): ("step", "epoch"),
+    ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+    ("train", "nan_policy"): ("stop", "skip"),
+}
+_MINIMUM = {
+    ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
+    ("model", "embed_dim"): 8, ("model", "depth"): 0, ("model", "num_heads"): 1, ("model", "patch_size"): 1,
+    ("data", "batch_size"): 1, ("data", "eval_batch_size"): 1, ("data", "num_workers"): 0,
+    ("data", "shift"): 0, ("optim", "lr"): 0.0, ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
+    ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
+    ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
+    ("train", "save_every_steps"): 0, ("train", "threads"): 1, ("train", "log_interval"): 1,
+}
+_OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("optim", "label_smoothing"), ("optim", "layer_decay"),
+                       ("train", "ema_decay"), ("model", "drop_path_rate")}
+
+
+def section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def _section_class(section: str) -> type:
+    return typing.get_type_hints(Config)[section]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.4)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting ints to floats, lists to tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _check_range(section: str, key: str, value: Any) -> None:
+    where = f"{section}.{key}"
+    if value is None:
+        return
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}{_suggest(value, choices)}")
+    low = _MINIMUM.get((section, key))
+    if low is not None and isinstance(value, int | float) and value < low:
+        raise ConfigError(f"{where} must be >= {low}, got {value!r}")
+    if (section, key) in _OPEN_UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where} must be between 0 and 1, got {value!r}")
+
+
+def _build_section(section: str, values: dict[str, Any]) -> Any:
+    cls = _section_class(section)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown key {section}.{key}{_suggest(key, list(hints))}; "
+                              f"valid keys of '{section}': {', '.join(hints)}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        _check_range(section, key, kwargs[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested mapping ``{section: {key: value}}`` into a ``Config``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(section_names())}), got {raw!r}")
+    sections = section_names()
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section {name!r}{_suggest(str(name), sections)}; "
+                              f"sections: {', '.join(sections)}")
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping of keys to values, got {values!r}")
+    built = {name: _build_section(name, raw.get(name) or {}) for name in sections}
+    config = Config(**built)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Cross-field checks that a single field's type cannot express, plus the model's own checks."""
+    from .models.registry import get_variant, resolve_model_kwargs
+
+    try:
+        get_variant(config.model.name)
+        kwargs = resolve_model_kwargs(config.model.name, **model_overrides(config.model))
+    except ValueError as error:
+        raise ConfigError(f"model: {error}") from None
+    if kwargs["img_size"] % kwargs["patch_size"]:
+        raise ConfigError(f"model.img_size {kwargs['img_size']} is not divisible by model.patch_size "
+                          f"{kwargs['patch_size']}")
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise ConfigError(f"model.embed_dim {kwargs['embed_dim']} is not divisible by model.num_heads "
+                          f"{kwargs['num_heads']}")
+    if config.optim.min_lr > config.optim.lr:
+        raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) is larger than optim.lr ({config.optim.lr})")
+    if config.optim.warmup_epochs > config.train.epochs:
+        raise ConfigError(f"optim.warmup_epochs ({config.optim.warmup_epochs}) exceeds train.epochs "
+                          f"({config.train.epochs})")
+    if config.data.train_fraction <= 0:
+        raise ConfigError("data.train_fraction must be > 0")
+
+
+def model_overrides(model: ModelConfig) -> dict[str, Any]:
+    """The fields of ``model`` that are passed to ``create_model`` (everything set except name/pretrained)."""
+    values = dataclasses.asdict(model)
+    values.pop("name")
+    values.pop("pretrained")
+    if not values["stem_options"]:
+        values.pop("stem_options")
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    raw = dataclasses.asdict(config)
+    return _plain(raw)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` -> ``(section, key, value)``; the value is read as YAML (``1e-3``, ``true``,
+    ``[1, 2]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.epochs=5)")
+    path, _, value_text = text.partition("=")
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must be section.key with section one of "
+                          f"{', '.join(section_names())} (e.g. model.embed_dim=64)")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = {name: dict(values or {}) for name, values in (raw or {}).items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist (the configs/ folder has examples)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+    return raw or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``path`` (or start from the defaults), apply ``section.key=value`` overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def format_config(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip()

@@ -1,0 +1,7 @@
+"""Datasets by name and loaders that resume exactly."""
+
+from . import digits  # noqa: F401  (registers "digits")
+from .loader import ResumableSampler, build_loader
+from .registry import build_dataset, dataset_names, model_input, register_dataset
+
+__all__ = ["ResumableSampler", "build_dataset", "build_loader", "dataset_names", "model_input", "register_dataset"]

@@ -1,0 +1,75 @@
+"""The pieces of a training step that do not depend on the run: devices, autocast, accuracy, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .distributed import DistInfo, all_reduce_sum
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but CUDA is not available here; use train.device=cpu")
+    return device
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision)."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or device.type == "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at the class count)."""
+    if target.ndim > 1:  # soft (mixup) targets: score against the dominant label
+        target = target.argmax(dim=1)
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == target.unsqueeze(1)
+    return [float(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
+             dist_info: DistInfo | None = None, progress: bool = False) -> dict[str, float]:
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over ``loader`` (reduced over ranks)."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        c1, c5 = topk_correct(logits, labels)
+        correct1, correct5, count = correct1 + c1, correct5 + c5, count + len(labels)
+    loss_sum, correct1, correct5, count = all_reduce_sum(
+        [loss_sum, correct1, correct5, count], device, dist_info or DistInfo())
+    if count == 0:
+        return {"top1": math.nan, "top5": math.nan, "loss": math.nan, "count": 0}
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+            "count": int(count)}
