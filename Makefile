@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format clean
 
@@ -24,7 +25,7 @@ demo: $(STAMP_RUN)
 
 test: $(STAMP_DEV)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --timeout=600
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .

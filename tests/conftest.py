@@ -1,9 +1,17 @@
-"""Shared test fixtures."""
+"""Shared test set-up."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist each worker owns one core: one intra-op thread each, because torch's thread pool on an
+# oversubscribed core spends its time waiting on the other threads (tens of times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
