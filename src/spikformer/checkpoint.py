@@ -16,7 +16,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models.official import checkpoint_filter_fn
 
 FORMAT_NAME = "spikformer"
@@ -76,7 +76,12 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadat
     except TypeError as error:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {error}") from None
     payload = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
-    atomic_write_bytes(path, safetensors_save(payload, metadata={FORMAT_NAME: header}))
+    try:
+        atomic_write_bytes(path, safetensors_save(payload, metadata={FORMAT_NAME: header}))
+    except OSError as error:  # still an OSError (the machine, not the input), with what to do about it
+        raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror or error}); the "
+                      f"previous file, if any, is intact. Free disk space or choose a writable "
+                      f"train.out_dir") from error
 
 
 def save_model(path: str | Path, model: nn.Module, config: dict[str, Any] | None = None,
@@ -127,6 +132,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             metadata = json.loads(header[FORMAT_NAME])
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: the checkpoint's metadata is not valid JSON") from None
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: the checkpoint's metadata is not a JSON object")
     else:
         metadata = {}  # a plain safetensors weight file (e.g. exported by another tool)
     return tensors, metadata
@@ -146,19 +153,35 @@ def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     _check_file(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to an error
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"refused to load {path}: it needs code outside the allowed types to unpickle, and loading it "
-            f"could run that code. Details: {str(error).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
+        detail = _unpickler_detail(str(error))
+        if "global" in detail.lower():  # the restricted unpickler met a class or function it does not allow
+            raise CheckpointError(
+                f"refused to load {path}: it needs code outside the allowed types to unpickle, and loading it "
+                f"could run that code (nothing from it was executed). Details: {detail}"
+            ) from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint?): "
-                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                              f"{detail}") from None
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes make torch.load fail in arbitrary ways
+        detail = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint?): "
+                              f"{type(error).__name__} {detail}".rstrip()) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint mapping")
     return obj
+
+
+def _unpickler_detail(message: str) -> str:
+    """The informative sentence of torch's weights-only error (its message is mostly advice to load unsafely,
+    which we do not give)."""
+    marker = "WeightsUnpickler error:"
+    if marker in message:
+        rest = message.split(marker, 1)[1].strip()
+        return rest.split("\n")[0].split(". Please")[0].strip() or "unpickling failed"
+    return message.splitlines()[0] if message else "unpickling failed"
 
 
 def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -228,7 +251,11 @@ def load_model_from_checkpoint(path: str | Path, overrides: list[str] | tuple[st
     if not metadata.get("config"):
         raise CheckpointError(f"{path} carries no config (an official or plain weight file): build the model "
                               f"with spikformer.create_model(...) and use spikformer.load_checkpoint(model, path)")
-    config = config_from_dict(apply_overrides(metadata["config"], list(overrides)))
+    try:
+        config = config_from_dict(apply_overrides(metadata["config"], list(overrides)))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error} (in the config stored in the checkpoint, overrides applied; a "
+                          f"section.key=value override can change it)") from None
     config.model.pretrained = None
     model = build_model(config.model)
     match_state_dict(model, state, strict=True, source=str(path))

@@ -2,6 +2,10 @@
 the library.
 
 Usage: ``spikformer train --config configs/digits.yaml train.epochs=1``; ``spikformer --help``.
+
+Exit codes: 0 success; 2 bad input (argument, config, dataset or checkpoint; one line on stderr naming the
+fix); 1 a failure during the run (non-finite loss, an I/O error such as a full disk); 128 + N when signal N
+(SIGINT 130, SIGTERM 143) stopped training after saving ``last.safetensors``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikformer {args.command}: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except NonFiniteLossError as error:
+        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the machine, not the input: a full disk, a vanished file, a permission
         print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,19 @@ _MINIMUM = {
     ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
     ("model", "embed_dim"): 8, ("model", "depth"): 0, ("model", "num_heads"): 1, ("model", "patch_size"): 1,
     ("data", "batch_size"): 1, ("data", "eval_batch_size"): 1, ("data", "num_workers"): 0,
-    ("data", "shift"): 0, ("optim", "lr"): 0.0, ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
+    ("data", "shift"): 0, ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
     ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
+    ("optim", "momentum"): 0.0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
     ("train", "save_every_steps"): 0, ("train", "threads"): 1, ("train", "log_interval"): 1,
 }
+# Strictly positive: a zero here trains nothing (lr), divides by zero (eps) or clips every gradient to zero.
+_POSITIVE = {("optim", "lr"), ("optim", "eps"), ("optim", "clip_grad"), ("model", "mlp_ratio"),
+             ("data", "train_fraction"), ("optim", "layer_decay")}
+# Within [0, 1]; those also in _BELOW_ONE must be < 1 (a drop rate or decay of 1 freezes or erases everything).
 _OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("optim", "label_smoothing"), ("optim", "layer_decay"),
-                       ("train", "ema_decay"), ("model", "drop_path_rate")}
+                       ("train", "ema_decay"), ("model", "drop_path_rate"), ("optim", "momentum")}
+_BELOW_ONE = {("optim", "label_smoothing"), ("train", "ema_decay"), ("model", "drop_path_rate")}
 
 
 def section_names() -> list[str]:
@@ -136,8 +143,9 @@ def _section_class(section: str) -> type:
     return typing.get_type_hints(Config)[section]
 
 
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.4)
+def _suggest(word: Any, options: list[str]) -> str:
+    same_but_case = [option for option in options if option.lower() == str(word).lower()]
+    close = same_but_case or difflib.get_close_matches(str(word), options, n=1, cutoff=0.4)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -211,11 +219,17 @@ def _check_range(section: str, key: str, value: Any) -> None:
     choices = _CHOICES.get((section, key))
     if choices and value not in choices:
         raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}{_suggest(value, choices)}")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return
     low = _MINIMUM.get((section, key))
-    if low is not None and isinstance(value, int | float) and value < low:
+    if low is not None and value < low:
         raise ConfigError(f"{where} must be >= {low}, got {value!r}")
+    if (section, key) in _POSITIVE and value <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
     if (section, key) in _OPEN_UNIT_INTERVAL and not 0.0 <= value <= 1.0:
         raise ConfigError(f"{where} must be between 0 and 1, got {value!r}")
+    if (section, key) in _BELOW_ONE and value >= 1.0:
+        raise ConfigError(f"{where} must be below 1, got {value!r}")
 
 
 def _build_section(section: str, values: dict[str, Any]) -> Any:
@@ -223,9 +237,12 @@ def _build_section(section: str, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
-        if key not in hints:
+        if not isinstance(key, str) or key not in hints:
             raise ConfigError(f"unknown key {section}.{key}{_suggest(key, list(hints))}; "
                               f"valid keys of '{section}': {', '.join(hints)}")
+        choices = _CHOICES.get((section, key), ())
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads an unquoted off/on as a boolean
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
         _check_range(section, key, kwargs[key])
     return cls(**kwargs)
@@ -265,13 +282,54 @@ def _check_consistency(config: Config) -> None:
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ConfigError(f"model.embed_dim {kwargs['embed_dim']} is not divisible by model.num_heads "
                           f"{kwargs['num_heads']}")
+    _check_model_builds(config.model.name, kwargs)
     if config.optim.min_lr > config.optim.lr:
         raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) is larger than optim.lr ({config.optim.lr})")
     if config.optim.warmup_epochs > config.train.epochs:
         raise ConfigError(f"optim.warmup_epochs ({config.optim.warmup_epochs}) exceeds train.epochs "
                           f"({config.train.epochs})")
-    if config.data.train_fraction <= 0:
-        raise ConfigError("data.train_fraction must be > 0")
+    if not all(0.0 <= beta < 1.0 for beta in config.optim.betas):
+        raise ConfigError(f"optim.betas must both be in [0, 1), got {list(config.optim.betas)}")
+    _check_device(config.train.device)
+    for where, value in (("train.out_dir", config.train.out_dir), ("data.root", config.data.root),
+                         ("train.resume", config.train.resume), ("model.pretrained", config.model.pretrained)):
+        if value is not None and (not value.strip() or "\0" in value):
+            raise ConfigError(f"{where} must be a path (or null), got {value!r}")
+
+
+def _check_model_builds(name: str, kwargs: dict[str, Any]) -> None:
+    """Build the model on the meta device (no memory, milliseconds), so that every constructor check (stem,
+    patch size, LIF backend, stem options) fails here, at load, rather than later in a run. One block stands
+    for all: blocks are identical, so ``depth`` cannot make a build fail."""
+    import torch
+
+    from .models.spikformer import Spikformer
+    from .neuron import lif_backends
+
+    backend = kwargs.get("lif_backend", "auto")
+    backends = ["auto", *lif_backends()]
+    if backend not in backends:
+        raise ConfigError(f"model.lif_backend must be one of {', '.join(backends)}, got {backend!r}"
+                          f"{_suggest(backend, backends)}")
+    try:
+        with torch.device("meta"):
+            Spikformer(**{**kwargs, "depth": min(kwargs["depth"], 1)})
+    except (ValueError, TypeError, RuntimeError, OverflowError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"model {name!r} cannot be built with these model.* options: {first_line}") from None
+
+
+def _check_device(name: str) -> None:
+    # Only the spelling is checked here: whether a CUDA device exists is a property of the machine, and a
+    # checkpoint trained on a GPU must still load its config on a CPU-only machine.
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def model_overrides(model: ModelConfig) -> dict[str, Any]:
@@ -315,23 +373,58 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    raw = {name: dict(values or {}) for name, values in (raw or {}).items()}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(section_names())}), got {raw!r}")
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping of keys to values, got {values!r}")
+    raw = {name: dict(values or {}) for name, values in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
         raw.setdefault(section, {})[key] = value
     return raw
 
 
+class _StrictSafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only: no tags that build Python objects) that also refuses a key
+    given twice in one mapping, which would otherwise silently drop the first value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found the key {key!r} twice",
+                    key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config with a safe loader: plain data only, so no file can construct objects or run code."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {str(path)!r} is a directory; pass a YAML file (the configs/ folder has examples)")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (the configs/ folder has examples)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.constructor.ConstructorError as error:
+        if error.problem and "tag" in error.problem:
+            raise ConfigError(f"config file {str(path)!r} uses a YAML tag that would build a Python object "
+                              f"({error.problem.strip()}, {error.problem_mark}); configs hold plain values "
+                              f"only") from None
+        raise ConfigError(f"config file {str(path)!r}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror or error}") from None
     return raw or {}
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .registry import model_input, register_dataset
 
 DIGITS_MEAN, DIGITS_STD = 0.3, 0.32  # of the upsampled [0, 1] pixels of the training split, rounded
@@ -84,6 +85,11 @@ def shift_image(image: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Ten
 
 @register_dataset("digits")
 def build_digits(config, split: str) -> DigitsDataset:
+    if config.data.root is not None:
+        # A root given with the default data.name most likely meant another dataset: say so rather than
+        # silently train on the digits.
+        raise ConfigError(f"data.root={config.data.root!r} is set, but data.name=digits is embedded and reads no "
+                          f"files; set data.name to the dataset stored there, or remove data.root")
     model = model_input(config)
     train = split == "train"
     return DigitsDataset(

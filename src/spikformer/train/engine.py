@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError
 from .distributed import DistInfo, all_reduce_sum
 
 
@@ -19,9 +20,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but CUDA is not available here; use train.device=cpu")
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu")
     return device
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint, unwrap_model, write_checkpoint
+from ..checkpoint import match_state_dict, read_checkpoint, unwrap_model, write_checkpoint
 from ..errors import CheckpointError
 
 
@@ -114,7 +114,7 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         raise CheckpointError(f"{path} holds weights only, not a training state to resume from; start a new "
                               f"run with model.pretrained={path} instead")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    unwrap_model(model).load_state_dict(model_state)
+    match_state_dict(unwrap_model(model), model_state, strict=True, source=str(path))  # names what differs
     if ema is not None:
         ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         ema.module.load_state_dict(ema_state or model_state)

@@ -62,6 +62,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool) -> None:
     """Refuse to overwrite an earlier run unless asked; ``overwrite`` clears its files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
     existing = [name for name in RUN_FILES if (out_dir / name).exists()]
     if existing and resume is None:
         if not overwrite:
@@ -72,7 +74,11 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool) -> No
         for name in existing:
             (out_dir / name).unlink()
         shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create the run folder train.out_dir={out_dir}: {error.strerror or error}; "
+                          f"choose a writable train.out_dir") from None
 
 
 class Trainer:
@@ -187,6 +193,8 @@ class Trainer:
                 self.save_last(metrics)
                 self.write_metrics(metrics, writer)
                 self.log(self.epoch_summary(metrics))
+                if self.stop_signal is not None:  # arrived during evaluation or saving: the state is saved
+                    raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
         finally:
             self.restore_signal_handlers(handlers)
             if writer is not None:
@@ -286,7 +294,19 @@ class Trainer:
 
     # --- outputs -----------------------------------------------------------------------------------
 
+    def check_finite_weights(self) -> None:
+        """Refuse to save weights that an optimizer step made NaN/Inf (a finite loss can still give an
+        overflowing update), so that ``last``/``best`` always hold the last good state."""
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after optimizer step "
+                f"{self.position.step} (epoch {self.position.epoch + 1}); training stopped and the last good "
+                f"checkpoint in {self.out_dir} was kept. Lower optim.lr or set optim.clip_grad."
+            )
+
     def save_last(self, metrics: dict[str, Any]) -> None:
+        self.check_finite_weights()
         if self.is_main:
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
@@ -294,6 +314,7 @@ class Trainer:
         barrier(self.dist)
 
     def save_best(self, metrics: dict[str, Any]) -> None:
+        self.check_finite_weights()
         if self.is_main:
             weights = self.ema.module if self.ema is not None else self.model
             save_model(self.out_dir / "best.safetensors", weights, config_to_dict(self.config), kind="weights",

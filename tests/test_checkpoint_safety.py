@@ -1,0 +1,249 @@
+"""Checkpoints: loading never runs code, unreadable files are explained, writes are atomic."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import pickle
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikformer import checkpoint as ckpt
+from spikformer.checkpoint import (
+    load_checkpoint,
+    load_model_from_checkpoint,
+    read_checkpoint,
+    read_model_state,
+    save_model,
+    write_checkpoint,
+)
+from spikformer.config import config_to_dict, load_config, read_yaml
+from spikformer.errors import CheckpointError, ConfigError
+from spikformer.models import create_model
+
+TINY = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+
+
+def tiny_model(**overrides) -> torch.nn.Module:
+    return create_model("spikformer_cifar_4_256", **{**TINY, **overrides})
+
+
+class WritesMarker:
+    """Unpickling this object would create ``path`` (a stand-in for any code an attacker wants to run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+# --- legacy .pth files: weights only ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["torch.save zip", "torch.save legacy", "plain pickle"])
+def test_a_pth_whose_unpickling_would_run_code_is_refused_and_the_code_does_not_run(tmp_path, how):
+    marker = tmp_path / "marker"
+    payload = {"state_dict": tiny_model().state_dict(), "epoch": 3, "hook": WritesMarker(marker)}
+    path = tmp_path / "evil.pth"
+    if how == "torch.save zip":
+        torch.save(payload, path)
+    elif how == "torch.save legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    # The same bytes unpickled without restrictions would write the marker: the attack is real.
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused to load .*evil.pth.*nothing from it was executed"):
+        load_checkpoint(tiny_model(), path)
+    assert not marker.exists()
+
+
+def test_the_crafted_pickle_really_runs_code_when_loaded_unsafely(tmp_path):
+    # The control for the test above: without weights_only the same file does write the marker.
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    torch.save({"hook": WritesMarker(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_a_timm_style_training_checkpoint_with_argparse_args_loads(tmp_path):
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    args = argparse.Namespace(model="spikformer", lr=5e-4, epochs=300, mixup=0.5, input_size=(3, 32, 32),
+                              resume="", amp=True, mean=None)
+    torch.save({"epoch": 299, "arch": "spikformer", "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "version": 2, "args": args, "metric": 95.19},
+               tmp_path / "model_best.pth.tar")
+    fresh = tiny_model()
+    load_checkpoint(fresh, tmp_path / "model_best.pth.tar")
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_a_yaml_config_with_a_python_tag_is_refused_and_builds_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"train:\n  out_dir: !!python/object/apply:pathlib.Path.touch [!!python/object/apply:"
+                    f"pathlib.Path ['{marker}']]\n")
+    with pytest.raises(ConfigError, match="uses a YAML tag that would build a Python object"):
+        read_yaml(path)
+    assert not marker.exists()
+
+
+def test_a_python_tag_in_an_override_is_kept_as_plain_text(tmp_path):
+    marker = tmp_path / "marker"
+    config = load_config(None, [f"train.out_dir=!!python/object/apply:os.system ['touch {marker}']"])
+    assert config.train.out_dir.startswith("!!python") and not marker.exists()
+
+
+# --- unreadable and mismatched checkpoints ---------------------------------------------------------
+
+
+def corrupt_variants(tmp_path: Path) -> dict[str, Path]:
+    model = tiny_model()
+    save_model(tmp_path / "good.safetensors", model, {})
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "good.pth")
+    good_st = (tmp_path / "good.safetensors").read_bytes()
+    good_pth = (tmp_path / "good.pth").read_bytes()
+    files = {
+        "safetensors cut in half": good_st[: len(good_st) // 2],
+        "safetensors cut to 5 bytes": good_st[:5],
+        "pth cut in half": good_pth[: len(good_pth) // 2],
+        "random bytes": bytes(range(256)) * 8,
+        "a text file": b"epoch,loss\n1,0.5\n",
+        "empty": b"",
+        "a YAML config": b"model:\n  name: spikformer_cifar_4_256\n",
+    }
+    paths = {}
+    for i, (name, data) in enumerate(files.items()):
+        for suffix in (".safetensors", ".pth"):
+            path = tmp_path / f"file{i}{suffix}"
+            path.write_bytes(data)
+            paths[f"{name} ({suffix})"] = path
+    paths["a folder"] = tmp_path
+    paths["a missing file"] = tmp_path / "missing.safetensors"
+    return paths
+
+
+def test_truncated_or_foreign_files_are_explained_never_a_traceback(tmp_path):
+    for what, path in corrupt_variants(tmp_path).items():
+        for load in (lambda p: load_checkpoint(tiny_model(), p), load_model_from_checkpoint):
+            with pytest.raises(CheckpointError) as info:
+                load(path)
+            message = str(info.value)
+            assert str(path) in message, (what, message)
+            assert any(word in message for word in ("not a readable", "does not exist", "is empty",
+                                                    "is a directory", "no model state dict")), (what, message)
+
+
+def test_a_checkpoint_of_another_variant_lists_missing_unexpected_and_mismatched_shapes(tmp_path):
+    save_model(tmp_path / "deep.safetensors", tiny_model(depth=2, embed_dim=32), {})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tiny_model(), tmp_path / "deep.safetensors")
+    message = str(info.value)
+    assert "unexpected keys: blocks.1." in message
+    assert "shape mismatches: patch_embed.stages.0.conv.weight: checkpoint [4, 3, 3, 3] vs model [2, 3, 3, 3]" \
+        in message
+    assert "Build the same variant" in message
+    save_model(tmp_path / "shallow.safetensors", tiny_model(), {})
+    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\."):
+        load_checkpoint(tiny_model(depth=2), tmp_path / "shallow.safetensors")
+
+
+def test_a_checkpoint_whose_stored_config_is_invalid_names_the_file_and_the_fix(tmp_path):
+    config = config_to_dict(load_config(None, [f"model.{k}={v}" for k, v in TINY.items()]))
+    save_model(tmp_path / "ok.safetensors", tiny_model(), config)
+    config["train"]["nan_policy"] = "ignore"
+    save_model(tmp_path / "bad.safetensors", tiny_model(), config)
+    with pytest.raises(ConfigError, match=r"bad.safetensors: train.nan_policy must be one of.*override"):
+        load_model_from_checkpoint(tmp_path / "bad.safetensors")
+    model, _ = load_model_from_checkpoint(tmp_path / "bad.safetensors", ["train.nan_policy=skip"])
+    assert sum(p.numel() for p in model.parameters()) > 0
+    write_checkpoint(tmp_path / "list.safetensors", {"model.x": torch.zeros(1)}, {"config": [1, 2]})
+    with pytest.raises(ConfigError, match="must be a mapping of sections"):
+        load_model_from_checkpoint(tmp_path / "list.safetensors")
+
+
+# --- atomic writes -----------------------------------------------------------------------------------
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_failing_rename_leaves_the_previous_checkpoint_intact_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_model(path, tiny_model(), None, epoch=1)
+    before = path.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EIO, "simulated I/O error")
+
+    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="could not write checkpoint .*the previous file, if any, is intact"):
+        save_model(path, tiny_model(embed_dim=32), None, epoch=2)
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
+
+
+def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_model(path, tiny_model(), None, epoch=1)
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space left on device"):
+        save_model(path, tiny_model(embed_dim=32), None, epoch=2)
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
+    assert read_checkpoint(path)[1]["epoch"] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics are Linux's")
+def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
+    # A real failing write, no mocks: the file-size limit makes the kernel refuse bytes past 64 KiB (EFBIG),
+    # as a full disk would (ENOSPC); the new checkpoint is larger than that, the old one smaller.
+    path = tmp_path / "last.safetensors"
+    save_model(path, tiny_model(), None, epoch=1)
+    before = path.read_bytes()
+    assert len(before) < 64 * 1024
+    big = tiny_model(embed_dim=64)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OSError, match="could not write checkpoint") as info:
+            save_model(path, big, None, epoch=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert info.value.errno == errno.EFBIG
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
+    state, _ = read_model_state(path)
+    assert state["head.weight"].shape == (10, 16)
