@@ -133,6 +133,7 @@ class Trainer:
         self.batch_transform = batch_transform  # e.g. timm Mixup: (images, labels) -> (images, soft labels)
         self.position = Position()
         self.stop_signal: int | None = None
+        self.consecutive_skips = 0
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -212,7 +213,6 @@ class Trainer:
             set_schedule_position(self.scheduler, epoch, self.position.step)
         self.train_model.train()
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0, **self.position.epoch_sums}
-        consecutive_skips = 0
         bar = tqdm(self.train_loader, total=self.batches_per_epoch, initial=start, leave=False,
                    disable=not (cfg.progress and self.is_main), desc=f"epoch {epoch + 1}/{self.total_epochs}",
                    dynamic_ncols=True)
@@ -229,9 +229,11 @@ class Trainer:
                 logits = self.train_model(images)
             loss = self.criterion(logits.float(), labels)
             if not torch.isfinite(loss):
-                consecutive_skips = self.handle_non_finite(loss, epoch, batch_index, consecutive_skips)
+                # Counted across epochs, so that a diverged run with short epochs still stops.
+                self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
+                                                                self.consecutive_skips)
                 continue
-            consecutive_skips = 0
+            self.consecutive_skips = 0
             self.scaler.scale(loss / cfg.accum_steps).backward()
             last_of_group = (batch_index + 1) % cfg.accum_steps == 0
             if last_of_group:
@@ -280,10 +282,10 @@ class Trainer:
         where = f"epoch {epoch + 1}, batch {batch_index + 1} (optimizer step {self.position.step + 1})"
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.train.nan_policy == "skip" and skips + 1 < MAX_CONSECUTIVE_SKIPS:
-            self.log(f"warning: non-finite loss ({float(loss)}) at {where}; step skipped")
+            self.log(f"warning: non-finite loss ({float(loss.detach())}) at {where}; step skipped")
             return skips + 1
         raise NonFiniteLossError(
-            f"non-finite loss ({float(loss)}) at {where}; training stopped and the last good checkpoint in "
+            f"non-finite loss ({float(loss.detach())}) at {where}; training stopped and the last good checkpoint in "
             f"{self.out_dir} was kept. Lower optim.lr, set optim.clip_grad, or set train.nan_policy=skip."
         )
 
