@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print(f"spikformer: error: choose a command: {', '.join(COMMANDS)} (spikformer --help says what each "
+              f"does)", file=sys.stderr)
         return 2
     from .train import NonFiniteLossError, TrainingInterrupted
 

@@ -22,8 +22,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..checkpoint import load_model_from_checkpoint
     from ..data import build_dataset, build_loader
+    from ..errors import ConfigError
     from ..train.engine import autocast_dtype, evaluate, resolve_device
 
+    if args.json and Path(args.json).is_dir():  # found out before the evaluation, not after it
+        raise ConfigError(f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}")
     model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
     device = resolve_device(config.train.device)
     dataset = build_dataset(config, args.split)
