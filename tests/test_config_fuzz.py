@@ -175,3 +175,14 @@ def test_the_cli_stub_world_really_runs_the_commands(cli_world):
     assert run_cli(["models", "cifar"])[0] == 0
     code, err = run_cli(["train", "--config", "tiny.yaml", "optim.lr=0"])
     assert code == 2 and err.strip() == "spikformer train: error: optim.lr must be > 0, got 0.0"
+    code, err = run_cli([])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("spikformer: error: choose a command: train")
+
+
+def test_eval_json_naming_a_folder_fails_before_evaluating(cli_world, monkeypatch):
+    evaluated = []
+    monkeypatch.setattr(spikformer.train.engine, "evaluate", lambda *a, **k: evaluated.append(1))
+    Path("out").mkdir()
+    code, err = run_cli(["eval", "--checkpoint", "tiny.safetensors", "--json", "out"])
+    assert code == 2 and "--json out is a folder; give a file name such as out/eval.json" in err
+    assert evaluated == []
