@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from spikformer.config import Config, config_from_dict, load_config, section_names
+from spikformer.config import Config, config_from_dict, load_config, read_yaml, section_names
 from spikformer.data import build_dataset, dataset_names
 from spikformer.errors import ConfigError, SpikformerError
 from spikformer.models import create_model
@@ -115,6 +115,9 @@ def test_a_key_given_twice_in_a_config_file_is_refused_not_silently_dropped(tmp_
     path.write_text("train:\n  epochs: 3\nmodel:\n  T: 2\ntrain:\n  seed: 1\n")
     with pytest.raises(ConfigError, match="found the key 'train' twice"):
         load_config(path)
+    # A merge key overridden by an explicit one is YAML's rule, not a duplicate.
+    path.write_text("shared: &base {epochs: 3, seed: 1}\ntrain:\n  <<: *base\n  epochs: 5\n")
+    assert read_yaml(path)["train"] == {"epochs": 5, "seed": 1}
 
 
 def test_unknown_model_names_list_close_matches():

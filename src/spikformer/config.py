@@ -282,7 +282,7 @@ def _check_consistency(config: Config) -> None:
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ConfigError(f"model.embed_dim {kwargs['embed_dim']} is not divisible by model.num_heads "
                           f"{kwargs['num_heads']}")
-    _check_model_builds(config.model.name, kwargs)
+    _check_model_builds(config.model, kwargs.get("depth"))
     if config.optim.min_lr > config.optim.lr:
         raise ConfigError(f"optim.min_lr ({config.optim.min_lr}) is larger than optim.lr ({config.optim.lr})")
     if config.optim.warmup_epochs > config.train.epochs:
@@ -297,26 +297,28 @@ def _check_consistency(config: Config) -> None:
             raise ConfigError(f"{where} must be a path (or null), got {value!r}")
 
 
-def _check_model_builds(name: str, kwargs: dict[str, Any]) -> None:
+def _check_model_builds(model: ModelConfig, depth: Any) -> None:
     """Build the model on the meta device (no memory, milliseconds), so that every constructor check (stem,
-    patch size, LIF backend, stem options) fails here, at load, rather than later in a run. One block stands
-    for all: blocks are identical, so ``depth`` cannot make a build fail."""
+    patch size, stem options) fails here, at load, rather than later in a run. One block stands for all:
+    blocks are identical, so the depth cannot make a build fail."""
     import torch
 
-    from .models.spikformer import Spikformer
+    from .models.registry import create_model
     from .neuron import lif_backends
 
-    backend = kwargs.get("lif_backend", "auto")
     backends = ["auto", *lif_backends()]
-    if backend not in backends:
-        raise ConfigError(f"model.lif_backend must be one of {', '.join(backends)}, got {backend!r}"
-                          f"{_suggest(backend, backends)}")
+    if model.lif_backend not in backends:  # the LIF looks its backend up only in its first forward pass
+        raise ConfigError(f"model.lif_backend must be one of {', '.join(backends)}, got {model.lif_backend!r}"
+                          f"{_suggest(model.lif_backend, backends)}")
+    overrides = model_overrides(model)
+    if isinstance(depth, int):
+        overrides["depth"] = min(depth, 1)
     try:
         with torch.device("meta"):
-            Spikformer(**{**kwargs, "depth": min(kwargs["depth"], 1)})
+            create_model(model.name, **overrides)
     except (ValueError, TypeError, RuntimeError, OverflowError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"model {name!r} cannot be built with these model.* options: {first_line}") from None
+        raise ConfigError(f"model {model.name!r} cannot be built with these model.* options: {first_line}") from None
 
 
 def _check_device(name: str) -> None:
@@ -394,6 +396,8 @@ class _StrictSafeLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden by explicit keys
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -412,9 +416,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (the configs/ folder has examples)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_StrictSafeLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(path.read_text(), Loader=_StrictSafeLoader)  # a SafeLoader subclass: plain data only
     except yaml.constructor.ConstructorError as error:
-        if error.problem and "tag" in error.problem:
+        if error.problem and "could not determine a constructor" in error.problem:
             raise ConfigError(f"config file {str(path)!r} uses a YAML tag that would build a Python object "
                               f"({error.problem.strip()}, {error.problem_mark}); configs hold plain values "
                               f"only") from None
