@@ -106,7 +106,7 @@ def test_a_config_file_that_is_missing_a_folder_or_not_a_mapping_is_refused(tmp_
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(tmp_path / "broken.yaml")
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x81" * 10)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="is not a text file"):
         load_config(tmp_path / "binary.yaml")
 
 

@@ -17,7 +17,7 @@ from spikformer.train import Trainer
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 
 WARM_UP = 5  # allocator pools, autograd caches and lazily imported modules settle in the first epochs
-RSS_TOLERANCE = 4 * 2**20  # bytes the resident set may wander by after warm-up (measured: < 0.5 MiB)
+RSS_TOLERANCE = 4 * 2**20  # bytes the resident set may wander by after warm-up (measured: 0.3 MiB)
 
 
 def rss_bytes() -> int:
@@ -86,6 +86,6 @@ class KeepsEveryLoss(nn.Module):
 
 
 def test_the_soak_measurement_catches_a_leak(tmp_path):
-    # The control for the test above: a leak of one autograd graph per step (~3 MiB per epoch here) is seen.
-    rss, _, _ = soak(tmp_path, epochs=10, criterion=KeepsEveryLoss())
+    # The control for the test above: a leak of one autograd graph per step (~1.5 MiB per epoch here) is seen.
+    rss, _, _ = soak(tmp_path, epochs=12, criterion=KeepsEveryLoss())
     assert growth_after_warm_up(rss) > RSS_TOLERANCE
