@@ -1,5 +1,29 @@
-"""Spike analysis: firing rates, synaptic operations and energy."""
+"""Spike analysis: firing rates, synaptic operations, energy, and figures (see docs/energy.md).
 
-from .firing import FiringRateRecorder, measure_firing_rates
+``firing`` records LIF firing rates; ``ops`` counts FLOPs and SOPs per layer; ``energy`` turns them into
+the papers' theoretical energy; ``attention`` and ``figures`` draw what the network does.
+"""
 
-__all__ = ["FiringRateRecorder", "measure_firing_rates"]
+from .attention import attention_map
+from .batchnorm import calibrate_batchnorm
+from .energy import (
+    PAPER_ANN_ENERGY_MJ,
+    PAPER_FIRST_CONV_MACS,
+    PAPER_IMAGENET_TABLE,
+    EnergyModel,
+    EnergyReport,
+    LayerEnergy,
+    energy_report,
+    measure_energy,
+    paper_energy_mj,
+    paper_first_conv_energy_mj,
+)
+from .firing import FiringRateRecorder, lif_role, measure_firing_rates
+from .ops import LayerOps, OpCounter, count_operations
+
+__all__ = [
+    "PAPER_ANN_ENERGY_MJ", "PAPER_FIRST_CONV_MACS", "PAPER_IMAGENET_TABLE", "EnergyModel", "EnergyReport",
+    "FiringRateRecorder", "LayerEnergy", "LayerOps", "OpCounter", "attention_map", "calibrate_batchnorm",
+    "count_operations", "energy_report", "lif_role", "measure_energy", "measure_firing_rates", "paper_energy_mj",
+    "paper_first_conv_energy_mj",
+]
