@@ -119,17 +119,17 @@ def test_ssa_products_count_each_coincidence_of_spikes_once():
     # Q K^T = [[1, 1], [0, 0]]: 2 coincidences. (Q K^T) V = [[2, 1, 1, 1], [0, ...]]: 5 accumulates.
     # N=2 <= d=4, so the model evaluates (Q K^T) V and the counter follows it.
     ops = {o.name: o for o in count_operations(hand_made_ssa(), torch.zeros(1, 1, 2, 4))}
-    assert ops["q_kT"].sops == 2 and ops["q_kT"].flops == 2 * 2 * 4
-    assert ops["qkT_v"].sops == 5 and ops["qkT_v"].flops == 2 * 2 * 4
-    assert ops["q_kT"].firing_rate == pytest.approx(2 / 16)  # coincidences per multiply pair
-    assert ops["q_kT"].kind == ops["qkT_v"].kind == "AC"
+    assert ops["q@kT"].sops == 2 and ops["q@kT"].flops == 2 * 2 * 4
+    assert ops["(qkT)@v"].sops == 5 and ops["(qkT)@v"].flops == 2 * 2 * 4
+    assert ops["q@kT"].firing_rate == pytest.approx(2 / 16)  # coincidences per multiply pair
+    assert ops["q@kT"].kind == ops["(qkT)@v"].kind == "AC"
 
 
 def test_ssa_products_in_the_linear_order_count_k_transpose_v_first():
     # K^T V = outer products of token 0 (1 x 4 spikes) and token 1 (1 x 1): 5 coincidences; Q (K^T V): 5.
     ops = {o.name: o for o in count_operations(hand_made_ssa(), torch.zeros(1, 1, 2, 4), "kv_first")}
-    assert ops["kT_v"].sops == 5 and ops["q_kTv"].sops == 5
-    assert ops["kT_v"].flops == 2 * 4 * 4
+    assert ops["kT@v"].sops == 5 and ops["q@(kTv)"].sops == 5
+    assert ops["kT@v"].flops == 2 * 4 * 4
 
 
 @pytest.mark.parametrize("kv_first", [True, False])

@@ -176,11 +176,11 @@ class OpCounter:
             kv_first = self.attention_order == "kv_first" or (self.attention_order == "as_computed" and N > d)
             prefix = f"{name}." if name else ""
             if kv_first:
-                names = (f"{prefix}kT_v", f"{prefix}q_kTv")
+                names = (f"{prefix}kT@v", f"{prefix}q@(kTv)")
                 shapes = ((h, d, d), (h, N, d))
                 flops = (h * N * d * d, h * N * d * d)  # per sample per step
             else:
-                names = (f"{prefix}q_kT", f"{prefix}qkT_v")
+                names = (f"{prefix}q@kT", f"{prefix}(qkT)@v")
                 shapes = ((h, N, N), (h, N, d))
                 flops = (h * N * N * d, h * N * N * d)
             spiking = all(_is_spike_valued(t) for t in (q, k, v)) if not q.is_meta else None
