@@ -117,3 +117,11 @@ def test_energy_table_rows_of_checkpoints(digits_checkpoint, capsys):
 def test_energy_table_refuses_overrides_of_another_section(capsys):
     assert main(["energy-table", "--models", "cifar_4_256", "train.epochs=1"]) == 2
     assert "model.key=value" in capsys.readouterr().err
+
+
+def test_demo_prints_synaptic_operations_and_energy(tmp_path, capsys):
+    code = main(["demo", *TINY, "model.img_size=16", "train.epochs=1", "data.train_fraction=0.05",
+                 f"train.out_dir={tmp_path}", "train.progress=false", "train.tensorboard=false"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "synaptic operations, energy" in printed and "as an ANN" in printed

@@ -229,3 +229,14 @@ def test_batchnorm_calibration_restores_momentum_and_leaves_eval_mode():
     assert calibrate_batchnorm(model, [torch.randn(4, 3, 32, 32) + 3.0]) == 11  # 5 stem + 4 SSA + 2 MLP
     assert bn.momentum == 0.1 and not model.training
     assert float(bn.running_mean.abs().max()) > 0  # re-estimated on inputs shifted by +3
+
+
+def test_binary_event_frames_make_the_first_conv_an_ac_layer():
+    from spikformer.analysis.inputs import random_batches
+
+    model = spikformer.create_model("spikformer_dvs_2_256", embed_dim=16, num_heads=2, img_size=32, T=2,
+                                    num_classes=3).eval()
+    (frames,) = random_batches(model, batch_size=2, num_batches=1, events=True)  # [B, T, 2, H, W] of 0/1
+    first = count_operations(model, frames)[0]
+    assert (first.name, first.kind, first.steps) == ("patch_embed.stages.0.conv", "AC", 2)
+    assert first.firing_rate == pytest.approx(float(frames.mean()))
