@@ -25,7 +25,7 @@ def _figure(width: float, height: float):
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("figures need matplotlib: pip install 'spikformer[analysis]'") from None
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -50,12 +50,10 @@ def plot_firing_rates(rates: dict[str, float], path: str | Path, per_step: dict[
     if per_step:
         for i, name in enumerate(names):
             steps = per_step.get(name, [])
-            ax.scatter(steps, [i] * len(steps), s=9, color="black", zorder=3,
-                       label="per time step" if i == 0 else None)
-        ax.legend(loc="lower right", fontsize=7, frameon=False)
+            ax.scatter(steps, [i] * len(steps), s=9, color="black", zorder=3)
     ax.set_yticks(y, [n.removesuffix(".lif") for n in names], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("spikes per neuron per time step")
+    ax.set_xlabel("spikes per neuron per time step" + ("  (bar: mean, dots: each time step)" if per_step else ""))
     ax.set_xlim(0, max(0.05, 1.1 * max([*rates.values(), *(r for v in (per_step or {}).values() for r in v)],
                                         default=0.0)))
     ax.set_title(title, fontsize=10)

@@ -183,13 +183,14 @@ class OpCounter:
                 names = (f"{prefix}q@kT", f"{prefix}(qkT)@v")
                 shapes = ((h, N, N), (h, N, d))
                 flops = (h * N * N * d, h * N * N * d)
-            spiking = all(_is_spike_valued(t) for t in (q, k, v)) if not q.is_meta else None
-            counts = (None, None) if q.is_meta else _coincidences(q, k, v, kv_first)
+            if q.is_meta:
+                spiking, counts, pairs = None, (0.0, 0.0), (0.0, 0.0)
+            else:
+                spiking = all(_is_spike_valued(t) for t in (q, k, v))
+                counts = _coincidences(q, k, v, kv_first)
+                pairs = tuple(f * T * B for f in flops)
             for i in range(2):
-                pairs = flops[i] * T * B
-                self._add(names[i], shapes[i], flops[i], T, spiking,
-                          coincidences=counts[i] if counts[i] is not None else 0.0,
-                          pairs=pairs if counts[i] is not None else 0.0)
+                self._add(names[i], shapes[i], flops[i], T, spiking, coincidences=counts[i], pairs=pairs[i])
 
         return hook
 
