@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", default="auto", choices=DATA_CHOICES,
                         help="input: the dataset's train/val split or random images (auto: val with "
                              "--checkpoint, random otherwise)")
-    parser.add_argument("--batches", type=int, default=10, help="batches to average over (default 10)")
+    parser.add_argument("--batches", type=int, help="batches to average over (default: 10 of a dataset, 1 random)")
     parser.add_argument("--batch-size", type=int, help="default: the config's eval/batch size (random: 8)")
     parser.add_argument("--out", help="folder for CSV files and figures (default runs/analyze/MODEL)")
     parser.add_argument("--json", metavar="OUT", help="also write the result as JSON")
@@ -68,7 +68,7 @@ def energy_model_from_args(args):
 def _check_counts(args) -> None:
     from ..errors import ConfigError
 
-    if args.batches < 1:
+    if args.batches is not None and args.batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {args.batches}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -103,12 +103,12 @@ def input_batches(args, model, config, trained: bool) -> list:
     source = args.data if args.data != "auto" else ("val" if trained else "random")
     if source == "random":
         events = get_variant(config.model.name).family == "dvs"
-        return random_batches(model, args.batch_size or 8, args.batches, seed=args.seed, events=events)
+        return random_batches(model, args.batch_size or 8, args.batches or 1, seed=args.seed, events=events)
     batch_size = args.batch_size or config.data.eval_batch_size or config.data.batch_size
     loader = build_loader(build_dataset(config, source), batch_size, train=False, seed=args.seed)
     batches = []
     for i, batch in enumerate(loader):
-        if i >= args.batches:
+        if i >= (args.batches or 10):
             break
         batches.append(batch[0])
     return batches
