@@ -53,6 +53,21 @@ class DataConfig:
     shift: int = 2
     # Fraction of the training split to use (e.g. 0.1 for semi-supervised fine-tuning); taken per class.
     train_fraction: float = 1.0
+    # --- event-camera datasets (cifar10dvs, dvs128gesture, digits-dvs); see docs/events.md ---
+    # How a recording's events are integrated into model.T frames: "count" = equal event count per frame
+    # (SpikingJelly's split_by="number", which the original CIFAR10-DVS code used), "time" = equal time bins.
+    event_framing: str = "count"
+    # Folder for the integrated frames (one compressed file per recording, so later epochs never re-parse
+    # events). None: <data.root>/cache for the real datasets; memory for digits-dvs.
+    cache_dir: str | None = None
+    # Training augmentation of event frames. Probability of a horizontal flip; None = the dataset's default
+    # (0.5 for CIFAR10-DVS; 0 for DVS128 Gesture, whose left/right classes a flip would swap, and digits-dvs).
+    event_flip: float | None = None
+    # Random circular shift (roll) of up to this many pixels in x and y; None = 5 pixels at 128x128, scaled
+    # to the model's input size.
+    event_roll: int | None = None
+    # Probability of dropping each event (binomial thinning of the frame counts); 0 = off.
+    event_drop: float = 0.0
 
 
 @dataclass
@@ -110,6 +125,7 @@ class Config:
 
 
 _CHOICES = {
+    ("data", "event_framing"): ("count", "time"),
     ("optim", "name"): ("adamw", "sgd"),
     ("optim", "schedule"): ("cosine", "constant"),
     ("optim", "schedule_unit"): ("step", "epoch"),
@@ -120,7 +136,8 @@ _MINIMUM = {
     ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
     ("model", "embed_dim"): 8, ("model", "depth"): 0, ("model", "num_heads"): 1, ("model", "patch_size"): 1,
     ("data", "batch_size"): 1, ("data", "eval_batch_size"): 1, ("data", "num_workers"): 0,
-    ("data", "shift"): 0, ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
+    ("data", "shift"): 0, ("data", "event_roll"): 0,
+    ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
     ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
     ("optim", "momentum"): 0.0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
@@ -130,9 +147,11 @@ _MINIMUM = {
 _POSITIVE = {("optim", "lr"), ("optim", "eps"), ("optim", "clip_grad"), ("model", "mlp_ratio"),
              ("data", "train_fraction"), ("optim", "layer_decay")}
 # Within [0, 1]; those also in _BELOW_ONE must be < 1 (a drop rate or decay of 1 freezes or erases everything).
-_OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("optim", "label_smoothing"), ("optim", "layer_decay"),
+_OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("data", "event_flip"), ("data", "event_drop"),
+                       ("optim", "label_smoothing"), ("optim", "layer_decay"),
                        ("train", "ema_decay"), ("model", "drop_path_rate"), ("optim", "momentum")}
-_BELOW_ONE = {("optim", "label_smoothing"), ("train", "ema_decay"), ("model", "drop_path_rate")}
+_BELOW_ONE = {("data", "event_drop"), ("optim", "label_smoothing"), ("train", "ema_decay"),
+              ("model", "drop_path_rate")}
 
 
 def section_names() -> list[str]:

@@ -1,6 +1,6 @@
 """Datasets by name and loaders that resume exactly."""
 
-from . import digits  # noqa: F401  (registers "digits")
+from . import cifar10dvs, digits, digits_dvs, dvsgesture  # noqa: F401  (register their datasets)
 from .loader import ResumableSampler, build_loader
 from .registry import build_dataset, dataset_names, model_input, register_dataset
 

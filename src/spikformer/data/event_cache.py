@@ -1,0 +1,83 @@
+"""Caches of integrated event frames, so that only the first epoch parses event files.
+
+A disk cache keeps one compressed ``.npz`` per recording under ``<cache_root>/<dataset>-<hash>/``, where the
+hash covers everything that changes the frames (T, framing, input size, sensor, format version); a
+``params.json`` beside the files says what they hold. Files are written atomically (temporary file, then
+rename), so parallel loader workers and interrupted runs never leave a half-written frame file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+
+CACHE_FORMAT = 1  # bump when the framing code changes what a cached file holds
+
+
+def cache_folder_name(dataset: str, params: dict[str, Any]) -> str:
+    """``<dataset>-<12 hex digits>``: a stable name for one combination of framing parameters."""
+    text = json.dumps({"format": CACHE_FORMAT, **params}, sort_keys=True)
+    return f"{dataset}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+class MemoryFrameCache:
+    """Frames kept in this process (the embedded digits-dvs default; lost when the process ends)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, np.ndarray] = {}
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.frames.get(key)
+
+    def put(self, key: str, frames: np.ndarray) -> None:
+        self.frames[key] = frames
+
+
+class DiskFrameCache:
+    """One ``<key>.npz`` per recording in ``folder`` (keys may contain ``/``: sub-folders)."""
+
+    def __init__(self, folder: str | Path, params: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            info = self.folder / "params.json"
+            if not info.exists():
+                info.write_text(json.dumps({"format": CACHE_FORMAT, **params}, indent=2, sort_keys=True) + "\n")
+        except OSError as error:
+            raise DatasetError(
+                f"cannot create the frame cache {self.folder} ({error.strerror or error}); set data.cache_dir to a "
+                f"writable folder"
+            ) from None
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.npz"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return stored["frames"]
+        except (OSError, ValueError, KeyError, EOFError):
+            return None  # unreadable (e.g. a disk error mid-write by another tool): recompute and overwrite
+
+    def put(self, key: str, frames: np.ndarray) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.savez_compressed(out, frames=frames)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
