@@ -132,3 +132,10 @@ def test_two_training_steps_on_digits_dvs(tmp_path):
 def test_digits_dvs_frames_hold_every_simulated_event(framing):
     dataset = build_dataset(digits_dvs_config(train_fraction=0.01, event_framing=framing), "val")
     assert dataset.frames(5).sum() == len(dataset.recordings.read(5))
+
+
+def test_a_data_root_given_to_digits_dvs_is_refused_rather_than_ignored(tmp_path):
+    from spikformer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.name=digits-dvs is embedded and reads no files"):
+        build_dataset(digits_dvs_config(root=str(tmp_path)), "train")

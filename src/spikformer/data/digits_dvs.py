@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from .digits import digits_split, take_fraction_per_class
 from .event_dataset import EventRecordings, build_event_dataset
 from .event_simulator import SaccadeEventSimulator
@@ -48,6 +49,9 @@ def digits_dvs_recordings(split: str, sensor_size: int, train_fraction: float = 
 
 @register_dataset("digits-dvs")
 def build_digits_dvs(config, split: str):
+    if config.data.root is not None:  # as for digits: a root most likely meant another dataset
+        raise ConfigError(f"data.root={config.data.root!r} is set, but data.name=digits-dvs is embedded and reads "
+                          f"no files; set data.name to the dataset stored there, or remove data.root")
     size = int(model_input(config)["img_size"])
     recordings = digits_dvs_recordings(split, size, config.data.train_fraction)
     params = {"simulator": recordings.reader.simulator.params(), "seed": SIMULATOR_SEED}
