@@ -113,29 +113,18 @@ def test_unknown_key_in_a_file_is_an_error(tmp_path):
         load_config(write_yaml(tmp_path, "data:\n  batchsize: 8\n"))
 
 
+# The full catalogue of refused values lives in test_robustness_config.py; these are the spec's examples.
 @pytest.mark.parametrize(
     "override, fragment",
     [
         ("train.epochs=1.5", "train.epochs must be an integer"),
-        ("train.epochs=0", "train.epochs must be >= 1"),
         ("optim.lr=fast", "optim.lr must be a number"),
-        ("optim.lr=.nan", "finite"),
-        ("train.overwrite=yes", "train.overwrite must be true or false"),
         ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off"),
-        ("optim.schedule=cosin", "did you mean 'cosine'?"),
-        ("data.train_fraction=1.5", "between 0 and 1"),
-        ("optim.betas=[0.9]", "list of 2 values"),
         ("model.T=0", "model.T must be >= 1"),
-        (["model.embed_dim=36", "model.num_heads=4"], "multiple of 8"),  # the model's own checks run at config time
-        ("model.num_heads=5", "not divisible by model.num_heads"),
-        ("model.img_size=30", "not divisible by model.patch_size"),
-        ("model.drop_path_rate=1.0", "drop_path_rate must be in [0, 1)"),
-        ("model.lif_backend=cuda_magic", "unknown LIF backend"),
+        (["model.embed_dim=36", "model.num_heads=4"], "multiple of 8"),  # the model's own checks run at load
         ("model.stem_options={pool: false}", "stem 'sps'"),
-        ("model.stem_options=[1]", "model.stem_options must be a mapping"),
-        ("optim.min_lr=1", "larger than optim.lr"),
+        ("model.lif_backend=cuda_magic", "model.lif_backend must be one of auto"),
         ("epochs=3", "must be section.key"),
-        ("train.epochs", "must look like section.key=value"),
     ],
 )
 def test_invalid_values_are_errors_that_name_the_key(override, fragment):
@@ -170,6 +159,6 @@ def test_config_to_dict_and_back_is_the_identity():
     assert config_from_dict(raw) == config
 
 
-def test_parse_override_splits_section_key_and_value():
-    assert parse_override("optim.lr=3e-4") == ("optim", "lr", 3e-4)
+def test_parse_override_splits_at_the_first_equals_sign():
+    assert parse_override("train.out_dir=runs/a=b") == ("train", "out_dir", "runs/a=b")
     assert parse_override("train.resume=") == ("train", "resume", None)

@@ -218,11 +218,11 @@ def test_integer_images_are_accepted():
 @pytest.mark.parametrize(
     "shape, received",
     [
-        ((2, 1, 8, 8), "with 1 channels"),  # wrong channel count
+        ((2, 1, 8, 8), "expected 3 input channels, got 1"),
         ((2, 3, 4, 3, 8, 8), "6 dimensions"),  # wrong rank
         ((3, 8, 8), "3 dimensions"),  # an image without the batch dimension
-        ((2, 3, 10, 8), "10x8 is not a positive multiple of the patch size 4"),
-        ((2, 4, 1, 8, 8), "with 1 channels"),  # event frames with the wrong polarity count
+        ((2, 3, 10, 8), "input size 10x8 is not a positive multiple of the patch size 4"),
+        ((2, 4, 1, 8, 8), "expected 3 input channels, got 1"),  # event frames with one polarity
         ((2, 0, 3, 8, 8), "at least one time step"),  # zero event frames
     ],
 )

@@ -69,12 +69,14 @@ class Spikformer(nn.Module):
         B, C, H, W = x.shape[0], *x.shape[-3:]
         T = self.T if x.ndim == 4 else x.shape[1]
         if C != self.in_chans:
-            raise ValueError(f"expected {expected}, got shape {shape} with {C} channels instead of {self.in_chans}")
+            raise ValueError(f"expected {self.in_chans} input channels, got {C}: the input must be {expected}; "
+                             f"received shape {shape}")
         if T < 1 or B < 1:
-            raise ValueError(f"expected {expected} with at least one time step and one sample, got shape {shape}")
+            raise ValueError(f"expected at least one time step and one sample: the input must be {expected}; "
+                             f"received shape {shape}")
         if H % self.patch_size or W % self.patch_size or H == 0 or W == 0:
-            raise ValueError(f"expected {expected}, got shape {shape}: {H}x{W} is not a positive multiple of the "
-                             f"patch size {self.patch_size}; resize or pad the input")
+            raise ValueError(f"input size {H}x{W} is not a positive multiple of the patch size {self.patch_size}: "
+                             f"the input must be {expected}; received shape {shape}. Resize or pad the input")
         if x.ndim == 4:
             x = x.unsqueeze(0).expand(self.T, *x.shape)  # the same frame at every step
         else:
