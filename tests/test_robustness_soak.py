@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import sys
@@ -25,6 +26,16 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS, so that a leak shows as RSS growth even when earlier tests in
+    this process left freed memory behind for the allocator to hand out again (glibc's ``malloc_trim``)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -39,6 +50,7 @@ def soak(out_dir: Path, epochs: int, criterion: nn.Module | None = None) -> tupl
         "train.ema_decay=0.9", "train.amp=off", "train.progress=true", f"train.out_dir={out_dir}",
     ])
     fds_before = open_fds()
+    release_freed_memory()
     trainer = Trainer(config, criterion=criterion)
     # Evaluate on 64 of the 360 validation images: a leak shows per evaluation, not per image.
     trainer.val_loader = DataLoader(trainer.val_set, batch_size=32, sampler=range(64))

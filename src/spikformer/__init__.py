@@ -1,7 +1,9 @@
 """Spiking Transformers: Spikformer V1 and V2 models, training, spike analysis and export."""
 
+from .checkpoint import load_checkpoint, save_model
 from .models import Spikformer, create_model, list_models
 from .neuron import LIF, LIFParams, lif_multistep
 
 __version__ = "0.1.0"
-__all__ = ["LIF", "LIFParams", "Spikformer", "create_model", "lif_multistep", "list_models"]
+__all__ = ["LIF", "LIFParams", "Spikformer", "create_model", "lif_multistep", "list_models", "load_checkpoint",
+           "save_model"]

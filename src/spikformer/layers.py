@@ -7,6 +7,7 @@ Tensors between layers are time-first and channels-last: images ``[T, B, C, H, W
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -201,7 +202,14 @@ def register_stem(name: str) -> Callable[[StemBuilder], StemBuilder]:
 def build_stem(name: str, **kwargs) -> nn.Module:
     if name not in _STEMS:
         raise ValueError(f"unknown stem {name!r}; available: {', '.join(sorted(_STEMS))}")
-    return _STEMS[name](**kwargs)
+    builder = _STEMS[name]
+    try:
+        inspect.signature(builder).bind(**kwargs)
+    except TypeError as error:  # an unknown stem_options key: name the options the stem does take
+        fixed = ("in_chans", "embed_dim", "patch_size", "lif_backend")
+        options = [p for p in inspect.signature(builder).parameters if p not in fixed]
+        raise ValueError(f"stem {name!r}: {error}; its stem_options are: {', '.join(options) or 'none'}") from None
+    return builder(**kwargs)
 
 
 register_stem("sps")(SpikingPatchSplitting)

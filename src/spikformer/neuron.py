@@ -177,6 +177,8 @@ class LIF(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        if backend != "auto" and backend not in _BACKENDS:  # fail when the model is built, not mid-forward
+            raise ValueError(f"unknown LIF backend {backend!r}; available: auto, {', '.join(lif_backends())}")
         self.params = LIFParams(tau, v_threshold, v_reset, detach_reset, surrogate_alpha)
         self.backend = backend
 

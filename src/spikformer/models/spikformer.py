@@ -60,26 +60,27 @@ class Spikformer(nn.Module):
     # --- timm's model interface --------------------------------------------------------------------
 
     def time_first(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate the input and return it as ``[T, B, C, H, W]``."""
+        """Validate the input and return it as ``[T, B, C, H, W]``. Errors name the shape received, as given."""
+        shape = list(x.shape)
+        expected = (f"an image batch [B, {self.in_chans}, H, W] or event frames [B, T, {self.in_chans}, H, W] "
+                    f"with H and W multiples of {self.patch_size} (e.g. {self.img_size}x{self.img_size})")
+        if x.ndim not in (4, 5):
+            raise ValueError(f"expected {expected}, got a tensor of shape {shape} ({x.ndim} dimensions)")
+        B, C, H, W = x.shape[0], *x.shape[-3:]
+        T = self.T if x.ndim == 4 else x.shape[1]
+        if C != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {C}: the input must be {expected}; "
+                             f"received shape {shape}")
+        if T < 1 or B < 1:
+            raise ValueError(f"expected at least one time step and one sample: the input must be {expected}; "
+                             f"received shape {shape}")
+        if H % self.patch_size or W % self.patch_size or H == 0 or W == 0:
+            raise ValueError(f"input size {H}x{W} is not a positive multiple of the patch size {self.patch_size}: "
+                             f"the input must be {expected}; received shape {shape}. Resize or pad the input")
         if x.ndim == 4:
             x = x.unsqueeze(0).expand(self.T, *x.shape)  # the same frame at every step
-        elif x.ndim == 5:
-            x = x.transpose(0, 1)  # event frames [B, T', C, H, W] -> [T', B, C, H, W]
         else:
-            raise ValueError(
-                f"expected an image batch [B, {self.in_chans}, H, W] or event frames [B, T, {self.in_chans}, H, W], "
-                f"got a tensor of shape {list(x.shape)}"
-            )
-        T, B, C, H, W = x.shape
-        if C != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got shape {list(x.shape)} with {C}")
-        if T < 1 or B < 1:
-            raise ValueError(f"expected at least one time step and one sample, got T={T}, B={B}")
-        if H % self.patch_size or W % self.patch_size or H == 0 or W == 0:
-            raise ValueError(
-                f"input size {H}x{W} is not a positive multiple of the patch size {self.patch_size} "
-                f"(expected e.g. {self.img_size}x{self.img_size}); resize or pad the input"
-            )
+            x = x.transpose(0, 1)  # event frames [B, T', C, H, W] -> [T', B, C, H, W]
         if not x.is_floating_point():
             x = x.float()
         return x
