@@ -88,7 +88,7 @@ def test_dotted_overrides_take_yaml_typed_values(override, section, key, value):
 
 
 def test_overrides_apply_on_top_of_the_file_in_order():
-    config = load_config(CONFIGS[0], ["train.epochs=2", "train.epochs=5", "model.depth=2"])
+    config = load_config(CONFIGS[0].parent / "digits.yaml", ["train.epochs=2", "train.epochs=5", "model.depth=2"])
     assert config.train.epochs == 5 and config.model.depth == 2
 
 
