@@ -35,6 +35,8 @@ class ModelConfig:
     patch_size: int | None = None
     drop_path_rate: float = 0.0
     lif_backend: str = "auto"
+    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem); None keeps the variant's.
+    stem: str | None = None
     stem_options: dict[str, Any] = field(default_factory=dict)
     # A checkpoint (own or official) whose weights initialise the model before training (fine-tuning).
     pretrained: str | None = None
@@ -101,11 +103,35 @@ class TrainConfig:
 
 
 @dataclass
+class SSLConfig:
+    """Masked pre-training (``spikformer pretrain``); supervised training ignores this section.
+
+    Defaults follow the closest published practice for spiking encoders (docs/v2.md): half of the patches
+    masked and a T=1 encoder as in Spike-driven Transformer V3's MAE variant, its 4-block decoder of width 256,
+    and MAE's loss on per-patch normalised pixels.
+    """
+
+    # Fraction of the patches (of the token grid) hidden from the encoder and reconstructed.
+    mask_ratio: float = 0.5
+    # Time steps of the spiking encoder while pre-training (replaces model.T; fine-tuning may use another T).
+    T: int = 1
+    # The non-spiking decoder: transformer blocks of this width over all tokens (visible + mask tokens).
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 8
+    # Normalise each target patch by its own mean and std before the MSE (MAE's norm_pix_loss).
+    norm_pix_loss: bool = True
+    # Validation images shown in the run folder's reconstructions.png (0: no figure).
+    num_visualize: int = 8
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
 
 _CHOICES = {
@@ -123,9 +149,11 @@ _MINIMUM = {
     ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
     ("train", "save_every_steps"): 0, ("train", "threads"): 1, ("train", "log_interval"): 1,
+    ("ssl", "T"): 1, ("ssl", "decoder_dim"): 1, ("ssl", "decoder_depth"): 1, ("ssl", "decoder_heads"): 1,
+    ("ssl", "num_visualize"): 0,
 }
 _OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("optim", "label_smoothing"), ("optim", "layer_decay"),
-                       ("train", "ema_decay"), ("model", "drop_path_rate")}
+                       ("train", "ema_decay"), ("model", "drop_path_rate"), ("ssl", "mask_ratio")}
 
 
 def section_names() -> list[str]:
@@ -266,6 +294,38 @@ def _check_consistency(config: Config) -> None:
                           f"({config.train.epochs})")
     if config.data.train_fraction <= 0:
         raise ConfigError("data.train_fraction must be > 0")
+    _check_stem(kwargs)
+    _check_ssl(config.ssl, kwargs)
+
+
+def _check_stem(kwargs: dict[str, Any]) -> None:
+    """Build the stem on the meta device (no memory, no compute) so that a wrong stem name or stem option is
+    reported here, at the config, rather than as a traceback from inside the model."""
+    import torch
+
+    from .layers import build_stem
+
+    try:
+        with torch.device("meta"):
+            build_stem(kwargs["stem"], in_chans=kwargs["in_chans"], embed_dim=kwargs["embed_dim"],
+                       patch_size=kwargs["patch_size"], lif_backend=kwargs["lif_backend"],
+                       **kwargs["stem_options"])
+    except TypeError as error:  # an option this stem does not take
+        raise ConfigError(f"model.stem_options {kwargs['stem_options']} do not fit the {kwargs['stem']!r} "
+                          f"stem: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"model: {error}") from None
+
+
+def _check_ssl(ssl: SSLConfig, kwargs: dict[str, Any]) -> None:
+    if ssl.decoder_dim % ssl.decoder_heads:
+        raise ConfigError(f"ssl.decoder_dim {ssl.decoder_dim} is not divisible by ssl.decoder_heads "
+                          f"{ssl.decoder_heads}")
+    grid = kwargs["img_size"] // kwargs["patch_size"]
+    masked = round(grid * grid * ssl.mask_ratio)
+    if not 0 < masked < grid * grid:
+        raise ConfigError(f"ssl.mask_ratio {ssl.mask_ratio} masks {masked} of the {grid * grid} patches; it must "
+                          f"hide at least one and leave at least one visible")
 
 
 def model_overrides(model: ModelConfig) -> dict[str, Any]:
