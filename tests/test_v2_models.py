@@ -158,3 +158,23 @@ def test_stem_can_be_chosen_in_the_config():
     assert spikformer.models.build_model(config.model).stem_name == "sps"
     with pytest.raises(ConfigError, match="unknown stem 'spx'"):
         load_config(None, ["model.name=spikformer_v2_8_384", "model.stem=spx"])
+
+
+@pytest.mark.parametrize("path, target", [
+    ("configs/imagenet_v2_8_384.yaml", "80.38%"), ("configs/imagenet_v2_8_512.yaml", "80.38%"),
+    ("configs/imagenet_v2_8_768.yaml", "80.38%"), ("configs/imagenet_v2_16_pretrain.yaml", "81.10%"),
+    ("configs/imagenet_v2_16_finetune.yaml", "81.10%"),
+])
+def test_imagenet_v2_configs_load_and_state_the_paper_accuracy_they_target(path, target):
+    config = load_config(path)
+    assert config.model.name.startswith("spikformer_v2_")
+    assert target in open(path).read().split("\nmodel:")[0]  # said in the header comment
+
+
+def test_imagenet_v2_recipe_pretrains_at_t1_and_finetunes_that_encoder_with_layer_decay():
+    pretrain = load_config("configs/imagenet_v2_16_pretrain.yaml")
+    finetune = load_config("configs/imagenet_v2_16_finetune.yaml")
+    assert pretrain.ssl.T == 1 and pretrain.optim.layer_decay is None
+    assert finetune.model.pretrained == f"{pretrain.train.out_dir}/encoder.safetensors"
+    assert finetune.model.name == pretrain.model.name
+    assert finetune.optim.layer_decay == 0.75 and finetune.model.drop_path_rate > 0
