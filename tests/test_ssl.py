@@ -21,9 +21,9 @@ def tiny_encoder(stem: str = "scs", **overrides) -> spikformer.Spikformer:
     return spikformer.create_model("spikformer_v2_8_384", **kwargs)
 
 
-def tiny_masked_model(**overrides) -> MaskedSpikformer:
+def tiny_masked_model(encoder_tokens: str = "all", **overrides) -> MaskedSpikformer:
     return MaskedSpikformer(tiny_encoder(**overrides), mask_ratio=0.5, decoder_dim=32, decoder_depth=1,
-                            decoder_heads=4)
+                            decoder_heads=4, encoder_tokens=encoder_tokens)
 
 
 def hidden_pixels(mask: torch.Tensor, patch: int) -> torch.Tensor:
@@ -48,16 +48,18 @@ def test_random_mask_refuses_a_ratio_that_hides_nothing_or_everything():
         random_patch_mask(2, (2, 2), 0.95)
 
 
-@pytest.mark.parametrize("stem", ["scs", "sps"])
-def test_pixels_under_the_mask_cannot_change_the_encoder_output(stem):
-    model = tiny_masked_model(stem=stem, T=2).train()  # training mode: BatchNorm uses batch statistics
+@pytest.mark.parametrize("stem, encoder_tokens, tokens", [
+    ("scs", "all", 64), ("sps", "all", 64), ("scs", "visible", 32), ("sps", "visible", 32),
+])
+def test_pixels_under_the_mask_cannot_change_the_encoder_output(stem, encoder_tokens, tokens):
+    model = tiny_masked_model(encoder_tokens, stem=stem, T=2).train()  # training: BatchNorm uses batch stats
     images = torch.randn(4, 1, 32, 32)
     mask = random_patch_mask(4, (8, 8), 0.5, generator=torch.Generator().manual_seed(1))
     noise = torch.randn_like(images) * 10 * hidden_pixels(mask, 4)
     before = model.forward_encoder(images, mask)
     after = model.forward_encoder(images + noise, mask)
     assert noise.abs().sum() > 0
-    assert before.shape == (2, 4, 32, 32)  # [T, B, visible tokens, D]
+    assert before.shape == (2, 4, tokens, 32)  # [T, B, all or visible tokens, D]
     assert torch.equal(before, after)
     # ... while a visible pixel does change it.
     visible_noise = torch.randn_like(images) * 10 * ~hidden_pixels(mask, 4)
@@ -148,14 +150,16 @@ def test_norm_pix_target_has_zero_mean_and_unit_variance_per_patch():
 # --- encoder, decoder, model -------------------------------------------------------------------------
 
 
-def test_masked_model_reconstructs_every_patch_and_trains_end_to_end():
-    model = tiny_masked_model()
+@pytest.mark.parametrize("encoder_tokens", ["all", "visible"])
+def test_masked_model_reconstructs_every_patch_and_trains_end_to_end(encoder_tokens):
+    model = tiny_masked_model(encoder_tokens)
     images = torch.randn(4, 1, 32, 32)
     loss, prediction, mask = model(images)
     assert prediction.shape == (4, 64, 16) and mask.shape == (4, 8, 8)
     loss.backward()
     assert model.encoder.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0  # through the spiking stem
-    assert model.decoder.mask_token.grad.abs().sum() > 0
+    if encoder_tokens == "visible":  # the decoder fills the hidden positions with its mask token
+        assert model.decoder.mask_token.grad.abs().sum() > 0
     reconstruction = model.reconstruct(images, mask)
     visible = ~hidden_pixels(mask, 4).expand_as(images)
     assert torch.equal(reconstruction[visible], images[visible])  # visible patches are shown as they were
@@ -167,6 +171,14 @@ def test_decoder_position_embedding_is_distinct_for_every_patch():
     assert torch.cdist(position, position).add(torch.eye(24)).min() > 0.1
     with pytest.raises(ValueError, match="multiple of 4"):
         sincos_position_embedding((2, 2), 30)
+
+
+def test_decoder_without_blocks_projects_each_token_of_an_all_token_encoder():
+    model = MaskedSpikformer(tiny_encoder(), decoder_dim=32, decoder_depth=0, decoder_heads=4)
+    loss, prediction, _ = model(torch.randn(2, 1, 32, 32))
+    assert prediction.shape == (2, 64, 16) and len(model.decoder.blocks) == 0
+    with pytest.raises(ValueError, match="decoder_depth >= 1"):
+        MaskedSpikformer(tiny_encoder(), decoder_depth=0, encoder_tokens="visible")
 
 
 def test_masked_model_needs_an_encoder_without_classifier():
@@ -183,12 +195,14 @@ def test_masked_model_names_the_expected_input_size():
     ("ssl.mask_ratio=1.5", "between 0 and 1"),
     ("ssl.mask_ratio=0.001", "hide at least one"),
     ("ssl.decoder_heads=3", "not divisible by ssl.decoder_heads"),
-    ("ssl.decoder_depth=0", ">= 1"),
+    ("ssl.decoder_depth=-1", ">= 0"),
+    ("ssl.encoder_tokens=visible ssl.decoder_depth=0", "nothing to be predicted from"),
+    ("ssl.encoder_tokens=some", "must be one of all, visible"),
     ("ssl.mask_raito=0.5", "did you mean 'mask_ratio'"),
 ])
 def test_bad_ssl_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("configs/digits_v2_pretrain.yaml", [override])
+        load_config("configs/digits_v2_pretrain.yaml", override.split())
 
 
 # --- fine-tuning: layer-wise lr decay --------------------------------------------------------------
@@ -213,3 +227,12 @@ def test_layer_decay_groups_are_stem_then_each_block_then_head():
         scale, decay = scale_of[param]
         assert scale == pytest.approx(expected[prefix]), name
         assert decay == (0.0 if param.ndim <= 1 else config.optim.weight_decay), name  # no decay on BN/bias
+
+
+def test_masked_model_trains_under_bfloat16_autocast():
+    model = tiny_masked_model(T=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = model(torch.randn(4, 1, 32, 32))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert model.encoder.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0

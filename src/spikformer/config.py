@@ -115,7 +115,11 @@ class SSLConfig:
     mask_ratio: float = 0.5
     # Time steps of the spiking encoder while pre-training (replaces model.T; fine-tuning may use another T).
     T: int = 1
-    # The non-spiking decoder: transformer blocks of this width over all tokens (visible + mask tokens).
+    # Tokens the SSA blocks see: "all" (hidden ones empty, as SparK and SimMIM: the encoder must fill them
+    # in) or "visible" (as MAE: the decoder fills them in).
+    encoder_tokens: str = "all"
+    # The non-spiking decoder: transformer blocks of this width over all tokens (0 blocks: a per-token
+    # projection, only with encoder_tokens "all").
     decoder_dim: int = 256
     decoder_depth: int = 4
     decoder_heads: int = 8
@@ -140,6 +144,7 @@ _CHOICES = {
     ("optim", "schedule_unit"): ("step", "epoch"),
     ("train", "amp"): ("auto", "bf16", "fp16", "off"),
     ("train", "nan_policy"): ("stop", "skip"),
+    ("ssl", "encoder_tokens"): ("all", "visible"),
 }
 _MINIMUM = {
     ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
@@ -149,7 +154,7 @@ _MINIMUM = {
     ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
     ("train", "save_every_steps"): 0, ("train", "threads"): 1, ("train", "log_interval"): 1,
-    ("ssl", "T"): 1, ("ssl", "decoder_dim"): 1, ("ssl", "decoder_depth"): 1, ("ssl", "decoder_heads"): 1,
+    ("ssl", "T"): 1, ("ssl", "decoder_dim"): 1, ("ssl", "decoder_depth"): 0, ("ssl", "decoder_heads"): 1,
     ("ssl", "num_visualize"): 0,
 }
 _OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("optim", "label_smoothing"), ("optim", "layer_decay"),
@@ -321,6 +326,9 @@ def _check_ssl(ssl: SSLConfig, kwargs: dict[str, Any]) -> None:
     if ssl.decoder_dim % ssl.decoder_heads:
         raise ConfigError(f"ssl.decoder_dim {ssl.decoder_dim} is not divisible by ssl.decoder_heads "
                           f"{ssl.decoder_heads}")
+    if ssl.decoder_depth == 0 and ssl.encoder_tokens == "visible":
+        raise ConfigError("ssl.decoder_depth=0 leaves hidden patches nothing to be predicted from when "
+                          "ssl.encoder_tokens=visible; use decoder_depth >= 1 or encoder_tokens=all")
     grid = kwargs["img_size"] // kwargs["patch_size"]
     masked = round(grid * grid * ssl.mask_ratio)
     if not 0 < masked < grid * grid:

@@ -1,9 +1,9 @@
 """The light, non-spiking decoder of masked pre-training; it exists only during pre-training.
 
-It receives the encoder's features of the visible tokens, puts a learned mask token at every hidden position,
-adds fixed 2-D sine-cosine position embeddings (the encoder's features carry no absolute position: the SCS's
-position embedding is a convolution), and runs ``depth`` pre-norm transformer blocks over the full grid
-before a linear projection to the pixels of every patch.
+It receives the encoder's features of every token, or of the visible tokens only (then it puts a learned mask
+token at every hidden position), adds fixed 2-D sine-cosine position embeddings (the encoder's features carry
+no absolute position: the stem's position embedding is a convolution), and runs ``depth`` pre-norm
+transformer blocks over the full grid before a linear projection to the pixels of every patch.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
 
 
 class ReconstructionDecoder(nn.Module):
-    """Visible-token features ``[B, N_vis, D]`` and the mask ``[B, N]`` -> pixels of every patch ``[B, N, P]``
-    (``P = patch * patch * channels``; the loss reads the masked ones)."""
+    """Token features ``[B, N, D]`` (or of the visible tokens, ``[B, N_vis, D]``) and the mask ``[B, N]`` ->
+    pixels of every patch ``[B, N, P]`` (``P = patch * patch * channels``; the loss reads the masked ones)."""
 
     def __init__(self, encoder_dim: int, grid: tuple[int, int], patch_pixels: int, dim: int = 256,
                  depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
@@ -54,13 +54,15 @@ class ReconstructionDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(_init_weights)
 
-    def forward(self, visible_features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, N = mask.shape
         if N != math.prod(self.grid):
             raise ValueError(f"mask has {N} patches but the decoder was built for a {self.grid} grid")
-        visible_tokens = self.embed(self.encoder_norm(visible_features))  # [B, N_vis, d]
-        tokens = self.mask_token.expand(B, N, -1).to(visible_tokens.dtype).clone()  # [B, N, d]
-        tokens[~mask] = visible_tokens.reshape(-1, visible_tokens.shape[-1])
+        tokens = self.embed(self.encoder_norm(features))  # [B, N or N_vis, d]
+        if tokens.shape[1] != N:  # visible tokens only: hidden positions get the mask token
+            visible_tokens = tokens
+            tokens = self.mask_token.expand(B, N, -1).to(visible_tokens.dtype).clone()  # [B, N, d]
+            tokens[~mask] = visible_tokens.reshape(-1, visible_tokens.shape[-1])
         tokens = tokens + self.position.to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens)

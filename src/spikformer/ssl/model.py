@@ -2,8 +2,11 @@
 
 The method in three steps (``forward_encoder``, ``forward_decoder``, ``forward_loss``):
 1. Hide a random subset of the patches. The stem runs as a sparse convolution (``masking.py``), so hidden
-   regions stay empty through every conv stage; then, as in MAE, only the visible tokens enter the SSA blocks.
-2. The non-spiking decoder fills the hidden positions with mask tokens and predicts every patch's pixels.
+   regions stay empty through every conv stage. Then either all tokens enter the SSA blocks, the hidden ones
+   empty (``encoder_tokens="all"``, as SparK keeps masked positions in a dense network and SimMIM keeps mask
+   tokens in the encoder), or only the visible ones (``"visible"``, as MAE).
+2. The non-spiking decoder predicts every patch's pixels (with ``"visible"`` it first puts a mask token at
+   every hidden position).
 3. MSE on the (normalised) pixels of the hidden patches only.
 
 Only the encoder is kept: ``encoder_state_dict()`` is what fine-tuning loads (``model.pretrained``).
@@ -21,6 +24,8 @@ from .decoder import ReconstructionDecoder
 from .loss import masked_patch_loss, normalize_patches, patchify, unpatchify
 from .masking import masked_stem_forward, random_patch_mask
 
+ENCODER_TOKENS = ("all", "visible")
+
 
 class MaskedSpikformer(nn.Module):
     """``images [B, C, H, W]`` -> ``(loss, prediction [B, N, P], mask [B, h, w])``.
@@ -29,11 +34,18 @@ class MaskedSpikformer(nn.Module):
     """
 
     def __init__(self, encoder: Spikformer, mask_ratio: float = 0.5, decoder_dim: int = 256,
-                 decoder_depth: int = 4, decoder_heads: int = 8, norm_pix_loss: bool = True) -> None:
+                 decoder_depth: int = 4, decoder_heads: int = 8, norm_pix_loss: bool = True,
+                 encoder_tokens: str = "all") -> None:
         super().__init__()
         if encoder.num_classes != 0:
             raise ValueError("the pre-training encoder must be built with num_classes=0 (no classifier)")
+        if encoder_tokens not in ENCODER_TOKENS:
+            raise ValueError(f"encoder_tokens must be one of {', '.join(ENCODER_TOKENS)}, got {encoder_tokens!r}")
+        if encoder_tokens == "visible" and decoder_depth == 0:
+            raise ValueError("with encoder_tokens='visible' the decoder needs at least one block to see the "
+                             "visible tokens from the hidden positions; set decoder_depth >= 1")
         self.encoder = encoder
+        self.encoder_tokens = encoder_tokens
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.patch_size = encoder.patch_size
@@ -54,18 +66,20 @@ class MaskedSpikformer(nn.Module):
                              f"(the encoder's img_size), got {list(images.shape)}")
 
     def forward_encoder(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Images and mask ``[B, h, w]`` -> features of the visible tokens ``[T, B, N_vis, D]``."""
+        """Images and mask ``[B, h, w]`` -> token features ``[T, B, N, D]`` (``"all"``) or those of the
+        visible tokens ``[T, B, N_vis, D]`` (``"visible"``)."""
         x = self.encoder.time_first(images)  # [T, B, C, H, W]
         x = masked_stem_forward(self.encoder.patch_embed, x, mask)  # [T, B, N, D], hidden tokens zero
-        T, B, N, D = x.shape
-        visible = (~mask).flatten(1).nonzero()[:, 1].view(B, -1)  # [B, N_vis], ascending per sample
-        x = x.gather(2, visible.view(1, B, -1, 1).expand(T, B, visible.shape[1], D))  # [T, B, N_vis, D]
+        if self.encoder_tokens == "visible":
+            T, B, N, D = x.shape
+            visible = (~mask).flatten(1).nonzero()[:, 1].view(B, -1)  # [B, N_vis], ascending per sample
+            x = x.gather(2, visible.view(1, B, -1, 1).expand(T, B, visible.shape[1], D))  # [T, B, N_vis, D]
         for block in self.encoder.blocks:
             x = block(x)
         return x
 
     def forward_decoder(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Visible features ``[T, B, N_vis, D]`` -> predicted pixels of every patch ``[B, N, P]``."""
+        """Encoder features ``[T, B, N or N_vis, D]`` -> predicted pixels of every patch ``[B, N, P]``."""
         return self.decoder(features.mean(0), mask.flatten(1))  # the decoder is not spiking: average over T
 
     def forward_loss(self, images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,4 +125,4 @@ def build_masked_model(config) -> MaskedSpikformer:
     encoder = create_model(config.model.name, **encoder_overrides(config))
     ssl = config.ssl
     return MaskedSpikformer(encoder, ssl.mask_ratio, ssl.decoder_dim, ssl.decoder_depth, ssl.decoder_heads,
-                            ssl.norm_pix_loss)
+                            ssl.norm_pix_loss, ssl.encoder_tokens)

@@ -43,6 +43,10 @@ def pretraining_config_problems(config: Config) -> list[str]:
         problems.append("optim.layer_decay is for fine-tuning; remove it from the pre-training config")
     if config.train.ema_decay is not None:
         problems.append("train.ema_decay is not supported by pre-training; remove it")
+    if config.train.sync_bn:
+        # The masked stem normalises visible positions with the BatchNorm's parameters directly, which would
+        # bypass SyncBatchNorm's cross-process statistics without a word.
+        problems.append("train.sync_bn is not supported by pre-training (its masked BatchNorm is per process)")
     return problems
 
 
@@ -81,8 +85,6 @@ class Pretrainer:
             state, _ = read_model_state(config.model.pretrained, use_ema=True)
             match_state_dict(self.model.encoder, state, strict=True, source=config.model.pretrained)
         self.model.to(self.device)
-        if cfg.sync_bn and self.dist.enabled:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.batches_per_epoch = self.train_loader.sampler.batches_per_epoch()
         self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accum_steps)
