@@ -17,6 +17,13 @@ def _displayable(picture: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     return picture[0] if picture.shape[0] == 1 else picture[:3].permute(1, 2, 0)
 
 
+def _with_hidden_patches_coloured(picture: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``[H, W]`` or ``[H, W, 3]`` in [0, 1] -> ``[H, W, 3]`` with the hidden pixels painted blue."""
+    rgb = picture.unsqueeze(-1).expand(*picture.shape, 3).clone() if picture.ndim == 2 else picture.clone()
+    rgb[hidden] = torch.tensor([0.25, 0.35, 0.75])
+    return rgb
+
+
 def render_reconstructions(model: MaskedSpikformer, images: torch.Tensor, path: str | Path,
                            generator: torch.Generator | None = None) -> Path:
     """Mask ``images [B, C, H, W]`` at the model's ratio, reconstruct, and save the grid as a PNG at ``path``."""
@@ -33,18 +40,18 @@ def render_reconstructions(model: MaskedSpikformer, images: torch.Tensor, path: 
     reconstruction = model.reconstruct(images, mask)
     model.train(was_training)
 
-    # The masked input: hidden patches painted at the image's minimum (black).
-    visible = (~mask).repeat_interleave(model.patch_size, 1).repeat_interleave(model.patch_size, 2)
-    floor = images.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-    masked = torch.where(visible.unsqueeze(1), images, floor)
+    hidden = mask.repeat_interleave(model.patch_size, 1).repeat_interleave(model.patch_size, 2).cpu()  # [B, H, W]
 
     rows = images.shape[0]
     figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     for row in range(rows):
-        for column, (title, picture) in enumerate((("input", images[row]), ("mask", masked[row]),
-                                                   ("reconstruction", reconstruction[row]))):
+        reference = images[row].float().cpu()
+        pictures = {"input": _displayable(images[row], reference),
+                    "mask": _with_hidden_patches_coloured(_displayable(images[row], reference), hidden[row]),
+                    "reconstruction": _displayable(reconstruction[row], reference)}
+        for column, (title, picture) in enumerate(pictures.items()):
             ax = axes[row][column]
-            ax.imshow(_displayable(picture, images[row].float().cpu()), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title)
