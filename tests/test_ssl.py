@@ -66,6 +66,20 @@ def test_pixels_under_the_mask_cannot_change_the_encoder_output(stem, encoder_to
     assert not torch.equal(before, model.forward_encoder(images + visible_noise, mask))
 
 
+def test_hidden_tokens_enter_the_blocks_with_their_position_so_the_encoder_can_fill_them_in():
+    model = tiny_masked_model("all", T=1).eval()
+    mask = random_patch_mask(2, (8, 8), 0.5, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        x = model.encoder.time_first(torch.randn(2, 1, 32, 32))
+        tokens = masked_stem_forward(model.encoder.patch_embed, x, mask)
+        features = model.forward_encoder(torch.randn(2, 1, 32, 32), mask)
+    hidden = mask.flatten(1)
+    assert (tokens[:, hidden] == 0).all()  # the stem leaves them empty ...
+    first_hidden = features[0, 0][hidden[0]]  # [hidden tokens of sample 0, D]
+    assert torch.unique(first_hidden, dim=0).shape[0] == first_hidden.shape[0]  # ... the blocks tell them apart
+    assert not any(name.startswith("mask_") for name in model.encoder.state_dict())  # pre-training only
+
+
 @pytest.mark.parametrize("downsample", ["maxpool", "stride"])
 def test_masked_positions_stay_empty_after_every_stem_stage(downsample):
     encoder = tiny_encoder(stem_options={"downsample": downsample}, T=2).train()

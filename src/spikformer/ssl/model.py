@@ -2,9 +2,9 @@
 
 The method in three steps (``forward_encoder``, ``forward_decoder``, ``forward_loss``):
 1. Hide a random subset of the patches. The stem runs as a sparse convolution (``masking.py``), so hidden
-   regions stay empty through every conv stage. Then either all tokens enter the SSA blocks, the hidden ones
-   empty (``encoder_tokens="all"``, as SparK keeps masked positions in a dense network and SimMIM keeps mask
-   tokens in the encoder), or only the visible ones (``"visible"``, as MAE).
+   regions stay empty through every conv stage. Then either all tokens enter the SSA blocks, each hidden one
+   as a learned mask token plus a fixed position code (``encoder_tokens="all"``, as SimMIM: the encoder
+   itself must fill the holes), or only the visible ones (``"visible"``, as MAE).
 2. The non-spiking decoder predicts every patch's pixels (with ``"visible"`` it first puts a mask token at
    every hidden position).
 3. MSE on the (normalised) pixels of the hidden patches only.
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models import Spikformer, create_model
-from .decoder import ReconstructionDecoder
+from .decoder import ReconstructionDecoder, sincos_position_embedding
 from .loss import masked_patch_loss, normalize_patches, patchify, unpatchify
 from .masking import masked_stem_forward, random_patch_mask
 
@@ -50,6 +50,14 @@ class MaskedSpikformer(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.patch_size = encoder.patch_size
         self.grid = (encoder.img_size // encoder.patch_size,) * 2
+        if encoder_tokens == "all":
+            # Hidden tokens leave the sparse stem empty, and SSA and MLP treat identical tokens identically:
+            # without a position code every hidden token would get the same features. Spikformer has no
+            # absolute position embedding of its own, so the mask token carries one (pre-training only).
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+            self.register_buffer("mask_position", sincos_position_embedding(self.grid, encoder.embed_dim),
+                                 persistent=False)
         self.decoder = ReconstructionDecoder(
             encoder.embed_dim, self.grid, self.patch_size**2 * encoder.in_chans, decoder_dim, decoder_depth,
             decoder_heads,
@@ -70,7 +78,10 @@ class MaskedSpikformer(nn.Module):
         visible tokens ``[T, B, N_vis, D]`` (``"visible"``)."""
         x = self.encoder.time_first(images)  # [T, B, C, H, W]
         x = masked_stem_forward(self.encoder.patch_embed, x, mask)  # [T, B, N, D], hidden tokens zero
-        if self.encoder_tokens == "visible":
+        if self.encoder_tokens == "all":
+            hidden = mask.flatten(1)[None, :, :, None].to(x.dtype)  # [1, B, N, 1]
+            x = x + hidden * (self.mask_token + self.mask_position).to(x.dtype)
+        else:
             T, B, N, D = x.shape
             visible = (~mask).flatten(1).nonzero()[:, 1].view(B, -1)  # [B, N_vis], ascending per sample
             x = x.gather(2, visible.view(1, B, -1, 1).expand(T, B, visible.shape[1], D))  # [T, B, N_vis, D]
