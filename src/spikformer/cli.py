@@ -17,7 +17,7 @@ import sys
 from .errors import SpikformerError
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
-COMMANDS = ("train", "eval", "models", "demo", "analyze", "energy_table", "frames")
+COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "demo", "analyze", "energy_table", "frames")
 
 
 def build_parser() -> argparse.ArgumentParser:

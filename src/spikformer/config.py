@@ -36,6 +36,8 @@ class ModelConfig:
     patch_size: int | None = None
     drop_path_rate: float = 0.0
     lif_backend: str = "auto"
+    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem); None keeps the variant's.
+    stem: str | None = None
     stem_options: dict[str, Any] = field(default_factory=dict)
     # A checkpoint (own or official) whose weights initialise the model before training (fine-tuning).
     pretrained: str | None = None
@@ -117,11 +119,39 @@ class TrainConfig:
 
 
 @dataclass
+class SSLConfig:
+    """Masked pre-training (``spikformer pretrain``); supervised training ignores this section.
+
+    Defaults follow the closest published practice for spiking encoders (docs/v2.md): half of the patches
+    masked and a T=1 encoder as in Spike-driven Transformer V3's MAE variant, its 4-block decoder of width 256,
+    and MAE's loss on per-patch normalised pixels.
+    """
+
+    # Fraction of the patches (of the token grid) hidden from the encoder and reconstructed.
+    mask_ratio: float = 0.5
+    # Time steps of the spiking encoder while pre-training (replaces model.T; fine-tuning may use another T).
+    T: int = 1
+    # Tokens the SSA blocks see: "all" (hidden ones empty, as SparK and SimMIM: the encoder must fill them
+    # in) or "visible" (as MAE: the decoder fills them in).
+    encoder_tokens: str = "all"
+    # The non-spiking decoder: transformer blocks of this width over all tokens (0 blocks: a per-token
+    # projection, only with encoder_tokens "all").
+    decoder_dim: int = 256
+    decoder_depth: int = 4
+    decoder_heads: int = 8
+    # Normalise each target patch by its own mean and std before the MSE (MAE's norm_pix_loss).
+    norm_pix_loss: bool = True
+    # Validation images shown in the run folder's reconstructions.png (0: no figure).
+    num_visualize: int = 8
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
 
 _CHOICES = {
@@ -131,6 +161,7 @@ _CHOICES = {
     ("optim", "schedule_unit"): ("step", "epoch"),
     ("train", "amp"): ("auto", "bf16", "fp16", "off"),
     ("train", "nan_policy"): ("stop", "skip"),
+    ("ssl", "encoder_tokens"): ("all", "visible"),
 }
 _MINIMUM = {
     ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
@@ -142,6 +173,8 @@ _MINIMUM = {
     ("optim", "momentum"): 0.0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
     ("train", "save_every_steps"): 0, ("train", "threads"): 1, ("train", "log_interval"): 1,
+    ("ssl", "T"): 1, ("ssl", "decoder_dim"): 1, ("ssl", "decoder_depth"): 0, ("ssl", "decoder_heads"): 1,
+    ("ssl", "num_visualize"): 0,
 }
 # Strictly positive: a zero here trains nothing (lr), divides by zero (eps) or clips every gradient to zero.
 _POSITIVE = {("optim", "lr"), ("optim", "eps"), ("optim", "clip_grad"), ("model", "mlp_ratio"),
@@ -149,7 +182,8 @@ _POSITIVE = {("optim", "lr"), ("optim", "eps"), ("optim", "clip_grad"), ("model"
 # Within [0, 1]; those also in _BELOW_ONE must be < 1 (a drop rate or decay of 1 freezes or erases everything).
 _OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("data", "event_flip"), ("data", "event_drop"),
                        ("optim", "label_smoothing"), ("optim", "layer_decay"),
-                       ("train", "ema_decay"), ("model", "drop_path_rate"), ("optim", "momentum")}
+                       ("train", "ema_decay"), ("model", "drop_path_rate"), ("optim", "momentum"),
+                       ("ssl", "mask_ratio")}
 _BELOW_ONE = {("data", "event_drop"), ("optim", "label_smoothing"), ("train", "ema_decay"),
               ("model", "drop_path_rate")}
 
@@ -310,6 +344,7 @@ def _check_consistency(config: Config) -> None:
     if not all(0.0 <= beta < 1.0 for beta in config.optim.betas):
         raise ConfigError(f"optim.betas must both be in [0, 1), got {list(config.optim.betas)}")
     _check_device(config.train.device)
+    _check_ssl(config.ssl, kwargs)
     for where, value in (("train.out_dir", config.train.out_dir), ("data.root", config.data.root),
                          ("train.resume", config.train.resume), ("model.pretrained", config.model.pretrained)):
         if value is not None and (not value.strip() or "\0" in value):
@@ -351,6 +386,20 @@ def _check_device(name: str) -> None:
         torch.device(name)
     except (RuntimeError, ValueError):
         raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def _check_ssl(ssl: SSLConfig, kwargs: dict[str, Any]) -> None:
+    if ssl.decoder_dim % ssl.decoder_heads:
+        raise ConfigError(f"ssl.decoder_dim {ssl.decoder_dim} is not divisible by ssl.decoder_heads "
+                          f"{ssl.decoder_heads}")
+    if ssl.decoder_depth == 0 and ssl.encoder_tokens == "visible":
+        raise ConfigError("ssl.decoder_depth=0 leaves hidden patches nothing to be predicted from when "
+                          "ssl.encoder_tokens=visible; use decoder_depth >= 1 or encoder_tokens=all")
+    grid = kwargs["img_size"] // kwargs["patch_size"]
+    masked = round(grid * grid * ssl.mask_ratio)
+    if not 0 < masked < grid * grid:
+        raise ConfigError(f"ssl.mask_ratio {ssl.mask_ratio} masks {masked} of the {grid * grid} patches; it must "
+                          f"hide at least one and leave at least one visible")
 
 
 def model_overrides(model: ModelConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Spikformer models: the model class, the named variants and their timm entry points."""
 
-from . import zoo  # noqa: F401  (registers the variants in timm)
+from . import v2, zoo  # noqa: F401  (register the V1 and V2 variants in timm)
 from .registry import (
     VARIANTS,
     Variant,

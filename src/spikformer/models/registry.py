@@ -15,7 +15,7 @@ from .spikformer import Spikformer
 
 OVERRIDABLE = (
     "T", "num_classes", "img_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "drop_path_rate", "patch_size", "lif_backend", "stem_options",
+    "drop_path_rate", "patch_size", "lif_backend", "stem", "stem_options",
 )
 
 
@@ -108,6 +108,9 @@ def resolve_model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
             continue
         if key == "stem_options":
             kwargs[key] = {**kwargs[key], **value}
+        elif key == "stem" and value != kwargs["stem"]:
+            # Another stem's options mean nothing to this one: only the caller's own options are kept.
+            kwargs[key], kwargs["stem_options"] = value, dict(overrides.get("stem_options") or {})
         else:
             kwargs[key] = value
     return kwargs

@@ -100,6 +100,16 @@ class Spikformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's layer-wise lr decay: the stem, then each block, then (unmatched) the
+        head. ``coarse`` is accepted for timm's interface; the groups are the same."""
+        return {"stem": r"^patch_embed", "blocks": [(r"^blocks\.(\d+)", None)]}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay beyond biases and norms (which timm exempts by shape):
+        none, as Spikformer has no position or class embeddings."""
+        return set()
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

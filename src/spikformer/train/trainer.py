@@ -24,7 +24,7 @@ from torch import nn
 from ..checkpoint import save_model
 from ..config import Config, config_to_dict, format_config, save_config
 from ..data import build_dataset, build_loader
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import build_model
 from .distributed import all_reduce_sum, barrier, init_distributed
 from .engine import autocast, autocast_dtype, evaluate, resolve_device, topk_correct
@@ -147,7 +147,20 @@ class Trainer:
         model_state = self.model.state_dict()
         if any(k not in model_state or state[k].shape != model_state[k].shape for k in head_keys):
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        # Everything but the classifier must come from the checkpoint: a partly initialised backbone would
+        # train without complaint and silently lose the pre-training.
+        missing = [k for k in model_state if k not in state and not k.startswith("head.")]
+        if missing:
+            hint = (" It looks like a pre-training state: pass the run's encoder.safetensors instead."
+                    if any(k.startswith("encoder.") for k in state) else "")
+            raise CheckpointError(
+                f"model.pretrained={path} lacks {len(missing)} of the model's backbone tensors (e.g. "
+                f"{', '.join(missing[:4])}): it was saved from another variant, stem or size. Use the model.name, "
+                f"stem and sizes it was trained with (an own checkpoint stores them in its config).{hint}")
         match_state_dict(self.model, state, strict=False, source=path)
+        fresh = "kept" if any(k.startswith("head.") for k in state) else "freshly initialised"
+        self.log(f"initialised from {path}: {sum(k in state for k in model_state)} of {len(model_state)} "
+                 f"tensors loaded, classifier {fresh}")
 
     def resume_path(self) -> Path | None:
         resume = self.config.train.resume
