@@ -26,8 +26,8 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_config_has_the_four_sections():
-    assert section_names() == ["model", "data", "optim", "train"]
+def test_a_config_has_the_four_sections_plus_masked_pretraining():
+    assert section_names() == ["model", "data", "optim", "train", "ssl"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

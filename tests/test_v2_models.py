@@ -149,7 +149,7 @@ def test_bad_scs_layouts_are_config_errors_that_name_the_problem(options, messag
 
 
 def test_options_of_one_stem_given_to_another_are_a_config_error():
-    with pytest.raises(ConfigError, match="do not fit the 'sps' stem"):
+    with pytest.raises(ConfigError, match="stem 'sps': got an unexpected keyword argument 'depths'"):
         load_config(None, ["model.name=spikformer_8_384", "model.stem_options={depths: [1, 1, 1, 1]}"])
 
 
