@@ -1,0 +1,114 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed with ``--resume auto`` ends with the same
+weights, bit for bit, as a run that was never interrupted.
+
+The run is the CIFAR-10 recipe shrunk to a tiny model on a stand-in dataset in the official format, so
+every source of randomness of a real run is exercised: RandAugment (Python's ``random``), random erasing and
+stochastic depth (torch), mixup (NumPy), plus EMA, gradient accumulation, the per-epoch warm-up/cosine
+schedule with a cool-down epoch and mixup switching off part-way.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from static_data import write_cifar10
+
+import spikformer
+from spikformer.checkpoint import read_checkpoint
+from spikformer.config import load_config
+from spikformer.train import Trainer
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_4_384.yaml"
+EPOCHS = 4  # 3 + 1 cool-down; 5 optimizer steps of 2 x 4 images each
+
+
+def overrides(data_root: Path, out_dir: Path) -> list[str]:
+    return [
+        "model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.drop_path_rate=0.1",
+        f"data.root={data_root}", "data.batch_size=4", "data.num_workers=0", "data.mixup_off_epoch=2",
+        "optim.warmup_epochs=1", "optim.cooldown_epochs=1", "train.epochs=3", "train.accum_steps=2",
+        "train.save_every_steps=1", "train.ema_decay=0.9", "train.deterministic=true", 'train.amp="off"',
+        "train.threads=1", "train.progress=false", "train.tensorboard=false", f"train.out_dir={out_dir}",
+    ]
+
+
+def train_command(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "spikformer", "train", "--config", str(RECIPE), *extra,
+            *overrides(data_root, out_dir)]
+
+
+def subprocess_env() -> dict[str, str]:
+    source = str(Path(spikformer.__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([source, os.environ.get(
+        "PYTHONPATH", "")])}
+
+
+def position(path: Path) -> dict | None:
+    try:
+        return read_checkpoint(path)[1]["position"]
+    except Exception:  # not written yet
+        return None
+
+
+def metrics_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def uninterrupted(tmp_path):
+    data = write_cifar10(tmp_path / "cifar", per_batch=8, test=6).parent
+    out = tmp_path / "uninterrupted"
+    Trainer(load_config(RECIPE, overrides(data, out))).fit()
+    yield data, out
+    torch.use_deterministic_algorithms(False)  # train.deterministic sets a process-wide flag
+
+
+def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    data, reference = uninterrupted
+    out = tmp_path / "killed"
+    process = subprocess.Popen(train_command(data, out), env=subprocess_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        seen = None
+        while process.poll() is None:  # kill as soon as a checkpoint lies mid-epoch after a finished epoch
+            seen = position(out / "last.safetensors")
+            if seen and seen["epoch"] >= 1 and seen["batch"] > 0:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {seen}"
+    killed_at = position(out / "last.safetensors")
+    assert killed_at["epoch"] >= 1 and 0 < killed_at["batch"] < 10
+    done = [int(row["epoch"]) for row in metrics_rows(out / "metrics.csv")]
+    assert done[: killed_at["epoch"]] == list(range(killed_at["epoch"]))  # every finished epoch was logged
+
+    resumed = subprocess.run(train_command(data, out, "--resume", "auto"), env=subprocess_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {out / 'last.safetensors'} at epoch {killed_at['epoch']}, batch {killed_at['batch']}" \
+        in resumed.stdout
+
+    final, meta = read_checkpoint(out / "last.safetensors")
+    expected, expected_meta = read_checkpoint(reference / "last.safetensors")
+    assert meta["position"]["epoch"] == EPOCHS and meta["position"]["step"] == expected_meta["position"]["step"]
+    assert sorted(final) == sorted(expected)
+    different = [key for key in expected if not torch.equal(final[key], expected[key])]
+    assert not different, f"differs from the uninterrupted run: {different[:5]}"  # weights, EMA, optimizer, RNG
+    rows, expected_rows = metrics_rows(out / "metrics.csv"), metrics_rows(reference / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(EPOCHS)]  # each epoch logged exactly once
+    for row, expected_row in zip(rows, expected_rows):
+        for column in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+            assert row[column] == expected_row[column], (row["epoch"], column)
