@@ -29,8 +29,8 @@ COMMON = [
     "model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.T=2", "model.img_size=16",
     "model.in_chans=1", "data.name=digits", "data.train_fraction=0.014", "data.shift=2", "data.eval_batch_size=90",
     "data.global_batch_size=8", "optim.name=sgd", "optim.lr=0.2", "optim.momentum=0.9", "optim.weight_decay=0.01",
-    "optim.warmup_epochs=0", "train.epochs=2", "train.eval_every=2", "train.freeze_bn=true", "train.ema_decay=0.5", "train.amp=\"off\"",
-    "train.device=cpu", "train.threads=1", "train.progress=false", "train.tensorboard=false",
+    "optim.warmup_epochs=0", "train.epochs=2", "train.eval_every=2", "train.freeze_bn=true", "train.ema_decay=0.5",
+    'train.amp="off"', "train.device=cpu", "train.threads=1", "train.progress=false", "train.tensorboard=false",
     "train.deterministic=true",
 ]
 

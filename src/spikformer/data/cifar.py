@@ -135,7 +135,8 @@ class CifarDataset(Dataset):
             raise DatasetError(f"{folder}: labels outside 0..{layout.num_classes - 1}; is this {layout.folder}?")
         self.num_classes = layout.num_classes
         meta_path = folder / layout.meta_file
-        self.classes = list(read_pickle(meta_path).get(layout.names_key, [])) if meta_path.is_file() else []
+        names = read_pickle(meta_path).get(layout.names_key, []) if meta_path.is_file() else []
+        self.classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
         self.transform = transform
         self.mode = mode
 
