@@ -112,3 +112,33 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path
     for row, expected_row in zip(rows, expected_rows):
         for column in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
             assert row[column] == expected_row[column], (row["epoch"], column)
+
+
+
+class RandomlyAugmented(torch.utils.data.Dataset):
+    """Sample ``i`` is ``i`` plus a draw from each of torch's, NumPy's and Python's RNGs."""
+
+    def __len__(self) -> int:
+        return 48
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        import random
+
+        import numpy as np
+
+        return torch.tensor([index + torch.rand(()).item(), np.random.rand(), random.random()]), index
+
+
+def test_with_workers_a_sample_is_augmented_the_same_however_the_epoch_is_split_or_resumed():
+    from spikformer.data import build_loader
+
+    def epoch(num_workers: int, start_batch: int = 0, number: int = 3) -> list[torch.Tensor]:
+        loader = build_loader(RandomlyAugmented(), batch_size=8, train=True, seed=5, num_workers=num_workers)
+        loader.sampler.set_epoch(number, start_batch)
+        return [samples for samples, _ in loader]
+
+    full = epoch(num_workers=2)
+    assert all(torch.equal(a, b) for a, b in zip(full, epoch(num_workers=1)))
+    resumed = epoch(num_workers=2, start_batch=4)
+    assert len(resumed) == len(full) - 4 and all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
+    assert not torch.equal(epoch(num_workers=1, number=4)[0], full[0])  # another epoch, other draws

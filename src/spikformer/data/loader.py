@@ -4,6 +4,11 @@
 ``DistributedSampler``, and can start part-way through an epoch (``set_epoch(epoch, start_batch)``).
 Training shards are padded to equal length (every rank must take the same number of steps); evaluation
 shards are not, so that every sample is counted exactly once when metrics are summed over ranks.
+
+Random augmentation: with ``num_workers=0`` it draws from the process's RNGs, which a checkpoint stores. Worker
+processes have RNGs of their own that no checkpoint can see, so a training loader with workers seeds them
+per sample from (seed, epoch, rank, position) instead (``SeededSamples``): a sample's augmentation is then
+the same whatever the number of workers and wherever the epoch was resumed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class ResumableSampler(Sampler[int]):
         self.epoch = 0
         self.start_batch = 0
         self.pad = pad
+        self.seeded = False  # yield (index, per-sample seed) pairs for ``SeededSamples``
         if drop_last:
             self.per_rank = dataset_size // world_size
         elif pad:
@@ -57,14 +63,41 @@ class ResumableSampler(Sampler[int]):
             order += order[: total - len(order)]
         return order[:total][self.rank:total:self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.start_batch * self.batch_size:])
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        start = self.start_batch * self.batch_size
+        indices = self.epoch_indices()[start:]
+        if not self.seeded:
+            return iter(indices)
+        base = (self.seed * 1_000_003 + self.epoch) * 65_537 + self.rank
+        return iter((index, (base * 2_147_483_647 + start + i) % 2**63) for i, index in enumerate(indices))
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.start_batch * self.batch_size)
 
     def batches_per_epoch(self) -> int:
         return self.per_rank // self.batch_size if self.drop_last else math.ceil(self.per_rank / self.batch_size)
+
+
+class SeededSamples(Dataset):
+    """``dataset`` indexed by ``(index, seed)``: the worker's RNGs (torch, NumPy, ``random``) are seeded with
+    ``seed`` before the sample is loaded and augmented. Only for worker processes, whose RNGs serve nothing else."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        import random
+
+        import numpy as np
+
+        index, seed = key
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        return self.dataset[index]
 
 
 def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
@@ -74,6 +107,9 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, 
     drop_last = train and len(dataset) // world_size > batch_size
     sampler = ResumableSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
                                world_size=world_size, drop_last=drop_last, pad=train)
+    if train and num_workers > 0:
+        sampler.seeded = True
+        dataset = SeededSamples(dataset)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
