@@ -122,9 +122,15 @@ def test_cifar_mixup_is_off_from_epoch_200():
     assert not mixing.enabled
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if load_config(p).data.name in ("cifar10", "cifar100",
-                                                                                     "imagenet", "folder")],
-                         ids=lambda p: p.stem)
+def dataset_name(path: Path) -> str | None:
+    try:
+        return load_config(path).data.name
+    except Exception:  # reported by test_every_config_loads_and_builds_its_model
+        return None
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if dataset_name(p) in ("cifar10", "cifar100", "imagenet",
+                                                                            "folder")], ids=lambda p: p.stem)
 def test_recipe_trains_two_steps_on_a_stand_in_dataset(path, tmp_path):
     name = load_config(path).data.name
     root, sizing = write_stand_in(name, tmp_path / "data")

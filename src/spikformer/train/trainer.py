@@ -115,8 +115,14 @@ class Trainer:
         # before that); random numbers drawn while training differ per rank (seeded below).
         seed_everything(cfg.seed, cfg.deterministic)
 
+        # With data.download, rank 0 fetches the files while the other ranks wait, then they read them.
+        staggered = config.data.download and self.dist.enabled
+        if staggered and not self.is_main:
+            barrier(self.dist)
         self.train_set = build_dataset(config, "train")
         self.val_set = build_dataset(config, "val")
+        if staggered and self.is_main:
+            barrier(self.dist)
         self.check_num_classes()
         data = config.data
         self.train_loader = build_loader(self.train_set, data.batch_size, True, cfg.seed, data.num_workers,
