@@ -88,6 +88,16 @@ def time_steps(config, batch: int, steps: int, warmup: int, device: torch.device
     return result
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
@@ -95,13 +105,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps (the median is used)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+                        help="override the recipes' train.amp (CPUs without native bfloat16 want off)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
-               platform.machine(), "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0],
-               "torch": torch.__version__}
+    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+               "amp": args.amp or "as in each config", "load_before": os.getloadavg()[0], "torch": torch.__version__}
     print(f"# {machine}")
     # On the CPU the epoch is extrapolated from the CPU-time rate; on a GPU from the wall-clock rate.
     rate = "images_per_cpu_s" if device.type == "cpu" else "images_per_s"
@@ -110,7 +122,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     results = []
     for path in args.configs:
-        config = load_config(path)
+        config = load_config(path, [f"train.amp={args.amp!r}"] if args.amp else [])
         size = model_input(config)
         batch = args.batch or (8 if size["img_size"] <= 64 else 1)
         flops = flops_per_image(config)

@@ -74,7 +74,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, sing
     single_dir, single_model, single_ema = single_process_run
     out = tmp_path / "ddp"
     overrides = [*COMMON, "data.batch_size=2", f"train.out_dir={out}"]  # 2 ranks x 2 images x 2 accumulation steps
-    mp.spawn(run_rank, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True)
+    # fork where the platform has it: the children inherit the imported modules instead of importing them again
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(run_rank, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True,
+                       start_method=method)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["accum_steps"] == 2
 

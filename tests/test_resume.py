@@ -1,5 +1,5 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed with ``--resume auto`` ends with the same
-weights, bit for bit, as a run that was never interrupted.
+"""Exact resume: a ``spikformer train`` process killed with SIGKILL mid-epoch and resumed with
+``--resume auto`` ends with the same weights, bit for bit, as a run that was never interrupted.
 
 The run is the CIFAR-10 recipe shrunk to a tiny model on a stand-in dataset in the official format, so
 every source of randomness of a real run is exercised: RandAugment (Python's ``random``), random erasing and
@@ -10,9 +10,9 @@ schedule with a cool-down epoch and mixup switching off part-way.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +21,8 @@ import pytest
 import torch
 from static_data import write_cifar10
 
-import spikformer
 from spikformer.checkpoint import read_checkpoint
+from spikformer.cli import main
 from spikformer.config import load_config
 from spikformer.train import Trainer
 
@@ -40,15 +40,24 @@ def overrides(data_root: Path, out_dir: Path) -> list[str]:
     ]
 
 
-def train_command(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "spikformer", "train", "--config", str(RECIPE), *extra,
-            *overrides(data_root, out_dir)]
+def train_argv(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--config", str(RECIPE), *extra, *overrides(data_root, out_dir)]
 
 
-def subprocess_env() -> dict[str, str]:
-    source = str(Path(spikformer.__file__).resolve().parents[1])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([source, os.environ.get(
-        "PYTHONPATH", "")])}
+def run_cli(argv: list[str]) -> None:
+    """``spikformer <argv>`` in a child process; its exit code becomes the process's."""
+    from spikformer.cli import main
+
+    sys.exit(main(argv))
+
+
+def start_cli(argv: list[str]) -> multiprocessing.Process:
+    """``spikformer train`` in its own process. Forked where the platform allows, so the child inherits the
+    imported modules instead of spending seconds importing them again; a fresh interpreter elsewhere."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    process = multiprocessing.get_context(method).Process(target=run_cli, args=(argv,))
+    process.start()
+    return process
 
 
 def position(path: Path) -> dict | None:
@@ -72,34 +81,32 @@ def uninterrupted(tmp_path):
     torch.use_deterministic_algorithms(False)  # train.deterministic sets a process-wide flag
 
 
-def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path, uninterrupted, capsys):
     data, reference = uninterrupted
     out = tmp_path / "killed"
-    process = subprocess.Popen(train_command(data, out), env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = start_cli(train_argv(data, out))
     try:
         seen = None
-        while process.poll() is None:  # kill as soon as a checkpoint lies mid-epoch after a finished epoch
+        while process.is_alive():  # kill as soon as a checkpoint lies mid-epoch after a finished epoch
             seen = position(out / "last.safetensors")
             if seen and seen["epoch"] >= 1 and seen["batch"] > 0:
-                process.send_signal(signal.SIGKILL)
+                os.kill(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.005)
-        process.wait(timeout=60)
+        process.join(timeout=60)
     finally:
-        if process.poll() is None:
+        if process.is_alive():
             process.kill()
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {seen}"
+    assert process.exitcode == -signal.SIGKILL, f"the run ended before it could be killed: {seen}"
     killed_at = position(out / "last.safetensors")
     assert killed_at["epoch"] >= 1 and 0 < killed_at["batch"] < 10
     done = [int(row["epoch"]) for row in metrics_rows(out / "metrics.csv")]
     assert done[: killed_at["epoch"]] == list(range(killed_at["epoch"]))  # every finished epoch was logged
 
-    resumed = subprocess.run(train_command(data, out, "--resume", "auto"), env=subprocess_env(), capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    capsys.readouterr()
+    assert main(train_argv(data, out, "--resume", "auto")) == 0
     assert f"resumed from {out / 'last.safetensors'} at epoch {killed_at['epoch']}, batch {killed_at['batch']}" \
-        in resumed.stdout
+        in capsys.readouterr().out
 
     final, meta = read_checkpoint(out / "last.safetensors")
     expected, expected_meta = read_checkpoint(reference / "last.safetensors")
