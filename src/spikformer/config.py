@@ -70,6 +70,34 @@ class DataConfig:
     event_roll: int | None = None
     # Probability of dropping each event (binomial thinning of the frame counts); 0 = off.
     event_drop: float = 0.0
+    # Images per optimizer step over all processes (the paper's batch). Null: batch_size x processes x
+    # train.accum_steps. Set, it fixes the accumulation for any number of processes:
+    # accum_steps = global_batch_size / (batch_size x processes), which must be a whole number.
+    global_batch_size: int | None = None
+    # --- image augmentation (timm.data.create_transform); used by cifar10, cifar100, imagenet, folder ---
+    auto_augment: str | None = None  # a RandAugment string such as "rand-m9-n1-mstd0.4-inc1" (timm's --aa)
+    interpolation: str = "bicubic"
+    # Training crop: RandomResizedCrop's area and aspect ranges (null: timm's 0.08-1.0 and 3/4-4/3).
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
+    # Evaluation: resize to img_size / crop_pct, then centre-crop (null: 1.0 for CIFAR, 0.875 for folders).
+    crop_pct: float | None = None
+    hflip: float = 0.5
+    color_jitter: float = 0.4  # timm applies it only when auto_augment is off
+    random_erasing: float = 0.0  # probability (timm's --reprob)
+    random_erasing_mode: str = "pixel"
+    random_erasing_count: int = 1
+    # Normalisation (null: the dataset's own statistics); one value per input channel.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # --- mixing (timm.data.Mixup), on when mixup_alpha or cutmix_alpha > 0; the loss becomes soft-target CE ---
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    mixup_mode: str = "batch"
+    # Mixing stops from this epoch on (0-based; 0: never), as the CIFAR recipe's "off after epoch 200".
+    mixup_off_epoch: int = 0
 
 
 @dataclass
@@ -112,6 +140,9 @@ class TrainConfig:
     ema_decay: float | None = None
     compile: bool = False
     sync_bn: bool = False
+    # BatchNorm normalises with its running statistics and leaves them unchanged (its affine weights still
+    # train): for fine-tuning with small batches, and for comparing runs whose per-process batches differ.
+    freeze_bn: bool = False
     threads: int | None = None
     progress: bool = True
     log_interval: int = 10
@@ -162,13 +193,17 @@ _CHOICES = {
     ("train", "amp"): ("auto", "bf16", "fp16", "off"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("ssl", "encoder_tokens"): ("all", "visible"),
+    ("data", "interpolation"): ("bicubic", "bilinear", "nearest", "random"),
+    ("data", "random_erasing_mode"): ("pixel", "rand", "const"),
+    ("data", "mixup_mode"): ("batch", "pair", "elem"),
 }
 _MINIMUM = {
     ("model", "T"): 1, ("model", "num_classes"): 1, ("model", "img_size"): 1, ("model", "in_chans"): 1,
     ("model", "embed_dim"): 8, ("model", "depth"): 0, ("model", "num_heads"): 1, ("model", "patch_size"): 1,
     ("data", "batch_size"): 1, ("data", "eval_batch_size"): 1, ("data", "num_workers"): 0,
-    ("data", "shift"): 0, ("data", "event_roll"): 0,
-    ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
+    ("data", "shift"): 0, ("data", "event_roll"): 0, ("data", "global_batch_size"): 1, ("data", "color_jitter"): 0.0,
+    ("data", "random_erasing_count"): 1, ("data", "mixup_alpha"): 0.0, ("data", "cutmix_alpha"): 0.0,
+    ("data", "mixup_off_epoch"): 0, ("optim", "weight_decay"): 0.0, ("optim", "warmup_epochs"): 0,
     ("optim", "warmup_lr"): 0.0, ("optim", "min_lr"): 0.0, ("optim", "cooldown_epochs"): 0,
     ("optim", "momentum"): 0.0,
     ("train", "epochs"): 1, ("train", "accum_steps"): 1, ("train", "eval_every"): 1,
@@ -178,12 +213,14 @@ _MINIMUM = {
 }
 # Strictly positive: a zero here trains nothing (lr), divides by zero (eps) or clips every gradient to zero.
 _POSITIVE = {("optim", "lr"), ("optim", "eps"), ("optim", "clip_grad"), ("model", "mlp_ratio"),
-             ("data", "train_fraction"), ("optim", "layer_decay")}
+             ("data", "train_fraction"), ("optim", "layer_decay"), ("data", "crop_pct")}
 # Within [0, 1]; those also in _BELOW_ONE must be < 1 (a drop rate or decay of 1 freezes or erases everything).
 _OPEN_UNIT_INTERVAL = {("data", "train_fraction"), ("data", "event_flip"), ("data", "event_drop"),
                        ("optim", "label_smoothing"), ("optim", "layer_decay"),
                        ("train", "ema_decay"), ("model", "drop_path_rate"), ("optim", "momentum"),
-                       ("ssl", "mask_ratio")}
+                       ("ssl", "mask_ratio"),
+                       ("data", "hflip"), ("data", "crop_pct"), ("data", "random_erasing"), ("data", "mixup_prob"),
+                       ("data", "mixup_switch_prob")}
 _BELOW_ONE = {("data", "event_drop"), ("optim", "label_smoothing"), ("train", "ema_decay"),
               ("model", "drop_path_rate")}
 
@@ -349,6 +386,25 @@ def _check_consistency(config: Config) -> None:
                          ("train.resume", config.train.resume), ("model.pretrained", config.model.pretrained)):
         if value is not None and (not value.strip() or "\0" in value):
             raise ConfigError(f"{where} must be a path (or null), got {value!r}")
+    _check_data_pipeline(config.data, kwargs["in_chans"])
+
+
+def _check_data_pipeline(data: DataConfig, in_chans: int) -> None:
+    for key in ("mean", "std"):
+        values = getattr(data, key)
+        if values is not None and len(values) != in_chans:
+            raise ConfigError(f"data.{key} has {len(values)} values but the model takes {in_chans} input channels; "
+                              f"give one per channel")
+    if data.std is not None and any(v <= 0 for v in data.std):
+        raise ConfigError(f"data.std must be positive, got {data.std}")
+    for key in ("scale", "ratio"):
+        bounds = getattr(data, key)
+        if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+            raise ConfigError(f"data.{key} must be [low, high] with 0 < low <= high, got {list(bounds)}")
+    mixing = data.mixup_alpha > 0 or data.cutmix_alpha > 0
+    if mixing and data.batch_size % 2:
+        raise ConfigError(f"mixup/cutmix pairs the samples of a batch, so data.batch_size must be even "
+                          f"(got {data.batch_size})")
 
 
 def _check_model_builds(model: ModelConfig, depth: Any) -> None:

@@ -16,6 +16,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..config import load_config
     from ..train import Trainer
+    from ..train.distributed import shutdown_distributed
 
     overrides = list(args.overrides)
     if args.resume:
@@ -23,7 +24,10 @@ def run(args) -> int:
     if args.overwrite:
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
-    result = Trainer(config).fit()
+    try:
+        result = Trainer(config).fit()
+    finally:
+        shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
     print(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
           f"{config.train.out_dir}")
     return 0

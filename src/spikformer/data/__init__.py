@@ -1,6 +1,6 @@
 """Datasets by name and loaders that resume exactly."""
 
-from . import cifar10dvs, digits, digits_dvs, dvsgesture  # noqa: F401  (register their datasets)
+from . import cifar, cifar10dvs, digits, digits_dvs, dvsgesture, folder  # noqa: F401  (register the datasets)
 from .loader import ResumableSampler, build_loader
 from .registry import build_dataset, dataset_names, model_input, register_dataset
 

@@ -1,16 +1,24 @@
-"""PyTorch's own distributed engine: process-group set-up from ``torchrun``'s environment, and reductions.
+"""PyTorch's own distributed engine: process-group set-up from ``torchrun``'s environment, reductions, and
+the global-batch rule.
 
 ``torchrun --nproc_per_node=N -m spikformer train ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
 a plain ``spikformer train`` runs as a world of one.
+
+The batch of one optimizer step over all processes is ``batch_size x world_size x accum_steps``. A config
+that names ``data.global_batch_size`` (the paper's batch) gets ``accum_steps`` derived from the number of
+processes, so one recipe reaches the same batch on 8 GPUs without accumulation or on 1 GPU with 8 steps.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -59,3 +67,40 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def all_ranks_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True when ``flag`` holds on every rank; ranks must agree before a collective such as a backward pass."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gradient_accumulation_steps(batch_size: int, world_size: int, accum_steps: int,
+                                global_batch_size: int | None) -> int:
+    """Micro-batches per optimizer step: ``accum_steps``, or derived from ``global_batch_size`` when set."""
+    if global_batch_size is None:
+        return accum_steps
+    per_step = batch_size * world_size
+    if global_batch_size % per_step:
+        fits = [b for b in range(1, batch_size + 1) if global_batch_size % (b * world_size) == 0][-1:]
+        hint = f" (e.g. data.batch_size={fits[0]})" if fits else ""
+        raise ConfigError(f"data.global_batch_size={global_batch_size} is not a multiple of data.batch_size x "
+                          f"processes = {batch_size} x {world_size}; choose a batch size that divides it{hint}")
+    derived = global_batch_size // per_step
+    if accum_steps not in (1, derived):
+        raise ConfigError(f"train.accum_steps={accum_steps} contradicts data.global_batch_size={global_batch_size} "
+                          f"with data.batch_size={batch_size} on {world_size} processes (that needs {derived}); "
+                          f"leave train.accum_steps at 1 when data.global_batch_size is set")
+    return derived

@@ -3,6 +3,10 @@
 Tensors: ``model.*``, ``ema.*``, ``optim.<param>.<name>`` and ``rng.*``. JSON metadata: the config, the
 position (epoch, batches done in it, optimizer steps), the optimizer's hyper-parameter groups, the
 scheduler, the loss scaler, the Python and NumPy RNG states, the best metric so far.
+
+In a distributed run every rank draws its own random numbers (augmentation, mixup, stochastic depth), so
+the RNG states of ranks 1.. are stored too (``rng.rank<r>.*``, metadata ``rng_ranks``) and each rank gets
+its own back on resume.
 """
 
 from __future__ import annotations
@@ -60,6 +64,25 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         random.setstate((version, tuple(internal), gauss))
 
 
+RngState = tuple[dict[str, torch.Tensor], dict[str, Any]]
+
+
+def restore_rank_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any], rank: int) -> bool:
+    """Restore ``rank``'s RNG states from a checkpoint's tensors and metadata; False if it holds none."""
+    if rank == 0:
+        if "rng.torch" not in tensors:
+            return False
+        restore_rng(tensors, meta.get("rng", {}))
+        return True
+    prefix = f"rng.rank{rank}."
+    own = {"rng." + k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    rank_meta = meta.get("rng_ranks", {}).get(str(rank))
+    if not own or rank_meta is None:
+        return False
+    restore_rng(own, rank_meta)
+    return True
+
+
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -85,14 +108,20 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                         scaler: torch.amp.GradScaler | None, ema: nn.Module | None, position: Position,
-                        config: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
+                        config: dict[str, Any], metrics: dict[str, Any] | None = None,
+                        rng_states: list[RngState] | None = None) -> None:
+    """Write the full training state to ``path``. ``rng_states``: every rank's ``capture_rng()`` in a
+    distributed run (default: this process's)."""
     tensors = {f"model.{k}": v for k, v in unwrap_model(model).state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     optim_tensors, optim_meta = _optimizer_tensors(optimizer)
-    rng_tensors, rng_meta = capture_rng()
+    rng_states = rng_states or [capture_rng()]
+    rng_tensors, rng_meta = rng_states[0]
     tensors.update(optim_tensors)
     tensors.update(rng_tensors)
+    for rank, (rank_tensors, _) in enumerate(rng_states[1:], start=1):
+        tensors.update({f"rng.rank{rank}." + k[len("rng."):]: v for k, v in rank_tensors.items()})
     metadata = {
         "kind": "training",
         "config": config,
@@ -101,14 +130,18 @@ def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         "scheduler": _jsonable(scheduler.state_dict()) if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_meta,
+        "rng_ranks": {str(rank): meta for rank, (_, meta) in enumerate(rng_states[1:], start=1)},
         "metrics": metrics or {},
     }
     write_checkpoint(path, tensors, metadata)
 
 
 def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                        scaler: torch.amp.GradScaler | None, ema: nn.Module | None) -> Position:
-    """Restore a run saved by ``save_training_state`` (model, optimizer, scheduler, scaler, EMA, RNGs)."""
+                        scaler: torch.amp.GradScaler | None, ema: nn.Module | None, rank: int = 0,
+                        reseed: int | None = None) -> Position:
+    """Restore a run saved by ``save_training_state`` (model, optimizer, scheduler, scaler, EMA, this rank's
+    RNGs). A rank whose RNG states the file lacks (the run had fewer processes) is seeded with ``reseed``
+    plus the step, so ranks still draw different numbers."""
     tensors, meta = read_checkpoint(path)
     if meta.get("kind") != "training":
         raise CheckpointError(f"{path} holds weights only, not a training state to resume from; start a new "
@@ -123,9 +156,13 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         scheduler.load_state_dict(meta["scheduler"])
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
-    restore_rng(tensors, meta.get("rng", {}))
-    position = meta["position"]
-    return Position(**{**position, "best_top1": float(position["best_top1"])})
+    position = Position(**{**meta["position"], "best_top1": float(meta["position"]["best_top1"])})
+    if not restore_rank_rng(tensors, meta, rank) and reseed is not None:
+        seed = reseed + 1_000_003 * position.step
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+    return position
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,7 @@ resume exactly) and ``best.safetensors`` (weights and config of the best validat
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -19,17 +20,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from ..checkpoint import save_model
 from ..config import Config, config_to_dict, format_config, save_config
 from ..data import build_dataset, build_loader
+from ..data.transforms import build_batch_mixing
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
-from .distributed import all_reduce_sum, barrier, init_distributed
+from .distributed import (
+    all_ranks_true,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    gradient_accumulation_steps,
+    init_distributed,
+)
 from .engine import autocast, autocast_dtype, evaluate, resolve_device, topk_correct
 from .optim import build_optimizer, build_scheduler, set_schedule_position
-from .state import Position, load_training_state, save_training_state
+from .state import Position, capture_rng, load_training_state, save_training_state
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors")
 MAX_CONSECUTIVE_SKIPS = 10
@@ -82,6 +92,11 @@ def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool) -> No
 
 
 class Trainer:
+    """One supervised run. ``batch_transform`` ``(inputs, labels) -> (inputs, targets)`` and ``criterion``
+    default to what the config asks for: timm's mixup/cutmix with soft-target cross-entropy when
+    ``data.mixup_alpha``/``data.cutmix_alpha`` are set, else cross-entropy with label smoothing. A batch
+    transform with a ``set_epoch(epoch)`` method is told each epoch (mixing switches off that way)."""
+
     def __init__(self, config: Config, batch_transform=None, criterion: nn.Module | None = None) -> None:
         self.config = config
         cfg = config.train
@@ -93,18 +108,38 @@ class Trainer:
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         self.is_main = self.dist.is_main
         self.out_dir = Path(cfg.out_dir)
-        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
+        if cfg.sync_bn and self.dist.enabled and self.device.type == "cpu":
+            raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); set "
+                              "train.sync_bn=false for CPU runs")
+        # Every rank builds the same initial model (DDP also broadcasts rank 0's, but the EMA copy is taken
+        # before that); random numbers drawn while training differ per rank (seeded below).
+        seed_everything(cfg.seed, cfg.deterministic)
 
+        # With data.download, rank 0 fetches the files while the other ranks wait, then they read them.
+        staggered = config.data.download and self.dist.enabled
+        if staggered and not self.is_main:
+            barrier(self.dist)
         self.train_set = build_dataset(config, "train")
         self.val_set = build_dataset(config, "val")
-        if config.model.num_classes is None:
-            config.model.num_classes = getattr(self.train_set, "num_classes", None)
+        if staggered and self.is_main:
+            barrier(self.dist)
+        self.check_num_classes()
         data = config.data
         self.train_loader = build_loader(self.train_set, data.batch_size, True, cfg.seed, data.num_workers,
                                          self.dist.rank, self.dist.world_size, self.device.type == "cuda")
         self.val_loader = build_loader(self.val_set, data.eval_batch_size or data.batch_size, False, cfg.seed,
                                        data.num_workers, self.dist.rank, self.dist.world_size,
                                        self.device.type == "cuda")
+        self.accum_steps = gradient_accumulation_steps(data.batch_size, self.dist.world_size, cfg.accum_steps,
+                                                       data.global_batch_size)
+        self.global_batch_size = data.batch_size * self.dist.world_size * self.accum_steps
+        self.batches_per_epoch = self.train_loader.sampler.batches_per_epoch()
+        self.steps_per_epoch = self.batches_per_epoch // self.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the training split ({len(self.train_set)} samples) is smaller than one optimizer "
+                              f"step's batch ({self.global_batch_size} = data.batch_size {data.batch_size} x "
+                              f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps); lower "
+                              f"data.batch_size or data.global_batch_size")
 
         self.model = build_model(config.model)
         if config.model.pretrained:
@@ -118,8 +153,6 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
         self.optimizer = build_optimizer(self.model, config.optim)
-        self.batches_per_epoch = self.train_loader.sampler.batches_per_epoch()
-        self.steps_per_epoch = max(1, self.batches_per_epoch // cfg.accum_steps)
         self.scheduler = build_scheduler(self.optimizer, config.optim, cfg.epochs, self.steps_per_epoch)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -129,12 +162,29 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
-        self.criterion = criterion or nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
-        self.batch_transform = batch_transform  # e.g. timm Mixup: (images, labels) -> (images, soft labels)
+        mixing = None
+        if batch_transform is None:
+            mixing = build_batch_mixing(data, self.model.num_classes, config.optim.label_smoothing)
+        self.batch_transform = batch_transform or mixing
+        if criterion is None:
+            criterion = (SoftTargetCrossEntropy() if mixing is not None
+                         else nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing))
+        self.criterion = criterion
         self.position = Position()
         self.stop_signal: int | None = None
         self.consecutive_skips = 0
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
+        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
+
+    def check_num_classes(self) -> None:
+        """Take the class count from the dataset when the config leaves it open; refuse a head too small."""
+        model = self.config.model
+        found = getattr(self.train_set, "num_classes", None)
+        if model.num_classes is None:
+            model.num_classes = found
+        elif found is not None and found > model.num_classes:
+            raise ConfigError(f"data.name={self.config.data.name} has {found} classes but the model's head has "
+                              f"{model.num_classes}; set model.num_classes={found} (or leave it unset)")
 
     # --- set-up ------------------------------------------------------------------------------------
 
@@ -184,11 +234,17 @@ class Trainer:
         path = self.resume_path()
         if path is not None:
             self.position = load_training_state(path, model=self.model, optimizer=self.optimizer,
-                                                scheduler=self.scheduler, scaler=self.scaler, ema=self.ema)
+                                                scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
+                                                rank=self.dist.rank, reseed=cfg.seed + self.dist.rank)
             self.log(f"resumed from {path} at epoch {self.position.epoch}, batch {self.position.batch}")
+            if self.is_main:
+                trim_metrics(self.out_dir / "metrics.csv", self.position.epoch)
         if self.is_main:
             save_config(self.config, self.out_dir / "config.yaml")
             self.log(format_config(self.config))
+            self.log(f"global batch {self.global_batch_size} = data.batch_size {self.config.data.batch_size} x "
+                     f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps; "
+                     f"{self.steps_per_epoch} optimizer steps per epoch")
         writer = self.tensorboard_writer()
         handlers = self.install_signal_handlers()
         metrics: dict[str, Any] = {}
@@ -204,8 +260,9 @@ class Trainer:
                     if metrics["val_top1"] > self.position.best_top1:
                         self.position.best_top1, self.position.best_epoch = metrics["val_top1"], epoch
                         self.save_best(metrics)
-                self.save_last(metrics)
+                # The log row first: a crash between the two repeats the epoch, and the resume drops the row.
                 self.write_metrics(metrics, writer)
+                self.save_last(metrics)
                 self.log(self.epoch_summary(metrics))
                 if self.stop_signal is not None:  # arrived during evaluation or saving: the state is saved
                     raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
@@ -216,6 +273,9 @@ class Trainer:
         return {**metrics, "best_top1": self.position.best_top1, "best_epoch": self.position.best_epoch}
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch from ``self.position.batch`` on; return its loss, accuracy, lr and speed (reduced
+        over ranks). Gradients of ``accum_steps`` micro-batches are summed before each optimizer step; DDP
+        all-reduces them once, on the last micro-batch of each group."""
         from tqdm.auto import tqdm
 
         cfg = self.config.train
@@ -224,31 +284,41 @@ class Trainer:
         sampler.set_epoch(epoch, start)
         if self.scheduler.t_in_epochs:
             set_schedule_position(self.scheduler, epoch, self.position.step)
+        if hasattr(self.batch_transform, "set_epoch"):
+            self.batch_transform.set_epoch(epoch)
         self.train_model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        # Micro-batches past the last whole accumulation group are left out, like a dropped last batch.
+        batches = self.steps_per_epoch * self.accum_steps
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "time": 0.0, **self.position.epoch_sums}
-        bar = tqdm(self.train_loader, total=self.batches_per_epoch, initial=start, leave=False,
+        bar = tqdm(self.train_loader, total=batches, initial=start, leave=False,
                    disable=not (cfg.progress and self.is_main), desc=f"epoch {epoch + 1}/{self.total_epochs}",
                    dynamic_ncols=True)
         tick = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for batch_index, (images, labels) in enumerate(bar, start=start):
-            if batch_index >= self.batches_per_epoch:
+            if batch_index >= batches:
                 break
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             if self.batch_transform is not None:
                 images, labels = self.batch_transform(images, labels)
-            with autocast(self.device, self.amp_dtype):
-                logits = self.train_model(images)
-            loss = self.criterion(logits.float(), labels)
-            if not torch.isfinite(loss):
-                # Counted across epochs, so that a diverged run with short epochs still stops.
-                self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
-                                                                self.consecutive_skips)
-                continue
-            self.consecutive_skips = 0
-            self.scaler.scale(loss / cfg.accum_steps).backward()
-            last_of_group = (batch_index + 1) % cfg.accum_steps == 0
+            last_of_group = (batch_index + 1) % self.accum_steps == 0
+            # Non-final micro-batches skip DDP's gradient all-reduce; the final one reduces the summed gradient.
+            sync = last_of_group or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.train_model(images)
+                loss = self.criterion(logits.float(), labels)
+                # Every rank must take the same path: a rank skipping backward would leave the others waiting.
+                if not all_ranks_true(bool(torch.isfinite(loss)), self.device, self.dist):
+                    # Counted across epochs, so that a diverged run with short epochs still stops.
+                    self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
+                                                                    self.consecutive_skips)
+                    continue
+                self.consecutive_skips = 0
+                self.scaler.scale(loss / self.accum_steps).backward()
             if last_of_group:
                 self.optimizer_step()
             sums["loss"] += float(loss.detach()) * len(images)
@@ -264,7 +334,7 @@ class Trainer:
             if last_of_group:
                 self.position.batch, self.position.epoch_sums = done, dict(sums)
                 periodic = cfg.save_every_steps and self.position.step % cfg.save_every_steps == 0
-                if periodic and done < self.batches_per_epoch:
+                if periodic and done < batches:
                     self.save_last({})
                 if self.stop_signal is not None:
                     self.save_last({})
@@ -322,10 +392,12 @@ class Trainer:
 
     def save_last(self, metrics: dict[str, Any]) -> None:
         self.check_finite_weights()
+        rng_states = gather_objects(capture_rng(), self.dist)  # every rank's, so each resumes its own stream
         if self.is_main:
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
-                                position=self.position, config=config_to_dict(self.config), metrics=metrics)
+                                position=self.position, config=config_to_dict(self.config), metrics=metrics,
+                                rng_states=rng_states)
         barrier(self.dist)
 
     def save_best(self, metrics: dict[str, Any]) -> None:
@@ -396,6 +468,27 @@ class Trainer:
     def restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: it normalises with, and no longer updates, its running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def trim_metrics(path: Path, epochs_done: int) -> None:
+    """Drop the rows of epochs at or after ``epochs_done`` from ``metrics.csv`` (a resumed run redoes them)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
+    if len(kept) < len(rows):
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
