@@ -3,6 +3,11 @@
 Tensors between layers are time-first and channels-last: images ``[T, B, C, H, W]`` inside the stem, tokens
 ``[T, B, N, D]`` everywhere after it. Keeping channels last lets every Linear and BatchNorm run on a flat
 ``[T*B*N, D]`` view with no transpose or copy (the original code transposes around every BatchNorm).
+
+Every ``BatchNorm -> LIF`` pair runs through :func:`batch_norm_lif`: in training it stores only the BatchNorm
+input (which BatchNorm's backward needs anyway) and recomputes the normalised values in the backward pass,
+so a spiking unit keeps one activation for backward instead of three. For inference, ``fuse_bn()`` folds the
+BatchNorm into the preceding conv or linear layer (``Spikformer.fuse()`` does it for the whole model).
 """
 
 from __future__ import annotations
@@ -11,9 +16,110 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .neuron import LIF
+from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+
+# --- BatchNorm -> LIF ------------------------------------------------------------------------------
+
+
+def _bn_view(x: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
+    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
+    return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
+
+
+def _momentum(norm: _BatchNorm) -> float:
+    # nn.BatchNorm's own bookkeeping: count the batch, and momentum=None means a cumulative average.
+    if norm.momentum is None or not norm.track_running_stats:
+        if norm.track_running_stats and norm.num_batches_tracked is not None:
+            norm.num_batches_tracked.add_(1)
+            return 1.0 / float(norm.num_batches_tracked)
+        return 0.0
+    if norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+    return norm.momentum
+
+
+class _BatchNormLIF(torch.autograd.Function):
+    """Training-mode ``LIF(BN(y))`` that saves ``y`` only: ``BN(y)`` is recomputed in the backward pass by
+    the same BatchNorm kernel (bit-identical), then the LIF and BatchNorm backward passes run."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, running_mean, running_var, momentum, eps, params, backend, steps):  # type: ignore[override]
+        z = F.batch_norm(y, running_mean, running_var, weight, bias, True, momentum, eps)
+        spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+        ctx.save_for_backward(y, weight, bias)
+        ctx.config = (eps, params, backend, steps)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        y, weight, bias = ctx.saved_tensors
+        eps, params, backend, steps = ctx.config
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() if t is not None else None for t in (y, weight, bias)]
+            z = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.0, eps)
+            grad_z = lif_backward_from_input(z.detach().unflatten(0, (steps, -1)),
+                                             grad_spikes.unflatten(0, (steps, -1)), params, backend)
+            wanted = [(i, t) for i, t in enumerate(leaves) if t is not None and ctx.needs_input_grad[i]]
+            grads = torch.autograd.grad(z, [t for _, t in wanted], grad_z.flatten(0, 1)) if wanted else ()
+        out: list[torch.Tensor | None] = [None] * 10
+        for (i, _), g in zip(wanted, grads):
+            out[i] = g
+        return tuple(out)
+
+
+def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
+    """``LIF(norm(x))`` for a time-first ``x``: ``[T, B, N, D]`` with a BatchNorm1d over ``D``, or
+    ``[T, B, C, H, W]`` with a BatchNorm2d over ``C``; spikes of ``x``'s shape.
+
+    In training with a fast backend, the BatchNorm output is not stored but recomputed in the backward pass
+    (spikes and gradients as with ``LIF(norm(x))``). With ``backend="torch"`` (the oracle), under
+    ``torch.compile`` (whose partitioner makes its own recompute choices), in eval mode, or with a folded
+    (``nn.Identity``) norm, this is ``LIF(norm(x))`` computed plainly.
+    """
+    name = resolve_backend(backend, x)
+    if not isinstance(norm, _BatchNorm):
+        return lif_multistep(norm(x), params, name)
+    y = _bn_view(x, norm)
+    use_batch_stats = norm.training or not norm.track_running_stats
+    if (name == "torch" or not use_batch_stats or not torch.is_grad_enabled()
+            or torch.compiler.is_compiling()):
+        return lif_multistep(norm(y).view(x.shape), params, name)
+    momentum = _momentum(norm)
+    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum,
+                                 norm.eps, params, name, x.shape[0])
+    return spikes.view(x.shape)
+
+
+def fold_batch_norm(layer: nn.Conv2d | nn.Linear, norm: _BatchNorm) -> nn.Conv2d | nn.Linear:
+    """A copy of ``layer`` whose output equals ``norm(layer(x))`` in eval mode (computed in float64)."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    weight = layer.weight.detach().double()
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
+    shift = -norm.running_mean.double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
+    if layer.bias is not None:
+        shift = shift + layer.bias.detach().double() * scale
+    if isinstance(layer, nn.Conv2d):
+        folded: nn.Conv2d | nn.Linear = nn.Conv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, layer.groups, bias=True, padding_mode=layer.padding_mode)
+    else:
+        folded = nn.Linear(layer.in_features, layer.out_features, bias=True)
+    dtype, device = layer.weight.dtype, layer.weight.device
+    folded = folded.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        folded.weight.copy_(weight * scale.view(-1, *([1] * (weight.ndim - 1))))
+        folded.bias.copy_(shift)
+    return folded
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -59,9 +165,14 @@ class SpikingConvStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
-        y = self.bn(self.conv(x.flatten(0, 1)))  # [T*B, C', H', W']
-        y = self.lif(y.unflatten(0, (T, B)))
+        y = self.conv(x.flatten(0, 1)).unflatten(0, (T, B))  # [T, B, C', H', W']
+        y = self.lif(y, norm=self.bn)
         return self.pool(y.flatten(0, 1)).unflatten(0, (T, B))
+
+    def fuse_bn(self) -> None:
+        """Fold the BatchNorm into the conv (inference only)."""
+        if isinstance(self.bn, _BatchNorm):
+            self.conv, self.bn = fold_batch_norm(self.conv, self.bn), nn.Identity()
 
 
 class SpikingPatchSplitting(nn.Module):
@@ -92,7 +203,8 @@ class SpikingPatchSplitting(nn.Module):
         for stage in self.stages:
             x = stage(x)
         x = x + self.rpe(x)  # integer-valued, 0..2
-        return x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
+        # [T, B, N, D], contiguous: the three Q/K/V linears of the first block would each copy a strided view.
+        return x.flatten(3).transpose(-1, -2).contiguous()
 
 
 class LinearBNLIF(nn.Module):
@@ -112,9 +224,12 @@ class LinearBNLIF(nn.Module):
         self.lif = LIF(v_threshold=v_threshold, backend=lif_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
-        y = self.bn(y.reshape(-1, y.shape[-1])).view(y.shape)
-        return self.lif(y)
+        return self.lif(self.linear(x), norm=self.bn)
+
+    def fuse_bn(self) -> None:
+        """Fold the BatchNorm into the linear layer (inference only)."""
+        if isinstance(self.bn, _BatchNorm):
+            self.linear, self.bn = fold_batch_norm(self.linear, self.bn), nn.Identity()
 
 
 class SpikingSelfAttention(nn.Module):
@@ -146,12 +261,47 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
         q, k, v = (self.split_heads(f(x)) for f in (self.q, self.k, self.v))
-        if N > D // self.num_heads:
+        out = spike_attention(q, k, v)  # [T, B, h, N, d], integers
+        out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
+        return self.proj(self.attn_lif(out))
+
+
+def exact_spike_product_dtype(q: torch.Tensor, num_tokens: int, head_dim: int, out_dtype: torch.dtype
+                              ) -> torch.dtype:
+    """The dtype in which ``Q K^T V`` of 0/1 spike tensors is computed exactly and fastest.
+
+    Every partial sum is an integer of at most ``N * d``; float16 holds integers exactly up to 2^11, so on
+    CUDA the products run in float16 (tensor cores) whenever ``N * d <= 2048`` and either no gradient is
+    needed or autocast is on (the neighbouring matmuls are half precision then anyway). Otherwise, and on
+    CPUs, they run in float32 (exact up to 2^24) or float64.
+    """
+    exact = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+    if q.device.type != "cuda" or num_tokens * head_dim > 2048:
+        return exact
+    if torch.is_autocast_enabled("cuda") or not (torch.is_grad_enabled() and q.requires_grad):
+        return torch.float16
+    return exact
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(Q K^T) V`` of spike tensors ``[..., N, d]``, exactly, without softmax.
+
+    The product is associative without softmax, so it is evaluated in the cheaper order for the token count:
+    ``Q (K^T V)`` when ``N > d``. With 0/1 operands every order and every dtype chosen by
+    :func:`exact_spike_product_dtype` gives the same integers. Under autocast the result is float32 (a
+    bfloat16 result would round sums above 256 and change spikes downstream), otherwise ``q``'s dtype.
+    """
+    N, d = q.shape[-2:]
+    half = (torch.float16, torch.bfloat16)
+    out_dtype = torch.float32 if q.dtype in half and torch.is_autocast_enabled(q.device.type) else q.dtype
+    dtype = exact_spike_product_dtype(q, N, d, out_dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if N > d:
             out = q @ (k.transpose(-2, -1) @ v)
         else:
             out = (q @ k.transpose(-2, -1)) @ v
-        out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
-        return self.proj(self.attn_lif(out))
+    return out.to(out_dtype)
 
 
 class SpikingMLP(nn.Module):
