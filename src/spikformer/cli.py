@@ -13,7 +13,7 @@ import sys
 from .errors import SpikformerError
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
-COMMANDS = ("train", "eval", "models", "demo")
+COMMANDS = ("train", "eval", "models", "demo", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
