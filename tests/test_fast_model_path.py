@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import spikformer
-from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, spike_attention
+from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, batch_norm, spike_attention
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -91,15 +91,49 @@ def test_batch_norm_lif_keeps_only_the_batchnorm_input_for_backward():
     assert saved_bytes(unit, x) >= 3 * one_activation
 
 
-def test_conv_stage_fast_path_matches_the_oracle_with_channels_last_input():
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_conv_stage_fast_path_matches_the_oracle(layout):
     stage = SpikingConvStage(4, 8, pool=True)
     oracle = copy.deepcopy(stage)
     oracle.lif.backend = "torch"
     x = (torch.rand(3, 2, 4, 16, 16) < 0.4).float()
-    x_cl = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
-    for inp in (x, x_cl):
-        a, b = stage(inp.requires_grad_()), oracle(inp)
-        assert torch.equal(a, b)
+    if layout == "channels_last":
+        stage, oracle = stage.to(memory_format=torch.channels_last), oracle.to(memory_format=torch.channels_last)
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    a, b = stage(x.clone().requires_grad_()), oracle(x)
+    assert torch.equal(a, b)
+    grad = torch.randn(a.shape)
+    a.backward(grad)
+    b.backward(grad)
+    assert_grads_close(oracle, stage)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
+    if kind == "tokens":
+        norm, y = nn.BatchNorm1d(6, momentum=momentum), torch.randn(50, 6) * 3 + 1
+    else:
+        norm, y = nn.BatchNorm2d(6, momentum=momentum), torch.randn(4, 6, 5, 5) * 3 + 1
+        if kind == "channels_last":
+            y = y.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    ours = copy.deepcopy(norm)
+    y1, y2 = y.clone().requires_grad_(), y.clone().requires_grad_()
+    expected, got = norm(y1), batch_norm(y2, ours)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(norm, name), rtol=1e-6, atol=1e-6)
+    grad = torch.randn(y.shape)
+    expected.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(y2.grad, y1.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, norm.weight.grad, rtol=1e-4, atol=1e-5)
+    norm.eval(), ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(batch_norm(y, ours), norm(y), rtol=1e-5, atol=1e-5)
 
 
 def test_fuse_folds_every_batchnorm_and_keeps_eval_outputs():

@@ -16,82 +16,176 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
 
 # --- BatchNorm -> LIF ------------------------------------------------------------------------------
+#
+# The model's BatchNorm is computed in its affine form, z = y * scale + shift per channel, with
+# scale = weight / sqrt(var + eps) and shift = bias - mean * scale from the batch statistics in training
+# (float32, or float64 for a float64 model) and from the running statistics in eval. The oracle path
+# (backend "torch") differentiates exactly these operations; the fast path computes the same z inside the
+# LIF kernel (never storing it) and differentiates analytically, so both give the same spikes bit for bit.
+# Mathematically this is nn.BatchNorm1d/2d; it differs from PyTorch's own kernel only in rounding.
 
 
-def _bn_view(x: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
+def _bn_view(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
     return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
 
 
+def _stat_dims(y: torch.Tensor) -> tuple[int, ...]:
+    return (0,) if y.ndim == 2 else (0, *range(2, y.ndim))
+
+
+def _per_channel(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return v if y.ndim == 2 else v.view(1, -1, *([1] * (y.ndim - 2)))
+
+
+def _compute_dtype(y: torch.Tensor) -> torch.dtype:
+    return torch.float64 if y.dtype == torch.float64 else torch.float32
+
+
 def _momentum(norm: _BatchNorm) -> float:
-    # nn.BatchNorm's own bookkeeping: count the batch, and momentum=None means a cumulative average.
-    if norm.momentum is None or not norm.track_running_stats:
-        if norm.track_running_stats and norm.num_batches_tracked is not None:
-            norm.num_batches_tracked.add_(1)
-            return 1.0 / float(norm.num_batches_tracked)
-        return 0.0
+    # nn.BatchNorm's bookkeeping: count the batch; momentum=None means a cumulative average.
     if norm.num_batches_tracked is not None:
         norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:
+        return 1.0 / float(norm.num_batches_tracked)
     return norm.momentum
 
 
+def _batch_statistics(y: torch.Tensor, norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and (biased) variance in the compute dtype; updates the running statistics like nn.BatchNorm."""
+    var, mean = torch.var_mean(y.to(_compute_dtype(y)), _stat_dims(y), correction=0)
+    if norm.track_running_stats and norm.running_mean is not None:
+        count = y.numel() // y.shape[1]
+        momentum = _momentum(norm)
+        with torch.no_grad():
+            unbiased = var.detach() * (count / max(count - 1, 1))
+            norm.running_mean.mul_(1 - momentum).add_(mean.detach().to(norm.running_mean.dtype), alpha=momentum)
+            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
+    return mean, var
+
+
+def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = invstd if norm.weight is None else invstd * norm.weight.to(invstd.dtype)
+    shift = -mean * scale if norm.bias is None else norm.bias.to(scale.dtype) - mean * scale
+    return scale, shift
+
+
+def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
+    cdt = scale.dtype
+    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
+
+
+def _uses_batch_statistics(norm: _BatchNorm) -> bool:
+    return norm.training or not norm.track_running_stats or norm.running_mean is None
+
+
+def batch_norm(y: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
+    """``norm(y)`` in the affine form described above, differentiable (the oracle path and eval)."""
+    if _uses_batch_statistics(norm):
+        mean, var = _batch_statistics(y, norm)
+    else:
+        mean, var = norm.running_mean.to(_compute_dtype(y)), norm.running_var.to(_compute_dtype(y))
+    scale, shift = _scale_shift(norm, mean, torch.rsqrt(var + norm.eps))
+    return _normalize(y, scale, shift)
+
+
 class _BatchNormLIF(torch.autograd.Function):
-    """Training-mode ``LIF(BN(y))`` that saves ``y`` only: ``BN(y)`` is recomputed in the backward pass by
-    the same BatchNorm kernel (bit-identical), then the LIF and BatchNorm backward passes run."""
+    """Training-mode ``LIF(BN(y))`` that stores ``y`` and per-channel vectors only: ``z = BN(y)`` is recomputed
+    in the backward pass (inside the C kernel on CPU), then the LIF and BatchNorm backward passes run."""
 
     @staticmethod
-    def forward(ctx, y, weight, bias, running_mean, running_var, momentum, eps, params, backend, steps):  # type: ignore[override]
-        z = F.batch_norm(y, running_mean, running_var, weight, bias, True, momentum, eps)
-        spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
-        ctx.save_for_backward(y, weight, bias)
-        ctx.config = (eps, params, backend, steps)
+    def forward(ctx, y, weight, bias, norm, params, backend, steps):  # type: ignore[override]
+        mean, var = _batch_statistics(y, norm)
+        invstd = torch.rsqrt(var + norm.eps)
+        scale, shift = _scale_shift(norm, mean, invstd)
+        p = params
+        if backend == "c":
+            from .kernels import cpu
+
+            spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold),
+                                        float(p.v_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+        ctx.save_for_backward(y, mean, invstd, scale, shift)
+        ctx.config = (params, backend, steps, weight is not None, bias is not None)
         return spikes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes):  # type: ignore[override]
-        y, weight, bias = ctx.saved_tensors
-        eps, params, backend, steps = ctx.config
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_() if t is not None else None for t in (y, weight, bias)]
-            z = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.0, eps)
-            grad_z = lif_backward_from_input(z.detach().unflatten(0, (steps, -1)),
-                                             grad_spikes.unflatten(0, (steps, -1)), params, backend)
-            wanted = [(i, t) for i, t in enumerate(leaves) if t is not None and ctx.needs_input_grad[i]]
-            grads = torch.autograd.grad(z, [t for _, t in wanted], grad_z.flatten(0, 1)) if wanted else ()
-        out: list[torch.Tensor | None] = [None] * 10
-        for (i, _), g in zip(wanted, grads):
-            out[i] = g
-        return tuple(out)
+        y, mean, invstd, scale, shift = ctx.saved_tensors
+        params, backend, steps, has_weight, has_bias = ctx.config
+        p = params
+        if backend == "c":
+            from .kernels import cpu
+
+            grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
+                y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
+                float(p.surrogate_alpha), bool(p.detach_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
+                                             params, backend).flatten(0, 1)
+            g = grad_z.to(torch.float64)
+            sum_g = g.sum(_stat_dims(y))
+            sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
+        # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
+        count = y.numel() // y.shape[1]
+        inv = invstd.to(torch.float64)
+        sum_g_yhat = sum_gy * inv
+        k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
+        k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
+        cdt = scale.dtype
+        if backend == "c":
+            grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
+        else:
+            grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
+                      + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
+        grad_weight = sum_g_yhat.to(cdt) if has_weight and ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.to(cdt) if has_bias and ctx.needs_input_grad[2] else None
+        return grad_y, grad_weight, grad_bias, None, None, None, None
 
 
 def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
     """``LIF(norm(x))`` for a time-first ``x``: ``[T, B, N, D]`` with a BatchNorm1d over ``D``, or
     ``[T, B, C, H, W]`` with a BatchNorm2d over ``C``; spikes of ``x``'s shape.
 
-    In training with a fast backend, the BatchNorm output is not stored but recomputed in the backward pass
-    (spikes and gradients as with ``LIF(norm(x))``). With ``backend="torch"`` (the oracle), under
-    ``torch.compile`` (whose partitioner makes its own recompute choices), in eval mode, or with a folded
-    (``nn.Identity``) norm, this is ``LIF(norm(x))`` computed plainly.
+    In training with a fast backend the BatchNorm output is never stored: the kernel normalises on the fly and
+    the backward pass recomputes it. With ``backend="torch"`` (the oracle), under ``torch.compile`` (which
+    makes its own fusion and recompute choices) or in eval mode, the same arithmetic runs as plain
+    differentiable operations. Any other norm module (``nn.SyncBatchNorm``, ``nn.Identity`` after folding)
+    is simply called.
     """
     name = resolve_backend(backend, x)
-    if not isinstance(norm, _BatchNorm):
-        return lif_multistep(norm(x), params, name)
-    y = _bn_view(x, norm)
-    use_batch_stats = norm.training or not norm.track_running_stats
-    if (name == "torch" or not use_batch_stats or not torch.is_grad_enabled()
-            or torch.compiler.is_compiling()):
+    if type(norm) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        y = _bn_view(x, norm) if isinstance(norm, _BatchNorm) else x
         return lif_multistep(norm(y).view(x.shape), params, name)
-    momentum = _momentum(norm)
-    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum,
-                                 norm.eps, params, name, x.shape[0])
+    y = _bn_view(x, norm)
+    if name == "torch" or torch.compiler.is_compiling():
+        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+    if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
+        if name != "c" or needs_grad or _uses_batch_statistics(norm):
+            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+        # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
+        from .kernels import cpu
+
+        cdt = _compute_dtype(y)
+        scale, shift = _scale_shift(norm, norm.running_mean.to(cdt),
+                                    torch.rsqrt(norm.running_var.to(cdt) + norm.eps))
+        spikes = cpu.bn_lif_forward(y, scale.detach(), shift.detach(), x.shape[0], float(params.tau),
+                                    float(params.v_threshold), float(params.v_reset))
+        return spikes.view(x.shape)
+    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm, params, name, x.shape[0])
     return spikes.view(x.shape)
 
 

@@ -97,6 +97,13 @@ def _library() -> ctypes.CDLL | None:
     lib.lif_forward.restype = cint
     lib.lif_backward.argtypes = [cint, ptr, ptr, ptr, i64, i64, dbl, dbl, dbl, dbl, cint, cint]
     lib.lif_backward.restype = cint
+    lib.bn_lif_forward.argtypes = [cint, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl, dbl, cint]
+    lib.bn_lif_forward.restype = cint
+    lib.bn_lif_backward.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl,
+                                    dbl, dbl, cint, cint]
+    lib.bn_lif_backward.restype = cint
+    lib.bn_grad_input.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, cint]
+    lib.bn_grad_input.restype = cint
     return lib
 
 
@@ -144,3 +151,71 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_thres
                                 T, M, tau, v_threshold, v_reset, alpha, int(detach_reset),
                                 torch.get_num_threads()), x.dtype)
     return grad_x
+
+
+# --- BatchNorm (as scale and shift per channel) followed by LIF ---------------------------------------
+
+
+def bn_layout(y: torch.Tensor, steps: int) -> tuple[torch.Tensor, int, int, int, bool]:
+    """``(y, R, L, C, channels_last)``: ``y`` (``[T*M, D]`` tokens or ``[T*B, C, H, W]`` images) seen as
+    ``T`` steps of ``R`` rows of ``L`` elements; ``y`` is copied only if neither layout fits."""
+    if y.ndim == 2:
+        y = y.contiguous()
+        return y, y.shape[0] // steps, y.shape[1], y.shape[1], True
+    C = y.shape[1]
+    spatial = y[0, 0].numel()
+    if y.ndim == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        return y, y.shape[0] // steps * spatial, C, C, True
+    y = y.contiguous()
+    return y, y.shape[0] // steps * C, spatial, C, False
+
+
+def _lib_and_code(y: torch.Tensor):
+    lib = _library()
+    assert lib is not None and y.device.type == "cpu"
+    return lib, _DTYPE_CODES[y.dtype]
+
+
+def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, steps: int, tau: float,
+                   v_threshold: float, v_reset: float) -> torch.Tensor:
+    """Spikes of ``LIF(y * scale + shift)`` (per-channel ``scale``/``shift`` in the compute dtype)."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    spikes = torch.empty_like(y)
+    scale, shift = scale.contiguous(), shift.contiguous()
+    if y.numel():
+        _check(lib.bn_lif_forward(code, y.data_ptr(), spikes.data_ptr(), scale.data_ptr(), shift.data_ptr(),
+                                  steps, R, L, C, int(cl), tau, v_threshold, v_reset, torch.get_num_threads()),
+               y.dtype)
+    return spikes
+
+
+def bn_lif_backward(y: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    mean: torch.Tensor, steps: int, tau: float, v_threshold: float, v_reset: float, alpha: float,
+                    detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_z, sum(grad_z), sum(grad_z * (y - mean)))``, the sums per channel in float64."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    grad_spikes = like_layout(grad_spikes, y)
+    grad_z = torch.empty_like(y)
+    sums = torch.zeros(2, C, dtype=torch.float64)
+    scale, shift, mean = scale.contiguous(), shift.contiguous(), mean.contiguous()
+    if y.numel():
+        _check(lib.bn_lif_backward(code, y.data_ptr(), grad_spikes.data_ptr(), grad_z.data_ptr(), scale.data_ptr(),
+                                   shift.data_ptr(), mean.data_ptr(), sums.data_ptr(), steps, R, L, C, int(cl),
+                                   tau, v_threshold, v_reset, alpha, int(detach_reset), torch.get_num_threads()),
+               y.dtype)
+    return grad_z, sums[0], sums[1]
+
+
+def bn_grad_input(grad_z: torch.Tensor, y: torch.Tensor, a: torch.Tensor, k1: torch.Tensor, k0: torch.Tensor,
+                  steps: int) -> torch.Tensor:
+    """``grad_z * a + (y * k1 + k0)`` per channel, in place on ``grad_z`` (laid out like ``y``)."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    grad_z = like_layout(grad_z, y)
+    a, k1, k0 = a.contiguous(), k1.contiguous(), k0.contiguous()
+    if y.numel():
+        _check(lib.bn_grad_input(code, grad_z.data_ptr(), y.data_ptr(), a.data_ptr(), k1.data_ptr(), k0.data_ptr(),
+                                 steps, R, L, C, int(cl), torch.get_num_threads()), y.dtype)
+    return grad_z

@@ -161,6 +161,167 @@ LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
 #define LIF_HAS_F16 0
 #endif
 
+/* --- BatchNorm (affine form) followed by LIF -------------------------------------------------------
+ * z = RND(y * scale[c] + shift[c]) feeds the LIF; z is never stored. Per time step the tensor is R rows of
+ * L elements: channels-last rows (tokens [B*N, D], channels-last images) hold one element per channel
+ * (c = l), channel-first rows (NCHW images: [B*C, H*W]) hold one channel (c = r % C). The backward pass
+ * recomputes z and H, writes dL/dz and accumulates, per channel, sum(dL/dz) and sum(dL/dz * (y - mean))
+ * in double precision (per thread, then summed in a fixed order), which the BatchNorm backward needs. */
+
+typedef struct {
+    int dtype;
+    const void *y, *g;
+    void *out;
+    const void *scale, *shift, *mean; /* [C] in the compute type (float, or double for float64) */
+    const void *k1, *k0;              /* grad_input: dL/dy = dL/dz * scale + y * k1 + k0 */
+    double *sums;                     /* backward: [nthreads][2][C] */
+    int64_t T, R, L, C;
+    int channels_last;
+    double tau, v_threshold, v_reset, alpha;
+    int detach_reset;
+    int status;
+} bn_job;
+
+#define BN_CH(j) (cl ? l0 + (j) : c_row)
+
+#define BNLIF_DEFINE(NAME, STOR, COMP, LOAD, STORE, RND, EXP)                                            \
+    static void NAME##_bn_forward(const bn_job *job, int64_t r0, int64_t r1) {                           \
+        const STOR *y = (const STOR *)job->y;                                                           \
+        STOR *s = (STOR *)job->out;                                                                     \
+        const COMP *scale = (const COMP *)job->scale, *shift = (const COMP *)job->shift;                \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last;                                                              \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP one = (COMP)1, zero = (COMP)0;                                                       \
+        COMP v[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK];                                                \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    v[j] = vr;                                                                          \
+                    sc[j] = scale[BN_CH(j)];                                                            \
+                    sh[j] = shift[BN_CH(j)];                                                            \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) {                                                       \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    STOR *st = s + t * M + r * L + l0;                                                  \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
+                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        const int fired = h >= vth;                                                     \
+                        st[j] = STORE(fired ? one : zero);                                              \
+                        v[j] = fired ? vr : h;                                                          \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_bn_backward(const bn_job *job, int64_t r0, int64_t r1, COMP *hbuf, double *s1) {  \
+        const STOR *y = (const STOR *)job->y, *g = (const STOR *)job->g;                                \
+        STOR *gz_out = (STOR *)job->out;                                                                \
+        const COMP *scale = (const COMP *)job->scale, *shift = (const COMP *)job->shift;                \
+        const COMP *mean = (const COMP *)job->mean;                                                     \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last, detach = job->detach_reset;                                  \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP alpha = (COMP)job->alpha, one = (COMP)1, zero = (COMP)0;                             \
+        double *s2 = s1 + C;                                                                            \
+        COMP v[LIF_BLOCK], gv[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK], mu[LIF_BLOCK];                  \
+        double a1[LIF_BLOCK], a2[LIF_BLOCK];                                                            \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    v[j] = vr;                                                                          \
+                    gv[j] = zero;                                                                       \
+                    a1[j] = 0.0;                                                                        \
+                    a2[j] = 0.0;                                                                        \
+                    sc[j] = scale[BN_CH(j)];                                                            \
+                    sh[j] = shift[BN_CH(j)];                                                            \
+                    mu[j] = mean[BN_CH(j)];                                                             \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) { /* recompute H */                                     \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    COMP *ht = hbuf + t * LIF_BLOCK;                                                    \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
+                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        ht[j] = h;                                                                      \
+                        v[j] = h >= vth ? vr : h;                                                       \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int64_t t = T - 1; t >= 0; --t) {                                                  \
+                    const STOR *yt = y + t * M + r * L + l0, *gt = g + t * M + r * L + l0;              \
+                    STOR *ot = gz_out + t * M + r * L + l0;                                             \
+                    const COMP *ht = hbuf + t * LIF_BLOCK;                                              \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP h = ht[j];                                                           \
+                        const COMP sgm = one / (one + EXP(-(alpha * (h - vth))));                       \
+                        const COMP sg = alpha * sgm * (one - sgm);                                      \
+                        const COMP not_fired = h >= vth ? zero : one;                                   \
+                        const COMP dv_dh = detach ? not_fired : not_fired + (vr - h) * sg;              \
+                        const COMP gh = LOAD(gt[j]) * sg + gv[j] * dv_dh;                               \
+                        const COMP gz = gh / tau;                                                       \
+                        ot[j] = STORE(gz);                                                              \
+                        gv[j] = gh - gz;                                                                \
+                        a1[j] += (double)gz;                                                            \
+                        a2[j] += (double)gz * ((double)LOAD(yt[j]) - (double)mu[j]);                    \
+                    }                                                                                   \
+                }                                                                                       \
+                if (cl) {                                                                               \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        s1[l0 + j] += a1[j];                                                            \
+                        s2[l0 + j] += a2[j];                                                            \
+                    }                                                                                   \
+                } else {                                                                                \
+                    double b1 = 0.0, b2 = 0.0;                                                          \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        b1 += a1[j];                                                                    \
+                        b2 += a2[j];                                                                    \
+                    }                                                                                   \
+                    s1[c_row] += b1;                                                                    \
+                    s2[c_row] += b2;                                                                    \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_bn_grad_input(const bn_job *job, int64_t r0, int64_t r1) {                        \
+        const STOR *y = (const STOR *)job->y;                                                           \
+        STOR *gy = (STOR *)job->out;                                                                    \
+        const COMP *a = (const COMP *)job->scale, *k1 = (const COMP *)job->k1, *k0 = (const COMP *)job->k0; \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last;                                                              \
+        COMP ca[LIF_BLOCK], c1[LIF_BLOCK], c0[LIF_BLOCK];                                               \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    ca[j] = a[BN_CH(j)];                                                                \
+                    c1[j] = k1[BN_CH(j)];                                                               \
+                    c0[j] = k0[BN_CH(j)];                                                               \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) {                                                       \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    STOR *gt = gy + t * M + r * L + l0;                                                 \
+                    for (int64_t j = 0; j < n; ++j)                                                     \
+                        gt[j] = STORE(LOAD(gt[j]) * ca[j] + (LOAD(yt[j]) * c1[j] + c0[j]));             \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+BNLIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
+BNLIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
+BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+#if LIF_HAS_F16
+BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+#endif
+
 /* --- dispatch and threads ------------------------------------------------------------------------ */
 
 static size_t compute_size(int dtype) { return dtype == LIF_F64 ? sizeof(double) : sizeof(float); }
@@ -263,4 +424,127 @@ int lif_backward(int dtype, const void *x, const void *grad_spikes, void *grad_x
                  int nthreads) {
     lif_job job = {dtype, x, grad_spikes, grad_x, T, M, tau, v_threshold, v_reset, alpha, detach_reset, 0};
     return run_parallel(&job, 1, nthreads);
+}
+
+/* --- BatchNorm + LIF: dispatch ------------------------------------------------------------------- */
+
+enum { BN_FORWARD = 0, BN_BACKWARD = 1, BN_GRAD_INPUT = 2 };
+
+typedef struct {
+    bn_job *job;
+    int kind;
+    int64_t r0, r1;
+    double *sums; /* this thread's [2][C] (backward) */
+} bn_task;
+
+static void bn_run(bn_task *task) {
+    bn_job *job = task->job;
+    if (task->r0 >= task->r1) return;
+    if (task->kind == BN_FORWARD || task->kind == BN_GRAD_INPUT) {
+        const int fwd = task->kind == BN_FORWARD;
+        switch (job->dtype) {
+            case LIF_F32: fwd ? lif_f32_bn_forward(job, task->r0, task->r1) : lif_f32_bn_grad_input(job, task->r0, task->r1); break;
+            case LIF_F64: fwd ? lif_f64_bn_forward(job, task->r0, task->r1) : lif_f64_bn_grad_input(job, task->r0, task->r1); break;
+            case LIF_BF16: fwd ? lif_bf16_bn_forward(job, task->r0, task->r1) : lif_bf16_bn_grad_input(job, task->r0, task->r1); break;
+#if LIF_HAS_F16
+            case LIF_F16: fwd ? lif_f16_bn_forward(job, task->r0, task->r1) : lif_f16_bn_grad_input(job, task->r0, task->r1); break;
+#endif
+            default: job->status = -1;
+        }
+        return;
+    }
+    void *hbuf = malloc((size_t)job->T * LIF_BLOCK * compute_size(job->dtype));
+    if (!hbuf) {
+        job->status = -2;
+        return;
+    }
+    switch (job->dtype) {
+        case LIF_F32: lif_f32_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+        case LIF_F64: lif_f64_bn_backward(job, task->r0, task->r1, (double *)hbuf, task->sums); break;
+        case LIF_BF16: lif_bf16_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+#if LIF_HAS_F16
+        case LIF_F16: lif_f16_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+#endif
+        default: job->status = -1;
+    }
+    free(hbuf);
+}
+
+static void *bn_run_thread(void *arg) {
+    bn_run((bn_task *)arg);
+    return NULL;
+}
+
+/* Rows split over threads; for the backward pass each thread sums into its own [2][C] buffer and the
+ * buffers are added in thread order, so the result does not depend on scheduling. */
+static int bn_parallel(bn_job *job, int kind, int nthreads, double *sums_out) {
+    const int64_t R = job->R, work = job->R * job->L * job->T, min_per_thread = 16384;
+    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
+    if ((int64_t)nthreads * min_per_thread > work) nthreads = (int)(work / min_per_thread);
+    if (nthreads > R) nthreads = (int)R;
+    if (nthreads < 1) nthreads = 1;
+    job->status = 0;
+    double *sums = NULL;
+    if (kind == BN_BACKWARD) {
+        sums = (double *)calloc((size_t)nthreads * 2 * job->C, sizeof(double));
+        if (!sums) return -2;
+    }
+    bn_task tasks[LIF_MAX_THREADS];
+    pthread_t threads[LIF_MAX_THREADS];
+    int started[LIF_MAX_THREADS];
+    const int64_t chunk = (R + nthreads - 1) / nthreads;
+    for (int k = 0; k < nthreads; ++k) {
+        int64_t r0 = (int64_t)k * chunk, r1 = r0 + chunk;
+        tasks[k].job = job;
+        tasks[k].kind = kind;
+        tasks[k].r0 = r0 < R ? r0 : R;
+        tasks[k].r1 = r1 < R ? r1 : R;
+        tasks[k].sums = sums ? sums + (size_t)k * 2 * job->C : NULL;
+        started[k] = 0;
+    }
+    for (int k = 1; k < nthreads; ++k)
+        started[k] = pthread_create(&threads[k], NULL, bn_run_thread, &tasks[k]) == 0;
+    bn_run(&tasks[0]);
+    for (int k = 1; k < nthreads; ++k) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            bn_run(&tasks[k]);
+    }
+    if (sums) {
+        for (int64_t i = 0; i < 2 * job->C; ++i) {
+            double total = 0.0;
+            for (int k = 0; k < nthreads; ++k) total += sums[(size_t)k * 2 * job->C + i];
+            sums_out[i] = total;
+        }
+        free(sums);
+    }
+    return job->status;
+}
+
+/* spikes = LIF(RND(y * scale[c] + shift[c])) for y laid out as [T][R rows][L]. */
+int bn_lif_forward(int dtype, const void *y, void *spikes, const void *scale, const void *shift, int64_t T,
+                   int64_t R, int64_t L, int64_t C, int channels_last, double tau, double v_threshold,
+                   double v_reset, int nthreads) {
+    bn_job job = {dtype, y, NULL, spikes, scale, shift, NULL, NULL, NULL, NULL, T, R, L, C, channels_last,
+                  tau, v_threshold, v_reset, 0.0, 1, 0};
+    return bn_parallel(&job, BN_FORWARD, nthreads, NULL);
+}
+
+/* grad_z = dL/dz (z recomputed from y) and sums = [sum(grad_z) per channel, sum(grad_z * (y - mean))]. */
+int bn_lif_backward(int dtype, const void *y, const void *grad_spikes, void *grad_z, const void *scale,
+                    const void *shift, const void *mean, double *sums, int64_t T, int64_t R, int64_t L,
+                    int64_t C, int channels_last, double tau, double v_threshold, double v_reset, double alpha,
+                    int detach_reset, int nthreads) {
+    bn_job job = {dtype, y, grad_spikes, grad_z, scale, shift, mean, NULL, NULL, NULL, T, R, L, C, channels_last,
+                  tau, v_threshold, v_reset, alpha, detach_reset, 0};
+    return bn_parallel(&job, BN_BACKWARD, nthreads, sums);
+}
+
+/* In place: grad[i] = grad[i] * a[c] + (y[i] * k1[c] + k0[c]), the BatchNorm input gradient. */
+int bn_grad_input(int dtype, void *grad, const void *y, const void *a, const void *k1, const void *k0, int64_t T,
+                  int64_t R, int64_t L, int64_t C, int channels_last, int nthreads) {
+    bn_job job = {dtype, y, NULL, grad, a, NULL, NULL, k1, k0, NULL, T, R, L, C, channels_last,
+                  0.0, 0.0, 0.0, 0.0, 1, 0};
+    return bn_parallel(&job, BN_GRAD_INPUT, nthreads, NULL);
 }
