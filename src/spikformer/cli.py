@@ -17,7 +17,8 @@ import sys
 from .errors import SpikformerError
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
-COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "demo", "analyze", "energy_table", "frames")
+COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "demo", "analyze", "energy_table", "frames",
+            "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

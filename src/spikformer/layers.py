@@ -3,6 +3,11 @@
 Tensors between layers are time-first and channels-last: images ``[T, B, C, H, W]`` inside the stem, tokens
 ``[T, B, N, D]`` everywhere after it. Keeping channels last lets every Linear and BatchNorm run on a flat
 ``[T*B*N, D]`` view with no transpose or copy (the original code transposes around every BatchNorm).
+
+Every ``BatchNorm -> LIF`` pair runs through :func:`batch_norm_lif`: in training it stores only the BatchNorm
+input (which BatchNorm's backward needs anyway) and recomputes the normalised values in the backward pass,
+so a spiking unit keeps one activation for backward instead of three. For inference, ``fuse_bn()`` folds the
+BatchNorm into the preceding conv or linear layer (``Spikformer.fuse()`` does it for the whole model).
 """
 
 from __future__ import annotations
@@ -13,8 +18,203 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .neuron import LIF
+from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+
+# --- BatchNorm -> LIF ------------------------------------------------------------------------------
+#
+# The model's BatchNorm is computed in its affine form, z = y * scale + shift per channel, with
+# scale = weight / sqrt(var + eps) and shift = bias - mean * scale from the batch statistics in training
+# (float32, or float64 for a float64 model) and from the running statistics in eval. The oracle path
+# (backend "torch") differentiates exactly these operations; the fast path computes the same z inside the
+# LIF kernel (never storing it) and differentiates analytically, so both give the same spikes bit for bit.
+# Mathematically this is nn.BatchNorm1d/2d; it differs from PyTorch's own kernel only in rounding.
+
+
+def _bn_view(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
+    return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
+
+
+def _stat_dims(y: torch.Tensor) -> tuple[int, ...]:
+    return (0,) if y.ndim == 2 else (0, *range(2, y.ndim))
+
+
+def _per_channel(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return v if y.ndim == 2 else v.view(1, -1, *([1] * (y.ndim - 2)))
+
+
+def _compute_dtype(y: torch.Tensor) -> torch.dtype:
+    return torch.float64 if y.dtype == torch.float64 else torch.float32
+
+
+def _momentum(norm: _BatchNorm) -> float:
+    # nn.BatchNorm's bookkeeping: count the batch; momentum=None means a cumulative average.
+    if norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:
+        return 1.0 / float(norm.num_batches_tracked)
+    return norm.momentum
+
+
+def _batch_statistics(y: torch.Tensor, norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and (biased) variance in the compute dtype; updates the running statistics like nn.BatchNorm."""
+    var, mean = torch.var_mean(y.to(_compute_dtype(y)), _stat_dims(y), correction=0)
+    if norm.track_running_stats and norm.running_mean is not None:
+        count = y.numel() // y.shape[1]
+        momentum = _momentum(norm)
+        with torch.no_grad():
+            unbiased = var.detach() * (count / max(count - 1, 1))
+            norm.running_mean.mul_(1 - momentum).add_(mean.detach().to(norm.running_mean.dtype), alpha=momentum)
+            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
+    return mean, var
+
+
+def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = invstd if norm.weight is None else invstd * norm.weight.to(invstd.dtype)
+    shift = -mean * scale if norm.bias is None else norm.bias.to(scale.dtype) - mean * scale
+    return scale, shift
+
+
+def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
+    cdt = scale.dtype
+    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
+
+
+def _uses_batch_statistics(norm: _BatchNorm) -> bool:
+    return norm.training or not norm.track_running_stats or norm.running_mean is None
+
+
+def batch_norm(y: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
+    """``norm(y)`` in the affine form described above, differentiable (the oracle path and eval)."""
+    if _uses_batch_statistics(norm):
+        mean, var = _batch_statistics(y, norm)
+    else:
+        mean, var = norm.running_mean.to(_compute_dtype(y)), norm.running_var.to(_compute_dtype(y))
+    scale, shift = _scale_shift(norm, mean, torch.rsqrt(var + norm.eps))
+    return _normalize(y, scale, shift)
+
+
+class _BatchNormLIF(torch.autograd.Function):
+    """Training-mode ``LIF(BN(y))`` that stores ``y`` and per-channel vectors only: ``z = BN(y)`` is recomputed
+    in the backward pass (inside the C kernel on CPU), then the LIF and BatchNorm backward passes run."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, norm, params, backend, steps):  # type: ignore[override]
+        mean, var = _batch_statistics(y, norm)
+        invstd = torch.rsqrt(var + norm.eps)
+        scale, shift = _scale_shift(norm, mean, invstd)
+        p = params
+        if backend == "c":
+            from .kernels import cpu
+
+            spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold),
+                                        float(p.v_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+        ctx.save_for_backward(y, mean, invstd, scale, shift)
+        ctx.config = (params, backend, steps, weight is not None, bias is not None)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        y, mean, invstd, scale, shift = ctx.saved_tensors
+        params, backend, steps, has_weight, has_bias = ctx.config
+        p = params
+        if backend == "c":
+            from .kernels import cpu
+
+            grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
+                y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
+                float(p.surrogate_alpha), bool(p.detach_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
+                                             params, backend).flatten(0, 1)
+            g = grad_z.to(torch.float64)
+            sum_g = g.sum(_stat_dims(y))
+            sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
+        # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
+        count = y.numel() // y.shape[1]
+        inv = invstd.to(torch.float64)
+        sum_g_yhat = sum_gy * inv
+        k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
+        k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
+        cdt = scale.dtype
+        if backend == "c":
+            grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
+        else:
+            grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
+                      + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
+        grad_weight = sum_g_yhat.to(cdt) if has_weight and ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.to(cdt) if has_bias and ctx.needs_input_grad[2] else None
+        return grad_y, grad_weight, grad_bias, None, None, None, None
+
+
+def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
+    """``LIF(norm(x))`` for a time-first ``x``: ``[T, B, N, D]`` with a BatchNorm1d over ``D``, or
+    ``[T, B, C, H, W]`` with a BatchNorm2d over ``C``; spikes of ``x``'s shape.
+
+    In training with a fast backend the BatchNorm output is never stored: the kernel normalises on the fly and
+    the backward pass recomputes it. With ``backend="torch"`` (the oracle), under ``torch.compile`` (which
+    makes its own fusion and recompute choices) or in eval mode, the same arithmetic runs as plain
+    differentiable operations. Any other norm module (``nn.SyncBatchNorm``, ``nn.Identity`` after folding)
+    is simply called.
+    """
+    name = resolve_backend(backend, x)
+    if type(norm) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        y = _bn_view(x, norm) if isinstance(norm, _BatchNorm) else x
+        return lif_multistep(norm(y).view(x.shape), params, name)
+    y = _bn_view(x, norm)
+    if name == "torch" or torch.compiler.is_compiling():
+        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+    if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
+        if name != "c" or needs_grad or _uses_batch_statistics(norm):
+            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+        # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
+        from .kernels import cpu
+
+        cdt = _compute_dtype(y)
+        scale, shift = _scale_shift(norm, norm.running_mean.to(cdt),
+                                    torch.rsqrt(norm.running_var.to(cdt) + norm.eps))
+        spikes = cpu.bn_lif_forward(y, scale.detach(), shift.detach(), x.shape[0], float(params.tau),
+                                    float(params.v_threshold), float(params.v_reset))
+        return spikes.view(x.shape)
+    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm, params, name, x.shape[0])
+    return spikes.view(x.shape)
+
+
+def fold_batch_norm(layer: nn.Conv2d | nn.Linear, norm: _BatchNorm) -> nn.Conv2d | nn.Linear:
+    """A copy of ``layer`` whose output equals ``norm(layer(x))`` in eval mode (computed in float64)."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    weight = layer.weight.detach().double()
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
+    shift = -norm.running_mean.double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
+    if layer.bias is not None:
+        shift = shift + layer.bias.detach().double() * scale
+    if isinstance(layer, nn.Conv2d):
+        folded: nn.Conv2d | nn.Linear = nn.Conv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, layer.groups, bias=True, padding_mode=layer.padding_mode)
+    else:
+        folded = nn.Linear(layer.in_features, layer.out_features, bias=True)
+    dtype, device = layer.weight.dtype, layer.weight.device
+    folded = folded.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        folded.weight.copy_(weight * scale.view(-1, *([1] * (weight.ndim - 1))))
+        folded.bias.copy_(shift)
+    return folded
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -60,9 +260,14 @@ class SpikingConvStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
-        y = self.bn(self.conv(x.flatten(0, 1)))  # [T*B, C', H', W']
-        y = self.lif(y.unflatten(0, (T, B)))
+        y = self.conv(x.flatten(0, 1)).unflatten(0, (T, B))  # [T, B, C', H', W']
+        y = self.lif(y, norm=self.bn)
         return self.pool(y.flatten(0, 1)).unflatten(0, (T, B))
+
+    def fuse_bn(self) -> None:
+        """Fold the BatchNorm into the conv (inference only)."""
+        if isinstance(self.bn, _BatchNorm):
+            self.conv, self.bn = fold_batch_norm(self.conv, self.bn), nn.Identity()
 
 
 class SpikingPatchSplitting(nn.Module):
@@ -93,7 +298,8 @@ class SpikingPatchSplitting(nn.Module):
         for stage in self.stages:
             x = stage(x)
         x = x + self.rpe(x)  # integer-valued, 0..2
-        return x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
+        # [T, B, N, D], contiguous: the three Q/K/V linears of the first block would each copy a strided view.
+        return x.flatten(3).transpose(-1, -2).contiguous()
 
 
 class LinearBNLIF(nn.Module):
@@ -113,9 +319,12 @@ class LinearBNLIF(nn.Module):
         self.lif = LIF(v_threshold=v_threshold, backend=lif_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
-        y = self.bn(y.reshape(-1, y.shape[-1])).view(y.shape)
-        return self.lif(y)
+        return self.lif(self.linear(x), norm=self.bn)
+
+    def fuse_bn(self) -> None:
+        """Fold the BatchNorm into the linear layer (inference only)."""
+        if isinstance(self.bn, _BatchNorm):
+            self.linear, self.bn = fold_batch_norm(self.linear, self.bn), nn.Identity()
 
 
 class SpikingSelfAttention(nn.Module):
@@ -147,12 +356,47 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
         q, k, v = (self.split_heads(f(x)) for f in (self.q, self.k, self.v))
-        if N > D // self.num_heads:
+        out = spike_attention(q, k, v)  # [T, B, h, N, d], integers
+        out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
+        return self.proj(self.attn_lif(out))
+
+
+def exact_spike_product_dtype(q: torch.Tensor, num_tokens: int, head_dim: int, out_dtype: torch.dtype
+                              ) -> torch.dtype:
+    """The dtype in which ``Q K^T V`` of 0/1 spike tensors is computed exactly and fastest.
+
+    Every partial sum is an integer of at most ``N * d``; float16 holds integers exactly up to 2^11, so on
+    CUDA the products run in float16 (tensor cores) whenever ``N * d <= 2048`` and either no gradient is
+    needed or autocast is on (the neighbouring matmuls are half precision then anyway). Otherwise, and on
+    CPUs, they run in float32 (exact up to 2^24) or float64.
+    """
+    exact = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
+    if q.device.type != "cuda" or num_tokens * head_dim > 2048:
+        return exact
+    if torch.is_autocast_enabled("cuda") or not (torch.is_grad_enabled() and q.requires_grad):
+        return torch.float16
+    return exact
+
+
+def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(Q K^T) V`` of spike tensors ``[..., N, d]``, exactly, without softmax.
+
+    The product is associative without softmax, so it is evaluated in the cheaper order for the token count:
+    ``Q (K^T V)`` when ``N > d``. With 0/1 operands every order and every dtype chosen by
+    :func:`exact_spike_product_dtype` gives the same integers. Under autocast the result is float32 (a
+    bfloat16 result would round sums above 256 and change spikes downstream), otherwise ``q``'s dtype.
+    """
+    N, d = q.shape[-2:]
+    half = (torch.float16, torch.bfloat16)
+    out_dtype = torch.float32 if q.dtype in half and torch.is_autocast_enabled(q.device.type) else q.dtype
+    dtype = exact_spike_product_dtype(q, N, d, out_dtype)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if N > d:
             out = q @ (k.transpose(-2, -1) @ v)
         else:
             out = (q @ k.transpose(-2, -1)) @ v
-        out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
-        return self.proj(self.attn_lif(out))
+    return out.to(out_dtype)
 
 
 class SpikingMLP(nn.Module):

@@ -110,6 +110,27 @@ class Spikformer(nn.Module):
         none, as Spikformer has no position or class embeddings."""
         return set()
 
+    # --- inference ------------------------------------------------------------------------------------
+
+    def fuse(self) -> Spikformer:
+        """Fold every BatchNorm into the conv or linear layer before it, for inference; returns ``self``.
+
+        Eval outputs equal the unfused model's to float rounding (a membrane potential within rounding of
+        the threshold may fire differently). The model is put in eval mode and can no longer be trained.
+        """
+        self.eval()
+        for module in self.modules():
+            if module is not self and hasattr(module, "fuse_bn"):
+                module.fuse_bn()
+        self.bn_folded = True
+        return self
+
+    def train(self, mode: bool = True) -> Spikformer:
+        if mode and getattr(self, "bn_folded", False):
+            raise RuntimeError("this model's BatchNorms are folded into its weights (model.fuse()), so it can "
+                               "only run inference; rebuild it or reload the checkpoint to train")
+        return super().train(mode)
+
     def get_classifier(self) -> nn.Module:
         return self.head
 

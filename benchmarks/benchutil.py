@@ -1,0 +1,90 @@
+"""Shared helpers of the benchmark scripts: timing, machine description, and the docs/benchmarks.md log."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_it(fn: Callable[[], object], device: torch.device | str, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds over ``repeats`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        what = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    else:
+        flags = ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                text = f.read()
+            flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text) or "no AVX-512"
+        except OSError:
+            pass
+        what = f"{cpu_model()} ({flags}), {torch.get_num_threads()} threads"
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.1f} at start"
+    return f"{what}; torch {torch.__version__}, Python {platform.python_version()}{load}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(title: str, device: torch.device | str, table: str, notes: list[str] | None = None,
+           path: Path = RESULTS) -> None:
+    """Print ``table`` and append it to docs/benchmarks.md with the machine, the command and the date."""
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    block = [f"### {title}", "", f"- date: {stamp}", f"- machine: {machine(device)}", f"- command: `{command}`",
+             "", table, ""]
+    block += [f"{note}" for note in notes or []]
+    text = "\n".join(block).rstrip() + "\n\n"
+    print("\n" + text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nAppended by the scripts in `benchmarks/`; newest last. "
+                        "See docs/performance.md for how to read them.\n\n")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(text)

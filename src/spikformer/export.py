@@ -1,0 +1,278 @@
+"""Export for deployment: ONNX (onnxruntime and friends) and NIR (neuromorphic toolchains).
+
+Both start from :func:`inference_model`: a copy of the model in eval mode with every BatchNorm folded into
+the conv or linear layer before it and every LIF written as plain tensor operations over ``T`` unrolled steps
+(the kernels' custom ops mean nothing outside PyTorch).
+
+- :func:`export_onnx` writes a graph taking ``[B, C, H, W]`` images (or ``[B, T, 2, H, W]`` event frames for
+  2-channel models) and returning ``[B, classes]`` logits, with a dynamic batch dimension.
+- :func:`export_nir` writes what NIR can express: convolutions (linear layers become 1x1 convolutions on the
+  token map), LIF populations, residual sums (NIR adds the edges that meet at a node), average pooling and the
+  affine head. NIR has no max-pool and no product of two spike tensors, so the SSA's ``Q K^T V`` and the stem's
+  max-pools after spikes cannot be written; the export names them in its error, and ``partial=True`` writes
+  the graph up to the first of them instead.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SpikformerError
+from .layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, SpikingPatchSplitting
+from .neuron import LIF, LIFParams
+
+
+class ExportError(SpikformerError):
+    """The model (or part of it) cannot be written in the requested format."""
+
+
+# --- the inference model -----------------------------------------------------------------------------
+
+
+class UnrolledLIF(nn.Module):
+    """Inference-only LIF in plain tensor operations with ``T`` unrolled; spikes identical to the oracle's."""
+
+    def __init__(self, params: LIFParams) -> None:
+        super().__init__()
+        self.params = params
+
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        if norm is not None:
+            x = norm(x)
+        p = self.params
+        v = torch.full_like(x[0], p.v_reset)
+        spikes = []
+        for t in range(x.shape[0]):
+            h = v + (x[t] - (v - p.v_reset)) / p.tau
+            fired = h >= p.v_threshold
+            spikes.append(fired.to(x.dtype))
+            v = torch.where(fired, p.v_reset, h)
+        return torch.stack(spikes)
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for export: eval mode, BatchNorms folded, every LIF an :class:`UnrolledLIF`."""
+    model = copy.deepcopy(model).cpu().float()
+    if hasattr(model, "fuse"):
+        model.fuse()
+    model.eval()
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LIF):
+                setattr(module, child_name, UnrolledLIF(child.params))
+    return model
+
+
+def example_input(model: nn.Module, batch: int = 1, frames: bool | None = None) -> torch.Tensor:
+    """A random input of the shape the model takes: images, or event frames for 2-channel models."""
+    frames = model.in_chans == 2 if frames is None else frames
+    size = (model.in_chans, model.img_size, model.img_size)
+    return torch.rand(batch, model.T, *size) if frames else torch.randn(batch, *size)
+
+
+# --- ONNX --------------------------------------------------------------------------------------------
+
+
+def export_onnx(model: nn.Module, path: str | Path, frames: bool | None = None, opset: int | None = None
+                ) -> Path:
+    """Write ``model`` as an ONNX graph (BN folded, T unrolled) with a dynamic batch dimension.
+
+    The input is ``images [B, C, H, W]``, or ``frames [B, T, C, H, W]`` when ``frames`` (default: for
+    2-channel event models); the output is ``logits [B, classes]``.
+    """
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it; fail with the fix, not deep inside)
+    except ImportError:
+        raise ExportError("ONNX export needs the 'onnx' and 'onnxscript' packages: "
+                          "pip install 'spikformer[export]'") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = inference_model(model)
+    example = example_input(net, batch=2, frames=frames)
+    name = "frames" if example.ndim == 5 else "images"
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    large = sum(p.numel() * p.element_size() for p in net.parameters()) > 1_800_000_000  # ONNX's 2 GB limit
+    program = torch.onnx.export(net, (example,), dynamo=True, input_names=[name], output_names=["logits"],
+                                dynamic_shapes=({0: batch},), opset_version=opset, external_data=large,
+                                verbose=False)
+    program.save(str(path), external_data=large)
+    return path
+
+
+def onnx_max_difference(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch's eval logits and onnxruntime's for input ``x``."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = copy.deepcopy(model).cpu().float().eval()(x)
+    return float((torch.from_numpy(got) - expected).abs().max())
+
+
+# --- NIR ---------------------------------------------------------------------------------------------
+
+
+Shape = tuple[int, ...]
+
+
+class _NIRBuilder:
+    """Walks a Spikformer and emits NIR nodes until the first part NIR cannot express, noting every such part.
+
+    Tensors are per time step, ``[C, H, W]``; tokens stay a ``[D, H, W]`` map. A "frontier" is the list of
+    nodes whose outputs, added together, make the current tensor (NIR sums the edges that meet at a node).
+    """
+
+    def __init__(self, dt: float) -> None:
+        import nir
+
+        self.nir = nir
+        self.dt = dt
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.unsupported: list[str] = []
+        self.result: tuple[list[str], Shape] | None = None  # the frontier that feeds the output node
+
+    def refuse(self, name: str, why: str, frontier: list[str], shape: Shape) -> None:
+        if not self.unsupported:
+            self.result = (frontier, shape)
+        self.unsupported.append(f"{name}: {why}")
+
+    def add(self, name: str, node: Any, frontier: list[str]) -> list[str]:
+        if not self.unsupported:
+            self.nodes[name] = node
+            self.edges += [(source, name) for source in frontier]
+        return [name]
+
+    def conv(self, name: str, conv: nn.Conv2d, frontier: list[str], shape: Shape) -> tuple[list[str], Shape]:
+        import numpy as np
+
+        _, H, W = shape
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        node = self.nir.Conv2d(input_shape=(H, W), weight=conv.weight.detach().numpy(), stride=conv.stride,
+                               padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                               bias=bias.detach().numpy().astype(np.float32))
+        out_h, out_w = (
+            (size + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1) // conv.stride[i] + 1
+            for i, size in enumerate((H, W)))
+        return self.add(name, node, frontier), (conv.out_channels, out_h, out_w)
+
+    def pointwise(self, name: str, linear: nn.Linear, frontier: list[str], shape: Shape
+                  ) -> tuple[list[str], Shape]:
+        # A linear layer applied to every token is a 1x1 convolution of the [D, H, W] token map.
+        conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(linear.weight[:, :, None, None])
+            if linear.bias is not None:
+                conv.bias.copy_(linear.bias)
+        return self.conv(name, conv, frontier, shape)
+
+    def lif(self, name: str, lif: nn.Module, frontier: list[str], shape: Shape) -> list[str]:
+        import numpy as np
+
+        p: LIFParams = lif.params
+
+        def full(value: float) -> np.ndarray:
+            return np.full(shape, value, dtype=np.float32)
+
+        # The Euler step dt of tau_nir dv/dt = (v_leak - v) + R I with tau_nir = tau * dt, R = 1 and
+        # v_leak = V_reset is exactly H = V + (X - (V - V_reset)) / tau.
+        node = self.nir.LIF(tau=full(p.tau * self.dt), r=full(1.0), v_leak=full(p.v_reset),
+                            v_threshold=full(p.v_threshold), v_reset=full(p.v_reset))
+        return self.add(name, node, frontier)
+
+    def conv_stage(self, name: str, stage: SpikingConvStage, frontier: list[str], shape: Shape
+                   ) -> tuple[list[str], Shape]:
+        out, shape = self.conv(f"{name}.conv", stage.conv, frontier, shape)
+        out = self.lif(f"{name}.lif", stage.lif, out, shape)
+        if isinstance(stage.pool, nn.MaxPool2d):
+            self.refuse(f"{name}.pool", "max-pool after spikes (NIR has sum and average pooling only)", out, shape)
+            C, H, W = shape
+            shape = (C, (H - 1) // 2 + 1, (W - 1) // 2 + 1)  # kernel 3, stride 2, padding 1
+        return out, shape
+
+    def linear_unit(self, name: str, unit: LinearBNLIF, frontier: list[str], shape: Shape
+                    ) -> tuple[list[str], Shape]:
+        out, shape = self.pointwise(f"{name}.linear", unit.linear, frontier, shape)
+        return self.lif(f"{name}.lif", unit.lif, out, shape), shape
+
+    def spikformer(self, model: nn.Module) -> None:
+        import numpy as np
+
+        shape: Shape = (model.in_chans, model.img_size, model.img_size)
+        self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
+        x = ["input"]
+        stem = model.patch_embed
+        if not isinstance(stem, SpikingPatchSplitting):
+            self.refuse("patch_embed", f"the {type(stem).__name__} stem has no NIR translation", x, shape)
+            return
+        for i, stage in enumerate(stem.stages):
+            x, shape = self.conv_stage(f"patch_embed.stages.{i}", stage, x, shape)
+        rpe, _ = self.conv_stage("patch_embed.rpe", stem.rpe, x, shape)
+        x = x + rpe  # x + RPE(x): both edges meet at the next node, which adds them
+        for i, block in enumerate(model.blocks):
+            if not isinstance(block, SpikformerBlock):
+                self.refuse(f"blocks.{i}", f"{type(block).__name__} has no NIR translation", x, shape)
+                continue
+            self.refuse(f"blocks.{i}.attn", "spiking self-attention multiplies two spike tensors (Q K^T V); "
+                        "NIR edges only weight and add", x, shape)
+            hidden, hidden_shape = self.linear_unit(f"blocks.{i}.mlp.fc1", block.mlp.fc1, x, shape)
+            mlp, _ = self.linear_unit(f"blocks.{i}.mlp.fc2", block.mlp.fc2, hidden, hidden_shape)
+            x = x + mlp
+        D, H, W = shape
+        window = np.array([H, W])
+        x = self.add("head.pool", self.nir.AvgPool2d(kernel_size=window, stride=window, padding=np.array([0, 0])),
+                     x)  # the mean over tokens
+        x = self.add("head.flatten", self.nir.Flatten(input_type={"input": np.array([D, 1, 1])}, start_dim=0), x)
+        out_shape: Shape = (D,)
+        if isinstance(model.head, nn.Linear):
+            head = model.head
+            x = self.add("head", self.nir.Affine(weight=head.weight.detach().numpy(),
+                                                 bias=head.bias.detach().numpy()), x)
+            out_shape = (head.out_features,)
+        if not self.unsupported:
+            self.result = (x, out_shape)
+
+
+def export_nir(model: nn.Module, path: str | Path | None = None, partial: bool = False, dt: float = 1e-3):
+    """The NIR graph of ``model`` (BN folded, per time step); written to ``path`` if given.
+
+    NIR cannot express the SSA's spike-by-spike product or a max-pool: without ``partial`` an
+    :class:`ExportError` names every such part. With ``partial=True`` the graph holds everything before the first
+    of them and its ``output`` node emits the spikes there; ``metadata["truncated_at"]`` says where it stops. A
+    complete graph's ``output`` emits per-step logits, whose mean over the ``T`` steps is the model's output.
+
+    One model step lasts ``dt`` seconds; each LIF is ``nir.LIF(tau=tau*dt, r=1, v_leak=V_reset, v_threshold,
+    v_reset)``, whose Euler step of length ``dt`` is this package's charge equation. NIR fires on
+    ``v > v_threshold``, the model on ``>=`` (they differ only where ``v`` equals the threshold exactly).
+    """
+    try:
+        import nir
+        import numpy as np
+    except ImportError:
+        raise ExportError("NIR export needs the 'nir' package: pip install 'spikformer[export]'") from None
+    net = inference_model(model)
+    builder = _NIRBuilder(dt)
+    builder.spikformer(net)
+    if builder.unsupported and not partial:
+        parts = "\n  ".join(builder.unsupported)
+        raise ExportError(f"NIR cannot express these parts of {type(model).__name__}:\n  {parts}\nexport the "
+                          "graph up to the first of them with partial=True (CLI: --partial), or use --format onnx")
+    assert builder.result is not None
+    frontier, shape = builder.result
+    builder.nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
+    builder.edges += [(source, "output") for source in frontier]
+    metadata: dict[str, Any] = {"source": "spikformer", "dt": dt, "T": int(net.T)}
+    if builder.unsupported:
+        metadata["truncated_at"] = builder.unsupported[0].split(":")[0]
+        metadata["unsupported"] = list(builder.unsupported)
+    graph = nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata=metadata)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        nir.write(str(path), graph)
+    return graph

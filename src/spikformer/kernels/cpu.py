@@ -1,0 +1,221 @@
+"""The CPU LIF kernel: ``lif_cpu.c`` compiled at first use and called through ``ctypes``.
+
+The C file includes no PyTorch headers, so building it takes about a second (a ``cpp_extension`` build
+takes a minute); the shared library is cached under ``$SPIKFORMER_CACHE_DIR`` (default
+``~/.cache/spikformer``), keyed by the source, the compiler, its flags and the CPU. Where no C compiler is
+found, or ``SPIKFORMER_NO_CPU_KERNEL=1`` is set, :func:`available` is false and the LIF layers use the
+pure-PyTorch ``fused`` backend instead; nothing else changes.
+
+Both entry points take and return ``[T, ...]`` tensors. ``ctypes`` releases the GIL during the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from . import as_time_major_dense, like_layout
+
+_SOURCE = "lif_cpu.c"
+# -ffp-contract=off: no fused multiply-adds, so results round exactly as PyTorch's; -fno-trapping-math lets
+# conditional selects vectorise (it changes no value, only the assumption that FP exceptions are unobserved).
+_CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
+           "-shared", "-pthread")
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SPIKFORMER_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spikformer"
+
+
+def _cpu_fingerprint() -> str:
+    # -march=native code must not be reused on a different CPU (a shared home directory on a cluster).
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(source: str, compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([source, compiler, version, *_CFLAGS, _cpu_fingerprint()]).encode())
+    target = cache_dir() / f"lif_cpu_{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / _SOURCE
+        src.write_text(source)
+        out = Path(tmp) / target.name
+        result = subprocess.run([compiler, *_CFLAGS, str(src), "-o", str(out)], capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()}")
+        os.replace(out, target)  # atomic: concurrent builders never see a partial file
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0") or not sys.platform.startswith("linux"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    try:
+        source = resources.files(__package__).joinpath(_SOURCE).read_text()
+        lib = ctypes.CDLL(str(_build(source, compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"spikformer: the CPU LIF kernel could not be built ({err}); using the pure-PyTorch "
+                      "'fused' backend", RuntimeWarning, stacklevel=3)
+        return None
+    i64, dbl, ptr, cint = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
+    lib.lif_supports.argtypes = [cint]
+    lib.lif_supports.restype = cint
+    lib.lif_forward.argtypes = [cint, ptr, ptr, i64, i64, dbl, dbl, dbl, cint]
+    lib.lif_forward.restype = cint
+    lib.lif_backward.argtypes = [cint, ptr, ptr, ptr, i64, i64, dbl, dbl, dbl, dbl, cint, cint]
+    lib.lif_backward.restype = cint
+    lib.bn_lif_forward.argtypes = [cint, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl, dbl, cint]
+    lib.bn_lif_forward.restype = cint
+    lib.bn_lif_backward.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl,
+                                    dbl, dbl, cint, cint]
+    lib.bn_lif_backward.restype = cint
+    lib.bn_grad_input.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, cint]
+    lib.bn_grad_input.restype = cint
+    return lib
+
+
+def available(dtype: torch.dtype | None = None) -> bool:
+    """Whether the kernel is built (building it now if needed) and, if given, supports ``dtype``."""
+    lib = _library()
+    if lib is None:
+        return False
+    return dtype is None or (dtype in _DTYPE_CODES and bool(lib.lif_supports(_DTYPE_CODES[dtype])))
+
+
+def _check(status: int, dtype: torch.dtype) -> None:
+    if status == -1:
+        raise TypeError(f"the CPU LIF kernel does not support {dtype}")
+    if status != 0:
+        raise MemoryError("the CPU LIF kernel could not allocate its work buffer")
+
+
+def lif_forward(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float) -> torch.Tensor:
+    """Spikes of ``x [T, ...]`` (same dtype and shape)."""
+    lib = _library()
+    assert lib is not None and x.device.type == "cpu"
+    x = as_time_major_dense(x)
+    spikes = torch.empty_like(x)
+    T = x.shape[0]
+    M = x.numel() // T if T else 0
+    if x.numel():
+        _check(lib.lif_forward(_DTYPE_CODES[x.dtype], x.data_ptr(), spikes.data_ptr(), T, M, tau,
+                               v_threshold, v_reset, torch.get_num_threads()), x.dtype)
+    return spikes
+
+
+def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
+                 alpha: float, detach_reset: bool) -> torch.Tensor:
+    """Gradient of the input from the input ``x`` and the spikes' gradient (``H`` is recomputed)."""
+    lib = _library()
+    assert lib is not None and x.device.type == "cpu"
+    x = as_time_major_dense(x)
+    grad_spikes = like_layout(grad_spikes, x)
+    grad_x = torch.empty_like(x)
+    T = x.shape[0]
+    M = x.numel() // T if T else 0
+    if x.numel():
+        _check(lib.lif_backward(_DTYPE_CODES[x.dtype], x.data_ptr(), grad_spikes.data_ptr(), grad_x.data_ptr(),
+                                T, M, tau, v_threshold, v_reset, alpha, int(detach_reset),
+                                torch.get_num_threads()), x.dtype)
+    return grad_x
+
+
+# --- BatchNorm (as scale and shift per channel) followed by LIF ---------------------------------------
+
+
+def bn_layout(y: torch.Tensor, steps: int) -> tuple[torch.Tensor, int, int, int, bool]:
+    """``(y, R, L, C, channels_last)``: ``y`` (``[T*M, D]`` tokens or ``[T*B, C, H, W]`` images) seen as
+    ``T`` steps of ``R`` rows of ``L`` elements; ``y`` is copied only if neither layout fits."""
+    if y.ndim == 2:
+        y = y.contiguous()
+        return y, y.shape[0] // steps, y.shape[1], y.shape[1], True
+    C = y.shape[1]
+    spatial = y[0, 0].numel()
+    if y.ndim == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        return y, y.shape[0] // steps * spatial, C, C, True
+    y = y.contiguous()
+    return y, y.shape[0] // steps * C, spatial, C, False
+
+
+def _lib_and_code(y: torch.Tensor):
+    lib = _library()
+    assert lib is not None and y.device.type == "cpu"
+    return lib, _DTYPE_CODES[y.dtype]
+
+
+def bn_lif_forward(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, steps: int, tau: float,
+                   v_threshold: float, v_reset: float) -> torch.Tensor:
+    """Spikes of ``LIF(y * scale + shift)`` (per-channel ``scale``/``shift`` in the compute dtype)."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    spikes = torch.empty_like(y)
+    scale, shift = scale.contiguous(), shift.contiguous()
+    if y.numel():
+        _check(lib.bn_lif_forward(code, y.data_ptr(), spikes.data_ptr(), scale.data_ptr(), shift.data_ptr(),
+                                  steps, R, L, C, int(cl), tau, v_threshold, v_reset, torch.get_num_threads()),
+               y.dtype)
+    return spikes
+
+
+def bn_lif_backward(y: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    mean: torch.Tensor, steps: int, tau: float, v_threshold: float, v_reset: float, alpha: float,
+                    detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_z, sum(grad_z), sum(grad_z * (y - mean)))``, the sums per channel in float64."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    grad_spikes = like_layout(grad_spikes, y)
+    grad_z = torch.empty_like(y)
+    sums = torch.zeros(2, C, dtype=torch.float64)
+    scale, shift, mean = scale.contiguous(), shift.contiguous(), mean.contiguous()
+    if y.numel():
+        _check(lib.bn_lif_backward(code, y.data_ptr(), grad_spikes.data_ptr(), grad_z.data_ptr(), scale.data_ptr(),
+                                   shift.data_ptr(), mean.data_ptr(), sums.data_ptr(), steps, R, L, C, int(cl),
+                                   tau, v_threshold, v_reset, alpha, int(detach_reset), torch.get_num_threads()),
+               y.dtype)
+    return grad_z, sums[0], sums[1]
+
+
+def bn_grad_input(grad_z: torch.Tensor, y: torch.Tensor, a: torch.Tensor, k1: torch.Tensor, k0: torch.Tensor,
+                  steps: int) -> torch.Tensor:
+    """``grad_z * a + (y * k1 + k0)`` per channel, in place on ``grad_z`` (laid out like ``y``)."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, steps)
+    grad_z = like_layout(grad_z, y)
+    a, k1, k0 = a.contiguous(), k1.contiguous(), k0.contiguous()
+    if y.numel():
+        _check(lib.bn_grad_input(code, grad_z.data_ptr(), y.data_ptr(), a.data_ptr(), k1.data_ptr(), k0.data_ptr(),
+                                 steps, R, L, C, int(cl), torch.get_num_threads()), y.dtype)
+    return grad_z

@@ -1,0 +1,550 @@
+/* Multi-step LIF, forward and backward, for CPU tensors laid out as [T, M] (time first, contiguous).
+ *
+ * Built at first use by spikformer/kernels/cpu.py with the system C compiler and called through ctypes:
+ * no PyTorch headers, so it compiles in well under a second. Each element runs its whole time loop in
+ * registers; blocks of LIF_BLOCK elements keep the inner loop vectorisable and are split over threads.
+ *
+ * Arithmetic follows the reference (spikformer.neuron.lif_reference) operation by operation, and the
+ * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's: for float32 and
+ * float64 directly, for bfloat16 and float16 by rounding to the storage type after every operation, as
+ * PyTorch's CPU element-wise kernels do. Those kernels also round a scalar subtrahend (V_reset, V_th) to
+ * the storage type but divide by a float scalar (tau); so do we. The backward pass recomputes H from the saved input and follows the
+ * reference's autograd order; only the exponential in the sigmoid differs (by about one ulp).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LIF_BLOCK 256
+#define LIF_MAX_THREADS 256
+
+enum { LIF_F32 = 0, LIF_F64 = 1, LIF_BF16 = 2, LIF_F16 = 3 };
+
+typedef struct {
+    int dtype;
+    const void *x;    /* input [T, M] */
+    const void *g;    /* grad of spikes [T, M] (backward) */
+    void *out;        /* spikes (forward) or grad of input (backward) [T, M] */
+    int64_t T, M;
+    double tau, v_threshold, v_reset, alpha;
+    int detach_reset;
+    int status;
+} lif_job;
+
+/* --- scalar helpers ------------------------------------------------------------------------------ */
+
+static inline float bits_to_float(uint32_t u) {
+    union { uint32_t u; float f; } c;
+    c.u = u;
+    return c.f;
+}
+
+static inline uint32_t float_to_bits(float f) {
+    union { uint32_t u; float f; } c;
+    c.f = f;
+    return c.u;
+}
+
+static inline float bf16_load(uint16_t b) { return bits_to_float((uint32_t)b << 16); }
+
+/* Round to nearest even, NaN to the canonical quiet NaN: c10::BFloat16's conversion. */
+static inline uint16_t bf16_store(float f) {
+    uint32_t u = float_to_bits(f);
+    if (f != f) return (uint16_t)0x7FC0;
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_round(float f) { return bf16_load(bf16_store(f)); }
+
+/* exp for float without libm calls, so that the loop vectorises (Cephes' expf; about 1 ulp). */
+static inline float lif_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick: floorf would need -fno-trapping-math to vectorise */
+    const float magic = 12582912.0f;
+    float n = (x * 1.44269504088896341f + magic) - magic;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    return p * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+}
+
+/* --- the kernels, once per storage type ----------------------------------------------------------
+ * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to STOR precision. */
+
+#define LIF_DEFINE(NAME, STOR, COMP, LOAD, STORE, RND, EXP)                                              \
+    static void NAME##_forward(const lif_job *job, int64_t i0, int64_t i1) {                             \
+        const STOR *x = (const STOR *)job->x;                                                           \
+        STOR *s = (STOR *)job->out;                                                                     \
+        const int64_t T = job->T, M = job->M;                                                           \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP v_rest = vr, one = (COMP)1, zero = (COMP)0;                                          \
+        COMP v[LIF_BLOCK];                                                                              \
+        for (int64_t b = i0; b < i1; b += LIF_BLOCK) {                                                  \
+            const int64_t n = i1 - b < LIF_BLOCK ? i1 - b : LIF_BLOCK;                                  \
+            for (int64_t j = 0; j < n; ++j) v[j] = v_rest;                                              \
+            for (int64_t t = 0; t < T; ++t) {                                                           \
+                const STOR *xt = x + t * M + b;                                                         \
+                STOR *st = s + t * M + b;                                                               \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    const COMP h = RND(v[j] + RND(RND(LOAD(xt[j]) - RND(v[j] - vr)) / tau));            \
+                    const int fired = h >= vth;                                                         \
+                    st[j] = STORE(fired ? one : zero);                                                  \
+                    v[j] = fired ? v_rest : h;                                                          \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_backward(const lif_job *job, int64_t i0, int64_t i1, COMP *hbuf) {               \
+        const STOR *x = (const STOR *)job->x;                                                           \
+        const STOR *g = (const STOR *)job->g;                                                           \
+        STOR *gx = (STOR *)job->out;                                                                    \
+        const int64_t T = job->T, M = job->M;                                                           \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP alpha = (COMP)job->alpha, v_rest = vr, one = (COMP)1, zero = (COMP)0;                \
+        const int detach = job->detach_reset;                                                           \
+        COMP v[LIF_BLOCK], gv[LIF_BLOCK];                                                               \
+        for (int64_t b = i0; b < i1; b += LIF_BLOCK) {                                                  \
+            const int64_t n = i1 - b < LIF_BLOCK ? i1 - b : LIF_BLOCK;                                  \
+            for (int64_t j = 0; j < n; ++j) v[j] = v_rest;                                              \
+            for (int64_t t = 0; t < T; ++t) { /* recompute H */                                         \
+                const STOR *xt = x + t * M + b;                                                         \
+                COMP *ht = hbuf + t * LIF_BLOCK;                                                        \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    const COMP h = RND(v[j] + RND(RND(LOAD(xt[j]) - RND(v[j] - vr)) / tau));            \
+                    ht[j] = h;                                                                          \
+                    v[j] = h >= vth ? v_rest : h;                                                       \
+                }                                                                                       \
+            }                                                                                           \
+            for (int64_t j = 0; j < n; ++j) gv[j] = zero;                                               \
+            for (int64_t t = T - 1; t >= 0; --t) {                                                      \
+                const STOR *gt = g + t * M + b;                                                         \
+                STOR *gxt = gx + t * M + b;                                                             \
+                const COMP *ht = hbuf + t * LIF_BLOCK;                                                  \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    const COMP h = ht[j];                                                               \
+                    const COMP sgm = one / (one + EXP(-(alpha * (h - vth))));                           \
+                    const COMP sg = alpha * sgm * (one - sgm);                                          \
+                    const COMP not_fired = h >= vth ? zero : one;                                       \
+                    const COMP dv_dh = detach ? not_fired : not_fired + (vr - h) * sg;                  \
+                    const COMP gh = LOAD(gt[j]) * sg + gv[j] * dv_dh;                                   \
+                    const COMP gxv = gh / tau;                                                          \
+                    gxt[j] = STORE(gxv);                                                                \
+                    gv[j] = gh - gxv;                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+#define ID(a) (a)
+LIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
+LIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
+LIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+
+#if defined(__FLT16_MAX__)
+#define LIF_HAS_F16 1
+#define F16_LOAD(a) ((float)(a))
+#define F16_STORE(a) ((_Float16)(a))
+#define F16_RND(a) ((float)(_Float16)(a))
+LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+#else
+#define LIF_HAS_F16 0
+#endif
+
+/* --- BatchNorm (affine form) followed by LIF -------------------------------------------------------
+ * z = RND(y * scale[c] + shift[c]) feeds the LIF; z is never stored. Per time step the tensor is R rows of
+ * L elements: channels-last rows (tokens [B*N, D], channels-last images) hold one element per channel
+ * (c = l), channel-first rows (NCHW images: [B*C, H*W]) hold one channel (c = r % C). The backward pass
+ * recomputes z and H, writes dL/dz and accumulates, per channel, sum(dL/dz) and sum(dL/dz * (y - mean))
+ * in double precision (per thread, then summed in a fixed order), which the BatchNorm backward needs. */
+
+typedef struct {
+    int dtype;
+    const void *y, *g;
+    void *out;
+    const void *scale, *shift, *mean; /* [C] in the compute type (float, or double for float64) */
+    const void *k1, *k0;              /* grad_input: dL/dy = dL/dz * scale + y * k1 + k0 */
+    double *sums;                     /* backward: [nthreads][2][C] */
+    int64_t T, R, L, C;
+    int channels_last;
+    double tau, v_threshold, v_reset, alpha;
+    int detach_reset;
+    int status;
+} bn_job;
+
+#define BN_CH(j) (cl ? l0 + (j) : c_row)
+
+#define BNLIF_DEFINE(NAME, STOR, COMP, LOAD, STORE, RND, EXP)                                            \
+    static void NAME##_bn_forward(const bn_job *job, int64_t r0, int64_t r1) {                           \
+        const STOR *y = (const STOR *)job->y;                                                           \
+        STOR *s = (STOR *)job->out;                                                                     \
+        const COMP *scale = (const COMP *)job->scale, *shift = (const COMP *)job->shift;                \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last;                                                              \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP one = (COMP)1, zero = (COMP)0;                                                       \
+        COMP v[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK];                                                \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    v[j] = vr;                                                                          \
+                    sc[j] = scale[BN_CH(j)];                                                            \
+                    sh[j] = shift[BN_CH(j)];                                                            \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) {                                                       \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    STOR *st = s + t * M + r * L + l0;                                                  \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
+                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        const int fired = h >= vth;                                                     \
+                        st[j] = STORE(fired ? one : zero);                                              \
+                        v[j] = fired ? vr : h;                                                          \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_bn_backward(const bn_job *job, int64_t r0, int64_t r1, COMP *hbuf, double *s1) {  \
+        const STOR *y = (const STOR *)job->y, *g = (const STOR *)job->g;                                \
+        STOR *gz_out = (STOR *)job->out;                                                                \
+        const COMP *scale = (const COMP *)job->scale, *shift = (const COMP *)job->shift;                \
+        const COMP *mean = (const COMP *)job->mean;                                                     \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last, detach = job->detach_reset;                                  \
+        const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        const COMP alpha = (COMP)job->alpha, one = (COMP)1, zero = (COMP)0;                             \
+        double *s2 = s1 + C;                                                                            \
+        COMP v[LIF_BLOCK], gv[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK], mu[LIF_BLOCK];                  \
+        double a1[LIF_BLOCK], a2[LIF_BLOCK];                                                            \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    v[j] = vr;                                                                          \
+                    gv[j] = zero;                                                                       \
+                    a1[j] = 0.0;                                                                        \
+                    a2[j] = 0.0;                                                                        \
+                    sc[j] = scale[BN_CH(j)];                                                            \
+                    sh[j] = shift[BN_CH(j)];                                                            \
+                    mu[j] = mean[BN_CH(j)];                                                             \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) { /* recompute H */                                     \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    COMP *ht = hbuf + t * LIF_BLOCK;                                                    \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
+                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        ht[j] = h;                                                                      \
+                        v[j] = h >= vth ? vr : h;                                                       \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int64_t t = T - 1; t >= 0; --t) {                                                  \
+                    const STOR *yt = y + t * M + r * L + l0, *gt = g + t * M + r * L + l0;              \
+                    STOR *ot = gz_out + t * M + r * L + l0;                                             \
+                    const COMP *ht = hbuf + t * LIF_BLOCK;                                              \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        const COMP h = ht[j];                                                           \
+                        const COMP sgm = one / (one + EXP(-(alpha * (h - vth))));                       \
+                        const COMP sg = alpha * sgm * (one - sgm);                                      \
+                        const COMP not_fired = h >= vth ? zero : one;                                   \
+                        const COMP dv_dh = detach ? not_fired : not_fired + (vr - h) * sg;              \
+                        const COMP gh = LOAD(gt[j]) * sg + gv[j] * dv_dh;                               \
+                        const COMP gz = gh / tau;                                                       \
+                        ot[j] = STORE(gz);                                                              \
+                        gv[j] = gh - gz;                                                                \
+                        a1[j] += (double)gz;                                                            \
+                        a2[j] += (double)gz * ((double)LOAD(yt[j]) - (double)mu[j]);                    \
+                    }                                                                                   \
+                }                                                                                       \
+                if (cl) {                                                                               \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        s1[l0 + j] += a1[j];                                                            \
+                        s2[l0 + j] += a2[j];                                                            \
+                    }                                                                                   \
+                } else {                                                                                \
+                    double b1 = 0.0, b2 = 0.0;                                                          \
+                    for (int64_t j = 0; j < n; ++j) {                                                   \
+                        b1 += a1[j];                                                                    \
+                        b2 += a2[j];                                                                    \
+                    }                                                                                   \
+                    s1[c_row] += b1;                                                                    \
+                    s2[c_row] += b2;                                                                    \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_bn_grad_input(const bn_job *job, int64_t r0, int64_t r1) {                        \
+        const STOR *y = (const STOR *)job->y;                                                           \
+        STOR *gy = (STOR *)job->out;                                                                    \
+        const COMP *a = (const COMP *)job->scale, *k1 = (const COMP *)job->k1, *k0 = (const COMP *)job->k0; \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last;                                                              \
+        COMP ca[LIF_BLOCK], c1[LIF_BLOCK], c0[LIF_BLOCK];                                               \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    ca[j] = a[BN_CH(j)];                                                                \
+                    c1[j] = k1[BN_CH(j)];                                                               \
+                    c0[j] = k0[BN_CH(j)];                                                               \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) {                                                       \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    STOR *gt = gy + t * M + r * L + l0;                                                 \
+                    for (int64_t j = 0; j < n; ++j)                                                     \
+                        gt[j] = STORE(LOAD(gt[j]) * ca[j] + (LOAD(yt[j]) * c1[j] + c0[j]));             \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }
+
+BNLIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
+BNLIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
+BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+#if LIF_HAS_F16
+BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+#endif
+
+/* --- dispatch and threads ------------------------------------------------------------------------ */
+
+static size_t compute_size(int dtype) { return dtype == LIF_F64 ? sizeof(double) : sizeof(float); }
+
+static void run_range(lif_job *job, int backward, int64_t i0, int64_t i1) {
+    if (i0 >= i1) return;
+    if (!backward) {
+        switch (job->dtype) {
+            case LIF_F32: lif_f32_forward(job, i0, i1); break;
+            case LIF_F64: lif_f64_forward(job, i0, i1); break;
+            case LIF_BF16: lif_bf16_forward(job, i0, i1); break;
+#if LIF_HAS_F16
+            case LIF_F16: lif_f16_forward(job, i0, i1); break;
+#endif
+            default: job->status = -1;
+        }
+        return;
+    }
+    void *hbuf = malloc((size_t)job->T * LIF_BLOCK * compute_size(job->dtype));
+    if (!hbuf) {
+        job->status = -2;
+        return;
+    }
+    switch (job->dtype) {
+        case LIF_F32: lif_f32_backward(job, i0, i1, (float *)hbuf); break;
+        case LIF_F64: lif_f64_backward(job, i0, i1, (double *)hbuf); break;
+        case LIF_BF16: lif_bf16_backward(job, i0, i1, (float *)hbuf); break;
+#if LIF_HAS_F16
+        case LIF_F16: lif_f16_backward(job, i0, i1, (float *)hbuf); break;
+#endif
+        default: job->status = -1;
+    }
+    free(hbuf);
+}
+
+typedef struct {
+    lif_job *job;
+    int backward;
+    int64_t i0, i1;
+} lif_task;
+
+static void *run_task(void *arg) {
+    lif_task *task = (lif_task *)arg;
+    run_range(task->job, task->backward, task->i0, task->i1);
+    return NULL;
+}
+
+/* Split [0, M) into nthreads chunks aligned to 64 elements, so that no two threads share a cache line. */
+static int run_parallel(lif_job *job, int backward, int nthreads) {
+    const int64_t M = job->M;
+    const int64_t min_per_thread = 16384;
+    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
+    if ((int64_t)nthreads * min_per_thread > M * job->T) nthreads = (int)(M * job->T / min_per_thread);
+    if (nthreads < 1) nthreads = 1;
+    job->status = 0;
+    if (nthreads == 1) {
+        run_range(job, backward, 0, M);
+        return job->status;
+    }
+    lif_task tasks[LIF_MAX_THREADS];
+    pthread_t threads[LIF_MAX_THREADS];
+    int started[LIF_MAX_THREADS];
+    const int64_t chunk = ((M + nthreads - 1) / nthreads + 63) / 64 * 64;
+    for (int k = 0; k < nthreads; ++k) {
+        int64_t i0 = (int64_t)k * chunk, i1 = i0 + chunk;
+        tasks[k].job = job;
+        tasks[k].backward = backward;
+        tasks[k].i0 = i0 < M ? i0 : M;
+        tasks[k].i1 = i1 < M ? i1 : M;
+        started[k] = 0;
+    }
+    for (int k = 1; k < nthreads; ++k)
+        started[k] = pthread_create(&threads[k], NULL, run_task, &tasks[k]) == 0;
+    run_task(&tasks[0]);
+    for (int k = 1; k < nthreads; ++k) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            run_task(&tasks[k]); /* could not start a thread: do its share here */
+    }
+    return job->status;
+}
+
+/* --- the exported functions ---------------------------------------------------------------------- */
+
+int lif_supports(int dtype) {
+    return dtype == LIF_F32 || dtype == LIF_F64 || dtype == LIF_BF16 || (dtype == LIF_F16 && LIF_HAS_F16);
+}
+
+/* spikes[t, i] = LIF(x[:, i])[t]. Returns 0, or -1 for an unsupported dtype, -2 when out of memory. */
+int lif_forward(int dtype, const void *x, void *spikes, int64_t T, int64_t M, double tau, double v_threshold,
+                double v_reset, int nthreads) {
+    lif_job job = {dtype, x, NULL, spikes, T, M, tau, v_threshold, v_reset, 0.0, 1, 0};
+    return run_parallel(&job, 0, nthreads);
+}
+
+/* grad_x from the layer input x and the gradient of the spikes (H is recomputed). */
+int lif_backward(int dtype, const void *x, const void *grad_spikes, void *grad_x, int64_t T, int64_t M,
+                 double tau, double v_threshold, double v_reset, double alpha, int detach_reset,
+                 int nthreads) {
+    lif_job job = {dtype, x, grad_spikes, grad_x, T, M, tau, v_threshold, v_reset, alpha, detach_reset, 0};
+    return run_parallel(&job, 1, nthreads);
+}
+
+/* --- BatchNorm + LIF: dispatch ------------------------------------------------------------------- */
+
+enum { BN_FORWARD = 0, BN_BACKWARD = 1, BN_GRAD_INPUT = 2 };
+
+typedef struct {
+    bn_job *job;
+    int kind;
+    int64_t r0, r1;
+    double *sums; /* this thread's [2][C] (backward) */
+} bn_task;
+
+static void bn_run(bn_task *task) {
+    bn_job *job = task->job;
+    if (task->r0 >= task->r1) return;
+    if (task->kind == BN_FORWARD || task->kind == BN_GRAD_INPUT) {
+        const int fwd = task->kind == BN_FORWARD;
+        switch (job->dtype) {
+            case LIF_F32: fwd ? lif_f32_bn_forward(job, task->r0, task->r1) : lif_f32_bn_grad_input(job, task->r0, task->r1); break;
+            case LIF_F64: fwd ? lif_f64_bn_forward(job, task->r0, task->r1) : lif_f64_bn_grad_input(job, task->r0, task->r1); break;
+            case LIF_BF16: fwd ? lif_bf16_bn_forward(job, task->r0, task->r1) : lif_bf16_bn_grad_input(job, task->r0, task->r1); break;
+#if LIF_HAS_F16
+            case LIF_F16: fwd ? lif_f16_bn_forward(job, task->r0, task->r1) : lif_f16_bn_grad_input(job, task->r0, task->r1); break;
+#endif
+            default: job->status = -1;
+        }
+        return;
+    }
+    void *hbuf = malloc((size_t)job->T * LIF_BLOCK * compute_size(job->dtype));
+    if (!hbuf) {
+        job->status = -2;
+        return;
+    }
+    switch (job->dtype) {
+        case LIF_F32: lif_f32_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+        case LIF_F64: lif_f64_bn_backward(job, task->r0, task->r1, (double *)hbuf, task->sums); break;
+        case LIF_BF16: lif_bf16_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+#if LIF_HAS_F16
+        case LIF_F16: lif_f16_bn_backward(job, task->r0, task->r1, (float *)hbuf, task->sums); break;
+#endif
+        default: job->status = -1;
+    }
+    free(hbuf);
+}
+
+static void *bn_run_thread(void *arg) {
+    bn_run((bn_task *)arg);
+    return NULL;
+}
+
+/* Rows split over threads; for the backward pass each thread sums into its own [2][C] buffer and the
+ * buffers are added in thread order, so the result does not depend on scheduling. */
+static int bn_parallel(bn_job *job, int kind, int nthreads, double *sums_out) {
+    const int64_t R = job->R, work = job->R * job->L * job->T, min_per_thread = 16384;
+    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
+    if ((int64_t)nthreads * min_per_thread > work) nthreads = (int)(work / min_per_thread);
+    if (nthreads > R) nthreads = (int)R;
+    if (nthreads < 1) nthreads = 1;
+    job->status = 0;
+    double *sums = NULL;
+    if (kind == BN_BACKWARD) {
+        sums = (double *)calloc((size_t)nthreads * 2 * job->C, sizeof(double));
+        if (!sums) return -2;
+    }
+    bn_task tasks[LIF_MAX_THREADS];
+    pthread_t threads[LIF_MAX_THREADS];
+    int started[LIF_MAX_THREADS];
+    const int64_t chunk = (R + nthreads - 1) / nthreads;
+    for (int k = 0; k < nthreads; ++k) {
+        int64_t r0 = (int64_t)k * chunk, r1 = r0 + chunk;
+        tasks[k].job = job;
+        tasks[k].kind = kind;
+        tasks[k].r0 = r0 < R ? r0 : R;
+        tasks[k].r1 = r1 < R ? r1 : R;
+        tasks[k].sums = sums ? sums + (size_t)k * 2 * job->C : NULL;
+        started[k] = 0;
+    }
+    for (int k = 1; k < nthreads; ++k)
+        started[k] = pthread_create(&threads[k], NULL, bn_run_thread, &tasks[k]) == 0;
+    bn_run(&tasks[0]);
+    for (int k = 1; k < nthreads; ++k) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            bn_run(&tasks[k]);
+    }
+    if (sums) {
+        for (int64_t i = 0; i < 2 * job->C; ++i) {
+            double total = 0.0;
+            for (int k = 0; k < nthreads; ++k) total += sums[(size_t)k * 2 * job->C + i];
+            sums_out[i] = total;
+        }
+        free(sums);
+    }
+    return job->status;
+}
+
+/* spikes = LIF(RND(y * scale[c] + shift[c])) for y laid out as [T][R rows][L]. */
+int bn_lif_forward(int dtype, const void *y, void *spikes, const void *scale, const void *shift, int64_t T,
+                   int64_t R, int64_t L, int64_t C, int channels_last, double tau, double v_threshold,
+                   double v_reset, int nthreads) {
+    bn_job job = {dtype, y, NULL, spikes, scale, shift, NULL, NULL, NULL, NULL, T, R, L, C, channels_last,
+                  tau, v_threshold, v_reset, 0.0, 1, 0};
+    return bn_parallel(&job, BN_FORWARD, nthreads, NULL);
+}
+
+/* grad_z = dL/dz (z recomputed from y) and sums = [sum(grad_z) per channel, sum(grad_z * (y - mean))]. */
+int bn_lif_backward(int dtype, const void *y, const void *grad_spikes, void *grad_z, const void *scale,
+                    const void *shift, const void *mean, double *sums, int64_t T, int64_t R, int64_t L,
+                    int64_t C, int channels_last, double tau, double v_threshold, double v_reset, double alpha,
+                    int detach_reset, int nthreads) {
+    bn_job job = {dtype, y, grad_spikes, grad_z, scale, shift, mean, NULL, NULL, NULL, T, R, L, C, channels_last,
+                  tau, v_threshold, v_reset, alpha, detach_reset, 0};
+    return bn_parallel(&job, BN_BACKWARD, nthreads, sums);
+}
+
+/* In place: grad[i] = grad[i] * a[c] + (y[i] * k1[c] + k0[c]), the BatchNorm input gradient. */
+int bn_grad_input(int dtype, void *grad, const void *y, const void *a, const void *k1, const void *k0, int64_t T,
+                  int64_t R, int64_t L, int64_t C, int channels_last, int nthreads) {
+    bn_job job = {dtype, y, NULL, grad, a, NULL, NULL, k1, k0, NULL, T, R, L, C, channels_last,
+                  0.0, 0.0, 0.0, 0.0, 1, 0};
+    return bn_parallel(&job, BN_GRAD_INPUT, nthreads, NULL);
+}

@@ -1,0 +1,223 @@
+"""The fast model path (fused kernels, BatchNorm->LIF recompute, BN folding, exact half-precision spike
+products, torch.compile) changes no spike of the oracle path: the same model with the ``torch`` LIF."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import spikformer
+from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, batch_norm, spike_attention
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
+
+
+def tiny_pair(**overrides) -> tuple[nn.Module, nn.Module]:
+    """The oracle (``torch`` LIF backend) and the default fast path, with the same weights."""
+    kwargs = {**TINY, **overrides}
+    oracle = spikformer.create_model("spikformer_cifar_4_256", lif_backend="torch", **kwargs)
+    fast = spikformer.create_model("spikformer_cifar_4_256", **kwargs)
+    fast.load_state_dict(oracle.state_dict())
+    return oracle, fast
+
+
+def images(batch: int = 2, size: int = 16) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size) * 2.0
+
+
+def assert_grads_close(a: nn.Module, b: nn.Module) -> None:
+    largest = max(float(p.grad.abs().max()) for p in a.parameters())
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        if name.endswith("linear.bias"):
+            # A bias right before a training-mode BatchNorm has a zero gradient in exact arithmetic: both
+            # paths must leave only rounding noise there.
+            assert float(pa.grad.abs().max()) < 1e-5 * largest and float(pb.grad.abs().max()) < 1e-5 * largest
+            continue
+        scale = float(pa.grad.abs().max())
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-5, atol=1e-5 * scale, msg=name)
+
+
+def test_fast_path_matches_the_oracle_spike_for_spike_in_training():
+    oracle, fast = tiny_pair()
+    x = images()
+    out_oracle, out_fast = oracle(x), fast(x)
+    assert torch.equal(out_fast, out_oracle)
+    out_oracle.square().sum().backward()
+    out_fast.square().sum().backward()
+    assert_grads_close(oracle, fast)
+    for (name, a), (_, b) in zip(oracle.named_buffers(), fast.named_buffers()):
+        assert torch.equal(a, b), name  # running statistics updated identically
+
+
+def test_fast_path_matches_the_oracle_in_eval():
+    oracle, fast = tiny_pair()
+    oracle.train()(images(4))  # non-trivial running statistics
+    fast.load_state_dict(oracle.state_dict())
+    oracle.eval(), fast.eval()
+    x = images(3)
+    with torch.no_grad():
+        assert torch.equal(fast(x), oracle(x))
+
+
+def test_event_frames_take_the_fast_path_too():
+    oracle, fast = tiny_pair(in_chans=2, T=3)
+    frames = (torch.rand(2, 3, 2, 16, 16) < 0.3).float()  # [B, T, 2, H, W]
+    assert torch.equal(fast(frames), oracle(frames))
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for the backward pass of ``module(x)`` (each storage counted once)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values()) - x.untyped_storage().nbytes() * (x.untyped_storage().data_ptr() in storages)
+
+
+def test_batch_norm_lif_keeps_only_the_batchnorm_input_for_backward():
+    unit = LinearBNLIF(64, 64)
+    x = torch.randn(4, 2, 16, 64, requires_grad=True)
+    one_activation = x.numel() * x.element_size()
+    # fast: the linear output (BatchNorm's input); the BN output and H are recomputed, not stored
+    assert saved_bytes(unit, x) <= one_activation + 64 * 64 * 4 + 4096
+    unit.lif.backend = "torch"  # the oracle keeps BN output, H and more per step
+    assert saved_bytes(unit, x) >= 3 * one_activation
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_conv_stage_fast_path_matches_the_oracle(layout):
+    stage = SpikingConvStage(4, 8, pool=True)
+    oracle = copy.deepcopy(stage)
+    oracle.lif.backend = "torch"
+    x = (torch.rand(3, 2, 4, 16, 16) < 0.4).float()
+    if layout == "channels_last":
+        stage, oracle = stage.to(memory_format=torch.channels_last), oracle.to(memory_format=torch.channels_last)
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    a, b = stage(x.clone().requires_grad_()), oracle(x)
+    assert torch.equal(a, b)
+    grad = torch.randn(a.shape)
+    a.backward(grad)
+    b.backward(grad)
+    assert_grads_close(oracle, stage)
+
+
+@pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
+    if kind == "tokens":
+        norm, y = nn.BatchNorm1d(6, momentum=momentum), torch.randn(50, 6) * 3 + 1
+    else:
+        norm, y = nn.BatchNorm2d(6, momentum=momentum), torch.randn(4, 6, 5, 5) * 3 + 1
+        if kind == "channels_last":
+            y = y.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    ours = copy.deepcopy(norm)
+    y1, y2 = y.clone().requires_grad_(), y.clone().requires_grad_()
+    expected, got = norm(y1), batch_norm(y2, ours)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(norm, name), rtol=1e-6, atol=1e-6)
+    grad = torch.randn(y.shape)
+    expected.backward(grad)
+    got.backward(grad)
+    torch.testing.assert_close(y2.grad, y1.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, norm.weight.grad, rtol=1e-4, atol=1e-5)
+    norm.eval(), ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(batch_norm(y, ours), norm(y), rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_folds_every_batchnorm_and_keeps_eval_outputs():
+    model = spikformer.create_model("spikformer_cifar_4_256", **TINY)
+    model.train()
+    for _ in range(2):
+        model(images(4))  # running statistics away from their initial values
+    model.eval()
+    x = images(3)
+    with torch.no_grad():
+        expected = model(x)
+        fused = copy.deepcopy(model).fuse()
+        got = fused(x)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fused_model_refuses_to_train():
+    model = spikformer.create_model("spikformer_cifar_4_256", **TINY).fuse()
+    with pytest.raises(RuntimeError, match="folded"):
+        model.train()
+
+
+def test_block_compiles_without_graph_breaks():
+    block = SpikformerBlock(32, 2, 4.0, True, 0.125)
+    x = (torch.rand(2, 2, 16, 32) < 0.3).float()
+    # fullgraph=True raises at the first graph break; aot_eager also traces the backward pass
+    compiled = torch.compile(copy.deepcopy(block), backend="aot_eager", fullgraph=True)
+    out, expected = compiled(x), block(x)
+    assert torch.equal(out, expected)
+    out.sum().backward()
+
+
+def test_whole_model_compiles_as_one_graph():
+    model = spikformer.create_model("spikformer_cifar_4_256", **{**TINY, "depth": 1})
+    explanation = torch._dynamo.explain(model)(images())
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_spike_products_are_exact_in_float16():
+    # 0/1 operands and integer sums up to N*d = 2048: float16 (11-bit significand) is exact.
+    q, k, v = ((torch.rand(2, 3, 64, 32) < p).float() for p in (0.9, 0.9, 0.9))
+    exact = (q @ k.transpose(-2, -1)) @ v
+    assert exact.max() > 256  # beyond what bfloat16 holds exactly
+    half = q.half() @ (k.half().transpose(-2, -1) @ v.half())
+    assert torch.equal(half.float(), exact)
+
+
+def test_spike_attention_stays_exact_under_bfloat16_autocast():
+    q, k, v = ((torch.rand(2, 2, 64, 32) < 0.9).float() for _ in range(3))
+    exact = spike_attention(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        out = spike_attention(*bf16)
+        naive = bf16[0] @ (bf16[1].transpose(-2, -1) @ bf16[2])
+    assert exact.max() > 256
+    assert out.dtype == torch.float32 and torch.equal(out, exact)
+    assert not torch.equal(naive.float(), exact)  # what plain autocast would have done
+
+
+def test_bfloat16_autocast_training_step_runs_and_stays_finite():
+    model = spikformer.create_model("spikformer_cifar_4_256", embed_dim=16, depth=1, num_heads=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images(2, 16))
+        loss = nn.functional.cross_entropy(logits.float(), torch.tensor([1, 2]))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    optimizer.step()
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_gpu_fast_path_matches_the_oracle():
+    oracle, fast = tiny_pair()
+    oracle, fast = oracle.cuda(), fast.cuda()
+    x = images().cuda()
+    out_oracle, out_fast = oracle(x), fast(x)
+    assert torch.equal(out_fast, out_oracle)
+    out_oracle.square().sum().backward()
+    out_fast.square().sum().backward()
+    assert_grads_close(oracle, fast)
+    oracle.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.equal(fast(x), oracle(x))  # float16 spike products in inference

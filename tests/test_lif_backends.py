@@ -1,0 +1,246 @@
+"""Every LIF backend computes the oracle's function: identical spikes, gradients within 1e-6 (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikformer.kernels import cpu as cpu_kernel
+from spikformer.kernels import is_time_major_dense
+from spikformer.neuron import (
+    LIF,
+    LIFParams,
+    backend_available,
+    default_backend,
+    lif_backends,
+    lif_multistep,
+    lif_reference,
+)
+
+FAST_CPU_BACKENDS = [name for name in ("fused", "c") if backend_available(name, "cpu", torch.float32)]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def membrane_input(shape, dtype=torch.float32, seed=0) -> torch.Tensor:
+    """Inputs around the threshold, so that many neurons fire and many do not."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 1.5 + 0.6).to(dtype)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def grad_of(fn, x: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    return out.detach(), grad
+
+
+def test_cpu_kernel_builds_here():
+    # The machines this project runs on have a C compiler; the fallback is tested separately below.
+    assert cpu_kernel.available(torch.float32)
+    assert "c" in FAST_CPU_BACKENDS
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_fused_lif_spikes_match_reference_bit_for_bit(backend, dtype, detach_reset):
+    params = LIFParams(detach_reset=detach_reset)
+    x = membrane_input((6, 3, 257, 5), dtype)  # odd trailing sizes: tails of vector loops and thread chunks
+    assert torch.equal(lif_multistep(x, params, backend), lif_reference(x, params))
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("tau, v_threshold, v_reset", [(3.0, 0.5, 0.0), (1.7, 1.0, -0.3), (2.0, 0.3, 0.1)])
+def test_lif_spikes_match_reference_for_other_constants(backend, tau, v_threshold, v_reset):
+    params = LIFParams(tau=tau, v_threshold=v_threshold, v_reset=v_reset)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = membrane_input((5, 4096), dtype, seed=1)
+        assert torch.equal(lif_multistep(x, params, backend), lif_reference(x, params))
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("detach_reset", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_lif_gradients_match_reference_within_1e6(backend, detach_reset, dtype):
+    params = LIFParams(detach_reset=detach_reset)
+    x = membrane_input((4, 8, 64, 48), dtype)
+    grad_out = torch.randn(x.shape, dtype=dtype)
+    spikes, grad = grad_of(lambda t: lif_multistep(t, params, backend), x, grad_out)
+    ref_spikes, ref_grad = grad_of(lambda t: lif_reference(t, params), x, grad_out)
+    assert torch.equal(spikes, ref_spikes)
+    assert relative_error(grad, ref_grad) < 1e-6
+    # elementwise, relative to the gradient's scale: where sigmoid(x) ~ 1 the oracle's own 1 - sigmoid(x)
+    # cancels, so one ulp of difference in exp() shows there as a larger relative difference
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-6 * float(ref_grad.abs().max()))
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_lif_gradients_are_close_to_the_oracle(backend, dtype):
+    params = LIFParams()
+    x = membrane_input((4, 2048), dtype)
+    grad_out = torch.randn(x.shape).to(dtype)
+    _, grad = grad_of(lambda t: lif_multistep(t, params, backend), x, grad_out)
+    # The oracle rounds every step of its backward pass to the half type; the kernels accumulate in float32.
+    _, ref = grad_of(lambda t: lif_reference(t, params), x, grad_out)
+    assert grad.dtype == dtype
+    assert relative_error(grad, ref) < (2e-2 if dtype == torch.bfloat16 else 3e-3)
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(1, 1), (3,), (2, 0, 5), (16, 2, 3), (4, 2, 2, 2, 3, 3)])
+def test_lif_accepts_any_trailing_shape(backend, shape):
+    x = membrane_input(shape)
+    assert torch.equal(lif_multistep(x, LIFParams(), backend), lif_reference(x, LIFParams()))
+
+
+def test_c_kernel_reads_channels_last_images_in_place():
+    x = membrane_input((4, 2, 8, 5, 5)).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    x = x.unflatten(0, (4, 2))  # [T, B, C, H, W] with channels-last steps, as the stem produces
+    assert not x.is_contiguous() and is_time_major_dense(x)
+    spikes = lif_multistep(x, LIFParams(), "c")
+    assert spikes.stride() == x.stride()  # written in the same layout, no copy
+    assert torch.equal(spikes, lif_reference(x, LIFParams()))
+    grad_out = torch.randn(x.shape)
+    _, grad = grad_of(lambda t: lif_multistep(t, LIFParams(), "c"), x, grad_out)
+    _, ref = grad_of(lambda t: lif_reference(t, LIFParams()), x, grad_out)
+    torch.testing.assert_close(grad, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_lif_handles_non_dense_inputs():
+    x = membrane_input((4, 6, 10))[:, ::2, 1:]  # strided: copied to a dense buffer first
+    assert not is_time_major_dense(x)
+    for backend in FAST_CPU_BACKENDS:
+        assert torch.equal(lif_multistep(x, LIFParams(), backend), lif_reference(x, LIFParams()))
+
+
+def test_auto_backend_picks_the_c_kernel_on_cpu():
+    assert default_backend("cpu", torch.float32) == "c"
+    assert LIF()(membrane_input((2, 3))).shape == (2, 3)
+    assert {"torch", "fused", "c", "triton"} <= set(lif_backends())
+
+
+def test_unknown_or_unusable_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown LIF backend"):
+        lif_multistep(membrane_input((2, 3)), LIFParams(), "cupy")
+    with pytest.raises(RuntimeError, match="triton"):
+        lif_multistep(membrane_input((2, 3)), LIFParams(), "triton")  # CPU tensor
+
+
+def test_lif_matches_spikingjelly_multistep_lif():
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    x = membrane_input((4, 16, 64, 32))
+    grad_out = torch.randn(x.shape)
+    node = sj_neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend="torch")
+    sj_spikes, sj_grad = grad_of(node, x, grad_out)
+    spikes, grad = grad_of(lambda t: lif_multistep(t, LIFParams(), "auto"), x, grad_out)
+    assert torch.equal(spikes, sj_spikes)
+    assert relative_error(grad, sj_grad) < 1e-6
+
+
+def test_lif_custom_op_passes_opcheck():
+    x = membrane_input((3, 4, 5)).requires_grad_()
+    from spikformer.neuron import _lif_c
+
+    # (torch.compile is covered by the next test; opcheck's own compile check is slow)
+    torch.library.opcheck(_lif_c, (x, 2.0, 1.0, 0.0, 4.0, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_lif_layer_traces_into_one_graph():
+    layer = LIF()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = membrane_input((4, 2, 16)).requires_grad_()
+    spikes = compiled(x)
+    spikes.sum().backward()
+    assert torch.equal(spikes, lif_reference(x.detach(), LIFParams()))
+
+
+@pytest.fixture
+def fresh_kernel_state(monkeypatch, tmp_path):
+    """Forget the built C kernel and the backend choices; restore them afterwards."""
+    from spikformer import neuron
+
+    def clear():
+        cpu_kernel._library.cache_clear()
+        neuron.backend_available.cache_clear()
+
+    monkeypatch.setenv("SPIKFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    clear()
+    yield
+    monkeypatch.undo()
+    clear()
+
+
+def test_without_a_compiler_auto_falls_back_to_the_pure_torch_kernel(fresh_kernel_state, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing compiler is not worth a warning
+        assert default_backend("cpu", torch.float32) == "fused"
+    x = membrane_input((4, 100))
+    assert torch.equal(lif_multistep(x), lif_reference(x, LIFParams()))
+    with pytest.raises(RuntimeError, match="C compiler"):
+        lif_multistep(x, LIFParams(), "c")
+
+
+def test_a_failing_compiler_warns_and_falls_back(fresh_kernel_state, monkeypatch, tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'fake compiler: broken' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert default_backend("cpu", torch.float32) == "fused"
+
+
+def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    import importlib
+
+    from spikformer.kernels import triton_lif
+
+    # Kernels defined while TRITON_INTERPRET=1 run on CPU tensors through Triton's interpreter. Its bfloat16
+    # rounding is not faithful (it truncates), so bfloat16 is checked on GPUs only.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    importlib.reload(triton_lif)
+    try:
+        for detach in (True, False):
+            params = LIFParams(detach_reset=detach)
+            for dtype in (torch.float32, torch.float16):
+                x = membrane_input((4, 3, 700), dtype)
+                grad_out = torch.randn(x.shape).to(dtype)
+                ref, ref_grad = grad_of(lambda t, p=params: lif_reference(t, p), x, grad_out)
+                spikes, h = triton_lif.lif_forward(x, 2.0, 1.0, 0.0, True)
+                grad = triton_lif.lif_backward(h, grad_out, 2.0, 1.0, 0.0, 4.0, detach)
+                assert torch.equal(spikes, ref), (dtype, detach)
+                assert relative_error(grad, ref_grad) < (1e-6 if dtype == torch.float32 else 3e-3), (dtype, detach)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(triton_lif)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("detach_reset", [True, False])
+def test_triton_lif_matches_reference_on_gpu(dtype, detach_reset):
+    params = LIFParams(detach_reset=detach_reset)
+    x = membrane_input((4, 32, 64, 384), dtype).cuda()
+    grad_out = torch.randn(x.shape, device="cuda").to(dtype)
+    assert default_backend("cuda", dtype) == "triton"
+    spikes, grad = grad_of(lambda t: lif_multistep(t, params, "triton"), x, grad_out)
+    ref_spikes, ref_grad = grad_of(lambda t: lif_reference(t, params), x, grad_out)
+    assert torch.equal(spikes, ref_spikes)
+    if dtype == torch.float32:
+        assert relative_error(grad, ref_grad) < 1e-6
+    else:
+        assert relative_error(grad, ref_grad) < 2e-2
