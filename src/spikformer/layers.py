@@ -12,6 +12,7 @@ BatchNorm into the preceding conv or linear layer (``Spikformer.fuse()`` does it
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -388,9 +389,13 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """
     N, d = q.shape[-2:]
     half = (torch.float16, torch.bfloat16)
-    out_dtype = torch.float32 if q.dtype in half and torch.is_autocast_enabled(q.device.type) else q.dtype
+    # Autocast exists only on compute devices; shape-only passes on the "meta" device skip it.
+    autocast_device = q.device.type in ("cpu", "cuda", "xpu", "mps")
+    autocasting = autocast_device and torch.is_autocast_enabled(q.device.type)
+    out_dtype = torch.float32 if q.dtype in half and autocasting else q.dtype
     dtype = exact_spike_product_dtype(q, N, d, out_dtype)
-    with torch.autocast(q.device.type, enabled=False):
+    no_autocast = torch.autocast(q.device.type, enabled=False) if autocast_device else contextlib.nullcontext()
+    with no_autocast:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if N > d:
             out = q @ (k.transpose(-2, -1) @ v)
