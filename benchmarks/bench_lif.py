@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchutil import markdown_table, record, time_it
+from benchutil import markdown_table, record, time_interleaved
 
 from spikformer.neuron import LIFParams, default_backend, lif_multistep, lif_reference
 
@@ -62,7 +62,7 @@ def measure(shape: tuple[int, ...], device: torch.device, repeats: int, compile_
     x = torch.randn(shape, device=device, generator=gen) * 1.5 + 0.5
     grad = torch.randn(shape, device=device, generator=gen)
     xg = x.clone().requires_grad_()
-    results: dict[str, tuple[float, float]] = {}
+    fns, names = {}, []
     for name, fn in implementations(device, compile_loop).items():
         def forward(fn=fn):
             with torch.no_grad():
@@ -72,9 +72,13 @@ def measure(shape: tuple[int, ...], device: torch.device, repeats: int, compile_
             xg.grad = None
             fn(xg).backward(grad)
 
-        results[name] = (time_it(forward, device, repeats), time_it(forward_backward, device, repeats))
-    copy = time_it(lambda: x.clone(), device, repeats)  # reads and writes one tensor: 2 tensor-streams
-    results["memory floor (2 / 5 tensor streams)"] = (copy, 2.5 * copy)
+        fns[(name, "fwd")], fns[(name, "fwdbwd")] = forward, forward_backward
+        names.append(name)
+    floor = "memory floor (2 / 5 tensor streams)"
+    fns[(floor, "copy")] = lambda: x.clone()  # reads and writes one tensor: 2 tensor-streams
+    times = time_interleaved(fns, device, repeats)
+    results = {name: (times[(name, "fwd")], times[(name, "fwdbwd")]) for name in names}
+    results[floor] = (times[(floor, "copy")], 2.5 * times[(floor, "copy")])
     base = results.get("SpikingJelly MultiStepLIFNode, torch") or results["per-step autograd loop"]
     rows = []
     for name, (fwd, fwdbwd) in results.items():
@@ -98,7 +102,8 @@ def main() -> None:
         rows += measure(tuple(int(v) for v in text.split(",")), device, args.repeats, args.compile)
     header = ["shape [T, B, ...]", "implementation", "fwd ms", "fwd+bwd ms", "fwd speed-up", "fwd+bwd speed-up"]
     table = markdown_table(header, rows)
-    notes = ["Speed-ups are relative to SpikingJelly's torch backend (median of the repeats; float32)."]
+    notes = ["Speed-ups are relative to SpikingJelly's torch backend; float32; median of the repeats, the "
+             "implementations taking turns in every round."]
     if args.no_record:
         print(table)
     else:

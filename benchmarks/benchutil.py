@@ -36,6 +36,24 @@ def time_it(fn: Callable[[], object], device: torch.device | str, repeats: int, 
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str, repeats: int,
+                     warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function in seconds, the functions taking turns in every round, so that a
+    noisy neighbour (a shared machine) slows all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
