@@ -250,3 +250,8 @@ def test_masked_model_trains_under_bfloat16_autocast():
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert model.encoder.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_overrides_read_exponent_numbers_without_a_dot_as_numbers():
+    config = load_config("configs/digits_v2_finetune.yaml", ["optim.lr=5e-3", "optim.min_lr=1E-6"])
+    assert config.optim.lr == 5e-3 and config.optim.min_lr == 1e-6

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Hashable
@@ -481,6 +482,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?\d+[eE][-+]?\d+$")
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"section.key=value"`` -> ``(section, key, value)``; the value is read as YAML (``1e-3``, ``true``,
     ``[1, 2]``, ``null``)."""
@@ -495,6 +499,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
+    if isinstance(value, str) and _FLOAT_WITHOUT_DOT.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads "5e-3" (no dot) as a string; everyone means the number
     return parts[0], parts[1], value
 
 
