@@ -5,7 +5,8 @@ without labels, fine-tune it on 10% of the labels (``configs/digits_v2_finetune.
 model from scratch on the same 10% with the same budget. Every run is scored once, on the 360 test images,
 after its last epoch (no checkpoint is picked by its test accuracy). Prints a markdown table.
 
-Usage (about an hour per seed on a busy 2-core machine; finished runs are skipped on a re-run):
+Usage (about 10 minutes per seed on one core; seeds can run in parallel processes, and finished runs are
+skipped on a re-run, so a last call with all seeds gathers the table):
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/digits_v2_ssl.py --seeds 0 1 2
 Options after ``--`` are config overrides for all runs, e.g. ``-- train.threads=2``.
 """

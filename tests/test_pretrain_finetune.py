@@ -64,7 +64,7 @@ def test_finetuning_loads_the_encoder_drops_the_decoder_and_starts_a_fresh_head(
 
 
 def test_finetuning_uses_layer_decay_and_drop_path_from_the_config(tmp_path):
-    trainer = Trainer(finetune_config(tmp_path, None, "model.depth=2"))
+    trainer = Trainer(finetune_config(tmp_path, None, "model.depth=2", "optim.layer_decay=0.75"))
     scales = sorted({group["lr_scale"] for group in trainer.optimizer.param_groups})
     assert scales == pytest.approx([0.75**3, 0.75**2, 0.75, 1.0])  # stem, block 0, block 1, head
     assert [block.drop_path.drop_prob for block in trainer.model.blocks] == pytest.approx([0.0, 0.1])
