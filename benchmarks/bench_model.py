@@ -143,11 +143,12 @@ class RefSpikformer(nn.Module):
 
 
 class Floor(nn.Module):
-    """The model's convs, linears and SSA products, each on a binary input of its real shape."""
+    """The model's convs, linears and SSA products, each on a binary input of its real shape and memory
+    layout (channels-last where the model's stem runs so)."""
 
     def __init__(self, model: nn.Module, batch: int, img_size: int, device: torch.device) -> None:
         super().__init__()
-        self.layers: list[tuple[nn.Module, torch.Size]] = []
+        self.layers: list[tuple[nn.Module, torch.Size, bool]] = []
         self.products: list[torch.Size] = []
         hooks = [m.register_forward_hook(self._record) for m in model.modules()
                  if isinstance(m, nn.Conv2d | nn.Linear)]
@@ -157,22 +158,28 @@ class Floor(nn.Module):
         for h in hooks:
             h.remove()
         self.model = model
-        self.inputs = [self._spikes(shape, device, requires_grad=i > 0) for i, (_, shape) in enumerate(self.layers)]
+        self.inputs = [self._spikes(shape, device, requires_grad=i > 0, channels_last=nhwc)
+                       for i, (_, shape, nhwc) in enumerate(self.layers)]
         self.qkv = [[self._spikes(shape, device, True) for _ in range(3)] for shape in self.products]
 
     def _record(self, module, inputs, output) -> None:
-        self.layers.append((module, inputs[0].shape))
+        x = inputs[0]
+        nhwc = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        self.layers.append((module, x.shape, nhwc))
 
     def _record_attention(self, module, inputs, output) -> None:
         T, B, N, D = inputs[0].shape
         self.products.append(torch.Size((T, B, module.num_heads, N, D // module.num_heads)))
 
     @staticmethod
-    def _spikes(shape, device, requires_grad: bool) -> torch.Tensor:
-        return (torch.rand(shape, device=device) < 0.2).float().requires_grad_(requires_grad)
+    def _spikes(shape, device, requires_grad: bool, channels_last: bool = False) -> torch.Tensor:
+        spikes = (torch.rand(shape, device=device) < 0.2).float()
+        if channels_last:
+            spikes = spikes.contiguous(memory_format=torch.channels_last)
+        return spikes.requires_grad_(requires_grad)
 
     def forward(self) -> list[torch.Tensor]:
-        outs = [module(x) for (module, _), x in zip(self.layers, self.inputs)]
+        outs = [module(x) for (module, _, _), x in zip(self.layers, self.inputs)]
         for q, k, v in self.qkv:
             N, d = q.shape[-2:]
             outs.append(q @ (k.transpose(-2, -1) @ v) if N > d else (q @ k.transpose(-2, -1)) @ v)

@@ -108,6 +108,24 @@ def test_conv_stage_fast_path_matches_the_oracle(layout):
     assert_grads_close(oracle, stage)
 
 
+
+def test_the_cpu_stem_runs_channels_last_and_hands_over_contiguous_tokens():
+    model = spikformer.create_model("spikformer_cifar_4_256", **TINY).eval()
+    stage_outputs = []
+    for stage in model.patch_embed.stages:
+        stage.register_forward_hook(lambda module, args, out: stage_outputs.append(out))
+    x = model.time_first(images())
+    with torch.no_grad():
+        tokens = model.patch_embed(x)
+        first = model.patch_embed.stages[0]
+        nchw = first.lif(first.conv(x.flatten(0, 1)).unflatten(0, x.shape[:2]), norm=first.bn)
+    for out in stage_outputs:  # each step's images channels-last, so conv and max-pool take NHWC
+        assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert tokens.is_contiguous()  # [T, B, N, D] is a view of the last stage's NHWC memory: no copy
+    # the layout changes no value: the same stage on NCHW images (the layout kept on GPUs) fires the same spikes
+    assert torch.equal(stage_outputs[0], nchw)
+
+
 @pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
@@ -134,6 +152,24 @@ def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
     norm.eval(), ours.eval()
     with torch.no_grad():
         torch.testing.assert_close(batch_norm(y, ours), norm(y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
+def test_kernel_batch_statistics_are_exact_var_mean_and_differentiable(kind, dtype):
+    from spikformer.kernels import cpu
+    from spikformer.layers import _KernelBatchStatistics
+
+    shape, dims = ((300, 7), (0,)) if kind == "tokens" else ((6, 7, 9, 11), (0, 2, 3))
+    y = (torch.randn(shape, dtype=torch.float64) * 3 + 100).to(dtype)  # a large mean: no cancellation allowed
+    if kind == "channels_last":
+        y = y.contiguous(memory_format=torch.channels_last)
+    var, mean = torch.var_mean(y.double(), dims, correction=0)
+    got_mean, got_var = cpu.bn_stats(y)
+    torch.testing.assert_close(got_mean, mean, rtol=1e-13, atol=0)
+    torch.testing.assert_close(got_var, var, rtol=1e-11, atol=0)
+    if dtype == torch.float64:
+        torch.autograd.gradcheck(_KernelBatchStatistics.apply, (y[:4].detach().requires_grad_(),))
 
 
 def test_fuse_folds_every_batchnorm_and_keeps_eval_outputs():

@@ -104,6 +104,8 @@ def _library() -> ctypes.CDLL | None:
     lib.bn_lif_backward.restype = cint
     lib.bn_grad_input.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, cint]
     lib.bn_grad_input.restype = cint
+    lib.bn_stats.argtypes = [cint, ptr, ptr, ptr, i64, i64, i64, cint, cint]
+    lib.bn_stats.restype = cint
     return lib
 
 
@@ -219,3 +221,16 @@ def bn_grad_input(grad_z: torch.Tensor, y: torch.Tensor, a: torch.Tensor, k1: to
         _check(lib.bn_grad_input(code, grad_z.data_ptr(), y.data_ptr(), a.data_ptr(), k1.data_ptr(), k0.data_ptr(),
                                  steps, R, L, C, int(cl), torch.get_num_threads()), y.dtype)
     return grad_z
+
+
+def bn_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``y`` (``[M, D]`` tokens or ``[N, C, H, W]`` images, either
+    memory layout), accumulated in float64 and returned in float64."""
+    lib, code = _lib_and_code(y)
+    y, R, L, C, cl = bn_layout(y, 1)
+    mean = torch.zeros(C, dtype=torch.float64)
+    var = torch.zeros(C, dtype=torch.float64)
+    if y.numel():
+        _check(lib.bn_stats(code, y.data_ptr(), mean.data_ptr(), var.data_ptr(), R, L, C, int(cl),
+                            torch.get_num_threads()), y.dtype)
+    return mean, var

@@ -289,6 +289,43 @@ typedef struct {
         }                                                                                               \
     }                                                                                                   \
                                                                                                         \
+    /* Per-channel sums for the batch statistics: pass 0 adds y, pass 1 adds (y - mean)^2 (mean: double). */ \
+    static void NAME##_bn_stats(const bn_job *job, int64_t r0, int64_t r1, double *acc, int pass) {       \
+        const STOR *y = (const STOR *)job->y;                                                           \
+        const double *mean = (const double *)job->mean;                                                 \
+        const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
+        const int cl = job->channels_last;                                                              \
+        double a[LIF_BLOCK], mu[LIF_BLOCK];                                                             \
+        for (int64_t r = r0; r < r1; ++r) {                                                             \
+            const int64_t c_row = r % C;                                                                \
+            for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
+                const int64_t n = L - l0 < LIF_BLOCK ? L - l0 : LIF_BLOCK;                              \
+                for (int64_t j = 0; j < n; ++j) {                                                       \
+                    a[j] = 0.0;                                                                         \
+                    mu[j] = pass ? mean[BN_CH(j)] : 0.0;                                                \
+                }                                                                                       \
+                for (int64_t t = 0; t < T; ++t) {                                                       \
+                    const STOR *yt = y + t * M + r * L + l0;                                            \
+                    if (pass) {                                                                         \
+                        for (int64_t j = 0; j < n; ++j) {                                               \
+                            const double d = (double)LOAD(yt[j]) - mu[j];                               \
+                            a[j] += d * d;                                                              \
+                        }                                                                               \
+                    } else {                                                                            \
+                        for (int64_t j = 0; j < n; ++j) a[j] += (double)LOAD(yt[j]);                    \
+                    }                                                                                   \
+                }                                                                                       \
+                if (cl) {                                                                               \
+                    for (int64_t j = 0; j < n; ++j) acc[l0 + j] += a[j];                                \
+                } else {                                                                                \
+                    double b = 0.0;                                                                     \
+                    for (int64_t j = 0; j < n; ++j) b += a[j];                                          \
+                    acc[c_row] += b;                                                                    \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
     static void NAME##_bn_grad_input(const bn_job *job, int64_t r0, int64_t r1) {                        \
         const STOR *y = (const STOR *)job->y;                                                           \
         STOR *gy = (STOR *)job->out;                                                                    \
@@ -428,18 +465,31 @@ int lif_backward(int dtype, const void *x, const void *grad_spikes, void *grad_x
 
 /* --- BatchNorm + LIF: dispatch ------------------------------------------------------------------- */
 
-enum { BN_FORWARD = 0, BN_BACKWARD = 1, BN_GRAD_INPUT = 2 };
+enum { BN_FORWARD = 0, BN_BACKWARD = 1, BN_GRAD_INPUT = 2, BN_STATS_SUM = 3, BN_STATS_SQUARES = 4 };
 
 typedef struct {
     bn_job *job;
     int kind;
     int64_t r0, r1;
-    double *sums; /* this thread's [2][C] (backward) */
+    double *sums; /* this thread's [2][C] (backward, statistics) */
 } bn_task;
 
 static void bn_run(bn_task *task) {
     bn_job *job = task->job;
     if (task->r0 >= task->r1) return;
+    if (task->kind == BN_STATS_SUM || task->kind == BN_STATS_SQUARES) {
+        const int pass = task->kind == BN_STATS_SQUARES;
+        switch (job->dtype) {
+            case LIF_F32: lif_f32_bn_stats(job, task->r0, task->r1, task->sums, pass); break;
+            case LIF_F64: lif_f64_bn_stats(job, task->r0, task->r1, task->sums, pass); break;
+            case LIF_BF16: lif_bf16_bn_stats(job, task->r0, task->r1, task->sums, pass); break;
+#if LIF_HAS_F16
+            case LIF_F16: lif_f16_bn_stats(job, task->r0, task->r1, task->sums, pass); break;
+#endif
+            default: job->status = -1;
+        }
+        return;
+    }
     if (task->kind == BN_FORWARD || task->kind == BN_GRAD_INPUT) {
         const int fwd = task->kind == BN_FORWARD;
         switch (job->dtype) {
@@ -475,8 +525,8 @@ static void *bn_run_thread(void *arg) {
     return NULL;
 }
 
-/* Rows split over threads; for the backward pass each thread sums into its own [2][C] buffer and the
- * buffers are added in thread order, so the result does not depend on scheduling. */
+/* Rows split over threads; for the backward pass and the statistics each thread sums into its own [2][C]
+ * buffer and the buffers are added in thread order, so the result does not depend on scheduling. */
 static int bn_parallel(bn_job *job, int kind, int nthreads, double *sums_out) {
     const int64_t R = job->R, work = job->R * job->L * job->T, min_per_thread = 16384;
     if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
@@ -485,7 +535,7 @@ static int bn_parallel(bn_job *job, int kind, int nthreads, double *sums_out) {
     if (nthreads < 1) nthreads = 1;
     job->status = 0;
     double *sums = NULL;
-    if (kind == BN_BACKWARD) {
+    if (kind == BN_BACKWARD || kind == BN_STATS_SUM || kind == BN_STATS_SQUARES) {
         sums = (double *)calloc((size_t)nthreads * 2 * job->C, sizeof(double));
         if (!sums) return -2;
     }
@@ -547,4 +597,23 @@ int bn_grad_input(int dtype, void *grad, const void *y, const void *a, const voi
     bn_job job = {dtype, y, NULL, grad, a, NULL, NULL, k1, k0, NULL, T, R, L, C, channels_last,
                   0.0, 0.0, 0.0, 0.0, 1, 0};
     return bn_parallel(&job, BN_GRAD_INPUT, nthreads, NULL);
+}
+
+/* Batch statistics of y laid out as [R rows][L] (one time step): per-channel mean and biased variance, in
+ * double precision and two passes (the sum, then the squared deviations from the mean), so that no
+ * cancellation creeps in. PyTorch's var_mean over the non-channel dimensions is several times slower here. */
+int bn_stats(int dtype, const void *y, double *mean, double *var, int64_t R, int64_t L, int64_t C,
+             int channels_last, int nthreads) {
+    bn_job job = {dtype, y, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, R, L, C, channels_last,
+                  0.0, 0.0, 0.0, 0.0, 1, 0};
+    double *sums = (double *)malloc((size_t)2 * C * sizeof(double));
+    if (!sums) return -2;
+    const double count = (double)(R * L / C);
+    int status = bn_parallel(&job, BN_STATS_SUM, nthreads, sums);
+    for (int64_t c = 0; status == 0 && c < C; ++c) mean[c] = sums[c] / count;
+    job.mean = mean;
+    if (status == 0) status = bn_parallel(&job, BN_STATS_SQUARES, nthreads, sums);
+    for (int64_t c = 0; status == 0 && c < C; ++c) var[c] = sums[c] / count;
+    free(sums);
+    return status;
 }

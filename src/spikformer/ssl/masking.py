@@ -76,7 +76,7 @@ def masked_stage_forward(stage: SpikingConvStage, x: torch.Tensor, mask: torch.T
     """One ``Conv -> BN -> LIF [-> MaxPool]`` unit as a sparse convolution: ``[T, B, C, H, W]`` (zero where
     masked) ``-> [T, B, C', H', W']`` (zero where masked)."""
     T, B = x.shape[:2]
-    y = stage.conv(x.flatten(0, 1))  # [T*B, C', H', W']
+    y = stage.convolve(x)  # [T*B, C', H', W']
     visible = visible_map(mask, y.shape[-2:]).repeat(T, 1, 1, 1)  # [T*B, 1, H', W'], T-major like flatten(0, 1)
     y = sparse_batch_norm(stage.bn, y, visible)
     y = stage.lif(y.unflatten(0, (T, B))).flatten(0, 1) * visible
