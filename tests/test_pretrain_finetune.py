@@ -75,13 +75,14 @@ def test_finetuning_from_the_pretraining_state_names_the_encoder_file(pretrained
         Trainer(finetune_config(tmp_path, pretrained / "last.safetensors"))
 
 
-@pytest.mark.parametrize("change, message", [
-    ("model.depth=2", "lacks 39 of the model's backbone tensors"),  # block 1 would start untrained
-    ("model.stem=sps", "shape mismatches"),
+@pytest.mark.parametrize("changes, message", [
+    (["model.depth=2"], "lacks 39 of the model's backbone tensors"),  # block 1 would start untrained
+    (["model.stem=sps", "model.stem_options={}"], "shape mismatches"),
+    (["model.stem_options={depths: [2, 2, 2, 1]}"], "lacks 6 of the model.s backbone tensors"),  # default SCS
 ])
-def test_an_encoder_of_another_model_is_refused_not_half_loaded(pretrained, tmp_path, change, message):
+def test_an_encoder_of_another_model_is_refused_not_half_loaded(pretrained, tmp_path, changes, message):
     with pytest.raises(CheckpointError, match=message):
-        Trainer(finetune_config(tmp_path, pretrained / "encoder.safetensors", change))
+        Trainer(finetune_config(tmp_path, pretrained / "encoder.safetensors", *changes))
 
 
 def test_reconstruct_command_renders_input_mask_reconstruction(pretrained, tmp_path, capsys):
