@@ -281,6 +281,9 @@ class DropPath(nn.Module):
 class SpikingConvStage(nn.Module):
     """``Conv2d(k, stride, no bias) -> BatchNorm2d -> LIF [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``."""
 
+    # See convolve(); benchmarks/bench_cpu_path.py turns it off per stage to measure NCHW side by side.
+    channels_last_on_cpu: bool = True
+
     def __init__(
         self,
         in_chans: int,
@@ -305,7 +308,7 @@ class SpikingConvStage(nn.Module):
         beyond the convolution's summation order.
         """
         x = x.flatten(0, 1)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and self.channels_last_on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.conv(x)
 
