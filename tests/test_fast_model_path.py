@@ -112,17 +112,21 @@ def test_conv_stage_fast_path_matches_the_oracle(layout):
 def test_the_cpu_stem_runs_channels_last_and_hands_over_contiguous_tokens():
     model = spikformer.create_model("spikformer_cifar_4_256", **TINY).eval()
     stage_outputs = []
-    for stage in model.patch_embed.stages:
-        stage.register_forward_hook(lambda module, args, out: stage_outputs.append(out))
+    hooks = [stage.register_forward_hook(lambda module, args, out: stage_outputs.append(out))
+             for stage in model.patch_embed.stages]
     x = model.time_first(images())
+    first = model.patch_embed.stages[0]
     with torch.no_grad():
         tokens = model.patch_embed(x)
-        first = model.patch_embed.stages[0]
-        nchw = first.lif(first.conv(x.flatten(0, 1)).unflatten(0, x.shape[:2]), norm=first.bn)
+        for hook in hooks:
+            hook.remove()
+        first.channels_last_on_cpu = False
+        nchw = first(x)
     for out in stage_outputs:  # each step's images channels-last, so conv and max-pool take NHWC
         assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
     assert tokens.is_contiguous()  # [T, B, N, D] is a view of the last stage's NHWC memory: no copy
     # the layout changes no value: the same stage on NCHW images (the layout kept on GPUs) fires the same spikes
+    assert nchw.flatten(0, 1).is_contiguous()
     assert torch.equal(stage_outputs[0], nchw)
 
 
