@@ -7,10 +7,10 @@
 from .base import NeuronLayer, SpikingNeuron, neuron_layer, neuron_names, register_neuron
 from .lif import LIF, UnrolledLIF
 from .lif_backends import LIFParams, lif_backends, lif_multistep, lif_reference
-from .plif import ParametricLIF, plif_multistep, plif_reference
+from .plif import ParametricLIF, UnrolledPLIF, plif_reference
 
 __all__ = [
     "LIF", "LIFParams", "NeuronLayer", "ParametricLIF", "SpikingNeuron", "UnrolledLIF", "lif_backends",
-    "lif_multistep", "lif_reference", "neuron_layer", "neuron_names", "plif_multistep", "plif_reference",
+    "UnrolledPLIF", "lif_multistep", "lif_reference", "neuron_layer", "neuron_names", "plif_reference",
     "register_neuron",
 ]

@@ -7,9 +7,9 @@
 ``w`` is one learnable scalar per layer, initialised to ``-log(init_tau - 1)`` so that ``tau = init_tau``:
 SpikingJelly's ``ParametricLIFNode`` with ``decay_input=True`` and a hard reset, which the tests compare against
 (spikes, membrane, and the gradients of the input and of ``w``). At ``tau = 2`` it computes LIF's spikes
-exactly (multiplying by 0.5 and dividing by 2 round alike). Backends: ``"torch"``, the autograd loop and the
-oracle; ``"fused"``, the same loop without autograd and an analytic backward pass from the saved ``H``
-(``benchmarks/bench_lif.py`` measures it); ``"auto"`` is ``"fused"``.
+exactly (multiplying by 0.5 and dividing by 2 round alike). It runs as the per-step autograd loop: a fused
+pure-PyTorch loop with an analytic backward (as LIF's ``"fused"`` backend) measured slower here, and a compiled
+kernel is future work.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from torch import nn
 
 from .base import SpikingNeuron, register_neuron
 from .lif_backends import LIFParams
-from .surrogate import sigmoid_surrogate_grad, spike
-
-PLIF_BACKENDS = ("auto", "torch", "fused")
+from .surrogate import spike
 
 
 def plif_reference(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0, v_reset: float = 0.0,
@@ -44,64 +42,6 @@ def plif_reference(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0, v
     return (out, torch.stack(membranes)) if return_membrane else out
 
 
-class _FusedPLIF(torch.autograd.Function):
-    """The oracle's arithmetic in the oracle's order, saving ``X`` and ``H`` only; analytic backward."""
-
-    @staticmethod
-    def forward(ctx, x, w, v_threshold, v_reset, detach_reset, alpha):  # type: ignore[override]
-        k = torch.sigmoid(w.detach()).to(x.dtype)
-        keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        spikes = torch.empty_like(x)
-        h_all = torch.empty_like(x) if keep else None
-        v = torch.full_like(x[0], v_reset)
-        for t in range(x.shape[0]):
-            h = v + (x[t] - (v - v_reset)) * k
-            fired = h >= v_threshold
-            spikes[t] = fired
-            if h_all is not None:
-                h_all[t] = h
-            v = h.masked_fill_(fired, v_reset)  # = h * (1 - S) + V_reset * S for finite h
-        if h_all is not None:
-            ctx.save_for_backward(x, h_all, k)
-        ctx.constants = (v_threshold, v_reset, detach_reset, alpha)
-        ctx.w_like = (w.dtype, w.shape)
-        return spikes
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_spikes):  # type: ignore[override]
-        x, h_all, k = ctx.saved_tensors
-        v_threshold, v_reset, detach_reset, alpha = ctx.constants
-        sg = sigmoid_surrogate_grad(h_all - v_threshold, alpha)
-        dv_dh = (h_all < v_threshold).to(h_all.dtype)  # d V / d H through the (detached) reset
-        if not detach_reset:
-            dv_dh = dv_dh + (v_reset - h_all) * sg
-        grad_x = torch.empty_like(x)
-        grad_k = torch.zeros((), dtype=torch.float64, device=x.device)
-        grad_v = None
-        for t in range(x.shape[0] - 1, -1, -1):
-            grad_h = grad_spikes[t] * sg[t]
-            if grad_v is not None:
-                grad_h = grad_h + grad_v * dv_dh[t]
-            grad_x[t] = grad_h * k
-            # d H[t] / d k = X[t] - (V[t-1] - V_reset), with V[t-1] the reset of H[t-1] (V_reset before t=0)
-            v_prev = h_all[t - 1].masked_fill(h_all[t - 1] >= v_threshold, v_reset) if t else v_reset
-            grad_k += (grad_h * (x[t] - (v_prev - v_reset))).sum(dtype=torch.float64)
-            grad_v = grad_h - grad_x[t]  # d H[t] / d V[t-1] = 1 - k
-        k64 = k.double()
-        grad_w = grad_k * k64 * (1.0 - k64)  # d sigmoid(w) / d w
-        dtype, shape = ctx.w_like
-        return grad_x, grad_w.to(dtype).reshape(shape), None, None, None, None
-
-
-def plif_multistep(x: torch.Tensor, w: torch.Tensor, v_threshold: float = 1.0, v_reset: float = 0.0,
-                   detach_reset: bool = True, surrogate_alpha: float = 4.0, backend: str = "auto") -> torch.Tensor:
-    """PLIF spikes of ``x [T, ...]`` (same shape and dtype) for the time-constant parameter ``w``."""
-    if backend == "torch":
-        return plif_reference(x, w, v_threshold, v_reset, detach_reset, surrogate_alpha)
-    return _FusedPLIF.apply(x, w, float(v_threshold), float(v_reset), bool(detach_reset), float(surrogate_alpha))
-
-
 @register_neuron("plif")
 class ParametricLIF(SpikingNeuron):
     """PLIF layer: ``[T, ...] -> [T, ...]`` spikes, with one learnable ``w`` (``1/tau = sigmoid(w)``).
@@ -116,7 +56,6 @@ class ParametricLIF(SpikingNeuron):
         v_reset: float = 0.0,
         detach_reset: bool = True,
         surrogate_alpha: float = 4.0,
-        backend: str = "auto",
     ) -> None:
         super().__init__()
         if not (isinstance(init_tau, int | float) and init_tau > 1.0):
@@ -124,14 +63,11 @@ class ParametricLIF(SpikingNeuron):
             raise ValueError(f"PLIF init_tau must be > 1 (got {init_tau!r}); Fang et al. start from 2.0")
         if not surrogate_alpha > 0:
             raise ValueError(f"surrogate_alpha must be > 0 (got {surrogate_alpha})")
-        if backend not in PLIF_BACKENDS:
-            raise ValueError(f"unknown PLIF backend {backend!r}; available: {', '.join(PLIF_BACKENDS)}")
         self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
         self.v_threshold = float(v_threshold)
         self.v_reset = float(v_reset)
         self.detach_reset = bool(detach_reset)
         self.surrogate_alpha = float(surrogate_alpha)
-        self.backend = backend
 
     @property
     def tau(self) -> float:
@@ -139,8 +75,7 @@ class ParametricLIF(SpikingNeuron):
         return float(1.0 / torch.sigmoid(self.w.detach().double()))
 
     def multistep(self, x: torch.Tensor) -> torch.Tensor:
-        return plif_multistep(x, self.w, self.v_threshold, self.v_reset, self.detach_reset, self.surrogate_alpha,
-                              self.backend)
+        return plif_reference(x, self.w, self.v_threshold, self.v_reset, self.detach_reset, self.surrogate_alpha)
 
     def lif_constants(self) -> LIFParams:
         return LIFParams(self.tau, self.v_threshold, self.v_reset, self.detach_reset, self.surrogate_alpha)
@@ -149,8 +84,7 @@ class ParametricLIF(SpikingNeuron):
         return UnrolledPLIF(torch.sigmoid(self.w.detach()), self.v_threshold, self.v_reset)
 
     def extra_repr(self) -> str:
-        return (f"tau={self.tau:.4g} (learnt), v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
-                f"backend={self.backend}")
+        return f"tau={self.tau:.4g} (learnt), v_threshold={self.v_threshold}, v_reset={self.v_reset}"
 
 
 class UnrolledPLIF(nn.Module):
