@@ -19,7 +19,7 @@ from torch import nn
 from ..layers import SpikingConvStage
 from ..sparse import sparse_batch_norm, visible_map
 
-__all__ = ["masked_stem_forward", "num_masked", "random_patch_mask", "sparse_batch_norm", "visible_map"]
+__all__ = ["accepts_mask", "masked_stem_forward", "num_masked", "random_patch_mask", "sparse_batch_norm", "visible_map"]
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
