@@ -48,6 +48,19 @@ def test_lif_and_plif_are_registered_and_lif_is_the_default():
     assert all(type(m) is LIF for m in neurons_of(model).values())
 
 
+@pytest.mark.parametrize("name", neuron_names())
+def test_every_registered_neuron_runs_a_model_forward_and_backward(name):
+    model = spikformer.create_model("spikformer_cifar_4_256", neuron=name, **TINY)
+    neurons = neurons_of(model)
+    assert len(neurons) == 12 and model.neuron_name == name
+    x = torch.randn(2, 3, 16, 16) * 2
+    with FiringRateRecorder(model) as recorder:
+        logits = model(x)
+    assert logits.shape == (2, 10) and list(recorder.rates()) == list(neurons)
+    logits.square().sum().backward()
+    assert model.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0
+
+
 def test_lif_backend_is_the_lif_s_backend_option():
     model = spikformer.create_model("spikformer_cifar_4_256", lif_backend="torch", **TINY)
     assert {m.backend for m in neurons_of(model).values()} == {"torch"}
