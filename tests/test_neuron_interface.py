@@ -77,6 +77,8 @@ def test_an_unknown_neuron_or_option_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"neuron 'lif' has no option 'tua' \(did you mean 'tau'\?\); its "
                                          r"neuron_options are: tau, v_threshold"):
         spikformer.create_model("spikformer_cifar_4_256", neuron_options={"tua": 3.0}, **TINY)
+    with pytest.raises(ValueError, match="neuron_options must be a mapping"):
+        spikformer.create_model("spikformer_cifar_4_256", neuron_options=["tau", 3.0], **TINY)
     with pytest.raises(ValueError, match="LIF tau must be > 1"):  # values are checked by the neuron itself
         spikformer.create_model("spikformer_cifar_4_256", neuron_options={"tau": 0.5}, **TINY)
 

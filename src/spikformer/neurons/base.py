@@ -85,6 +85,8 @@ def neuron_layer(neuron: str | NeuronLayer = "lif", options: dict[str, Any] | No
     else:
         raise ValueError(f"neuron must be a registered name ({', '.join(neuron_names())}) or a neuron class, "
                          f"got {neuron!r}")
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"neuron_options must be a mapping of option names to values, got {options!r}")
     if not options:
         return factory
     signature = inspect.signature(factory)
