@@ -153,16 +153,17 @@ class Spikformer(nn.Module):
 
 def _neuron_with_backend(neuron: Neuron, options: dict[str, Any] | None, lif_backend: str) -> NeuronLayer:
     """The neuron factory of every unit: ``lif_backend`` (when not ``"auto"``) is the neuron's ``backend``."""
+    make = neuron_layer(neuron, options)  # an unknown name or option fails here, naming the valid ones
+    if lif_backend == "auto":
+        return make
     options = dict(options or {})
-    if lif_backend != "auto":
-        if options.get("backend", lif_backend) != lif_backend:
-            raise ValueError(f"lif_backend={lif_backend!r} and neuron_options backend={options['backend']!r} "
-                             f"disagree; set one of them")
-        if "backend" not in inspect.signature(neuron_layer(neuron)).parameters:
-            raise ValueError(f"lif_backend={lif_backend!r} is the LIF's backend, but the {neuron!r} neuron has "
-                             f"no backend option; leave lif_backend at 'auto'")
-        options["backend"] = lif_backend
-    return neuron_layer(neuron, options)
+    if options.get("backend", lif_backend) != lif_backend:
+        raise ValueError(f"lif_backend={lif_backend!r} and neuron_options backend={options['backend']!r} "
+                         f"disagree; set one of them")
+    if "backend" not in inspect.signature(make).parameters:
+        raise ValueError(f"lif_backend={lif_backend!r} is the LIF's backend, but the {neuron!r} neuron has "
+                         f"no backend option; leave lif_backend at 'auto'")
+    return neuron_layer(neuron, {**options, "backend": lif_backend})
 
 
 def _init_weights(m: nn.Module) -> None:
