@@ -39,7 +39,7 @@ from benchutil import markdown_table, record, sync
 from torch import nn
 
 from spikformer import create_model
-from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, SpikingPatchSplitting
+from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvolutionalStem, SpikingConvStage
 
 # --- the reference path ----------------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ class RefConvStage(nn.Module):
 
 
 class RefSPS(nn.Module):
-    def __init__(self, sps: SpikingPatchSplitting, backend: str) -> None:
+    def __init__(self, sps: SpikingConvolutionalStem, backend: str) -> None:
         super().__init__()
         self.stages = nn.ModuleList(RefConvStage(s, backend) for s in sps.stages)
         self.rpe = RefConvStage(sps.rpe, backend)
@@ -102,7 +102,7 @@ class RefBlock(nn.Module):
         attn = block.attn
         self.heads, self.scale = attn.num_heads, attn.scale
         self.q, self.k, self.v = (RefLinearBNLIF(u, backend) for u in (attn.q, attn.k, attn.v))
-        self.attn_lif = sj_lif(attn.attn_lif.params.v_threshold, backend)
+        self.attn_lif = sj_lif(attn.attn_lif.v_threshold, backend)
         self.proj = RefLinearBNLIF(attn.proj, backend)
         self.fc1 = RefLinearBNLIF(block.mlp.fc1, backend)
         self.fc2 = RefLinearBNLIF(block.mlp.fc2, backend)

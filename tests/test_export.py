@@ -153,6 +153,23 @@ def test_nir_graph_computes_the_model_s_spikes():
         np.testing.assert_array_equal(got[t], expected[t])
 
 
+def test_nir_exports_the_whole_v2_stem_when_it_downsamples_by_stride():
+    model = tiny_model("spikformer_v2_8_384", img_size=32, patch_size=4, stem_options={"downsample": "stride"})
+    graph = export_nir(model, partial=True, dt=1e-3)
+    assert graph.metadata["truncated_at"] == "blocks.0.attn"  # no max-pool: every unit and the RPE are written
+    units = len(model.patch_embed.stages)
+    assert {f"patch_embed.stages.{i}.conv" for i in range(units)} | {"patch_embed.rpe.lif"} <= set(graph.nodes)
+    image = example_input(model, batch=1)
+    net = inference_model(model)
+    with torch.no_grad():
+        tokens = net.patch_embed(net.time_first(image))  # [T, 1, N, D], x + RPE(x)
+    expected = tokens[:, 0].transpose(1, 2).reshape(model.T, -1, 8, 8).numpy()  # the [D, H, W] token map
+    got = simulate_nir(graph, image[0].numpy(), model.T, graph.metadata["dt"])
+    assert expected.sum() > 0
+    for t in range(model.T):
+        np.testing.assert_array_equal(got[t], expected[t])
+
+
 def test_export_command_needs_a_known_format(tmp_path):
     assert main(["export", "--model", "spikformer_cifar_4_256", *TINY, "--out", str(tmp_path / "x.bin")]) == 2
     assert main(["export", "--model", "spikformer_cifar_4_256", *TINY, "--out", str(tmp_path / "x.nir")]) == 2

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import spikformer
-from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, batch_norm, spike_attention
+from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, spike_attention
+from spikformer.neurons.batchnorm import batch_norm
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -162,7 +163,7 @@ def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
 @pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
 def test_kernel_batch_statistics_are_exact_var_mean_and_differentiable(kind, dtype):
     from spikformer.kernels import cpu
-    from spikformer.layers import _KernelBatchStatistics
+    from spikformer.neurons.batchnorm import _KernelBatchStatistics
 
     shape, dims = ((300, 7), (0,)) if kind == "tokens" else ((6, 7, 9, 11), (0, 2, 3))
     y = (torch.randn(shape, dtype=torch.float64) * 3 + 100).to(dtype)  # a large mean: no cancellation allowed

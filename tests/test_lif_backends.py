@@ -145,7 +145,7 @@ def test_lif_matches_spikingjelly_multistep_lif():
 
 def test_lif_custom_op_passes_opcheck():
     x = membrane_input((3, 4, 5)).requires_grad_()
-    from spikformer.neuron import _lif_c
+    from spikformer.neurons.lif_backends import _lif_c
 
     # (torch.compile is covered by the next test; opcheck's own compile check is slow)
     torch.library.opcheck(_lif_c, (x, 2.0, 1.0, 0.0, 4.0, True),

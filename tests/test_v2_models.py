@@ -117,6 +117,18 @@ def test_scs_with_one_unit_per_stage_is_v1s_sps_key_for_key():
     assert torch.equal(sps(x), scs(x))
 
 
+def test_v1_and_v2_stems_are_one_class_that_takes_a_mask():
+    v1 = spikformer.create_model("spikformer_8_512", embed_dim=32, num_heads=4, depth=0, img_size=32)
+    v2 = spikformer.create_model("spikformer_v2_8_512", embed_dim=32, num_heads=4, depth=0, img_size=32)
+    assert type(v1.patch_embed) is type(v2.patch_embed) is SpikingConvolutionalStem
+    assert v1.patch_embed.options == SCSOptions(depths=(1, 1, 1, 1))
+    x = v2.time_first(torch.rand(2, 3, 32, 32))
+    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    mask[:, 0, 0] = True  # the top-left patch of each image
+    tokens = v2.patch_embed(x, mask=mask)  # [T, B, N, D]
+    assert (tokens[:, :, 0] == 0).all() and tokens[:, :, 1:].sum() > 0
+
+
 def test_a_v2_model_with_the_sps_stem_is_exactly_v1():
     small = dict(embed_dim=32, num_heads=4, depth=2, img_size=32, num_classes=7, T=2)
     v1 = spikformer.create_model("spikformer_8_512", **small).eval()

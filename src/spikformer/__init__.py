@@ -2,8 +2,8 @@
 
 from .checkpoint import load_checkpoint, save_model
 from .models import Spikformer, create_model, list_models
-from .neuron import LIF, LIFParams, lif_multistep
+from .neurons import LIF, LIFParams, ParametricLIF, SpikingNeuron, lif_multistep, register_neuron
 
 __version__ = "0.1.0"
-__all__ = ["LIF", "LIFParams", "Spikformer", "create_model", "lif_multistep", "list_models", "load_checkpoint",
-           "save_model"]
+__all__ = ["LIF", "LIFParams", "ParametricLIF", "Spikformer", "SpikingNeuron", "create_model", "lif_multistep",
+           "list_models", "load_checkpoint", "register_neuron", "save_model"]

@@ -1,8 +1,9 @@
 """Export for deployment: ONNX (onnxruntime and friends) and NIR (neuromorphic toolchains).
 
-Both start from :func:`inference_model`: a copy of the model in eval mode with every BatchNorm folded into
-the conv or linear layer before it and every LIF written as plain tensor operations over ``T`` unrolled steps
-(the kernels' custom ops mean nothing outside PyTorch).
+Both start from a copy of the model in eval mode with every BatchNorm folded into the conv or linear layer
+before it. For ONNX, :func:`inference_model` also replaces every neuron by its ``inference_module()``, plain
+tensor operations over ``T`` unrolled steps (the kernels' custom ops mean nothing outside PyTorch); NIR writes
+each neuron from its ``lif_constants()`` (see ``spikformer.neurons.SpikingNeuron``).
 
 - :func:`export_onnx` writes a graph taking ``[B, C, H, W]`` images (or ``[B, T, 2, H, W]`` event frames for
   2-channel models) and returning ``[B, classes]`` logits, with a dynamic batch dimension.
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from .errors import SpikformerError
-from .layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, SpikingPatchSplitting
-from .neuron import LIF, LIFParams
+from .layers import LinearBNLIF, SpikformerBlock, SpikingConvolutionalStem, SpikingConvStage
+from .neurons import SpikingNeuron
 
 
 class ExportError(SpikformerError):
@@ -34,37 +35,24 @@ class ExportError(SpikformerError):
 # --- the inference model -----------------------------------------------------------------------------
 
 
-class UnrolledLIF(nn.Module):
-    """Inference-only LIF in plain tensor operations with ``T`` unrolled; spikes identical to the oracle's."""
-
-    def __init__(self, params: LIFParams) -> None:
-        super().__init__()
-        self.params = params
-
-    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
-        if norm is not None:
-            x = norm(x)
-        p = self.params
-        v = torch.full_like(x[0], p.v_reset)
-        spikes = []
-        for t in range(x.shape[0]):
-            h = v + (x[t] - (v - p.v_reset)) / p.tau
-            fired = h >= p.v_threshold
-            spikes.append(fired.to(x.dtype))
-            v = torch.where(fired, p.v_reset, h)
-        return torch.stack(spikes)
-
-
-def inference_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for export: eval mode, BatchNorms folded, every LIF an :class:`UnrolledLIF`."""
+def folded_model(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode with every BatchNorm folded (``model.fuse()``)."""
     model = copy.deepcopy(model).cpu().float()
     if hasattr(model, "fuse"):
         model.fuse()
-    model.eval()
+    return model.eval()
+
+
+def inference_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for export: eval mode, BatchNorms folded, every neuron its ``inference_module()``."""
+    model = folded_model(model)
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, LIF):
-                setattr(module, child_name, UnrolledLIF(child.params))
+            if isinstance(child, SpikingNeuron):
+                try:
+                    setattr(module, child_name, child.inference_module())
+                except NotImplementedError as error:
+                    raise ExportError(f"{error}; give the neuron an inference_module() to export it") from None
     return model
 
 
@@ -172,10 +160,14 @@ class _NIRBuilder:
                 conv.bias.copy_(linear.bias)
         return self.conv(name, conv, frontier, shape)
 
-    def lif(self, name: str, lif: nn.Module, frontier: list[str], shape: Shape) -> list[str]:
+    def lif(self, name: str, neuron: SpikingNeuron, frontier: list[str], shape: Shape) -> list[str]:
         import numpy as np
 
-        p: LIFParams = lif.params
+        p = neuron.lif_constants()
+        if p is None:
+            self.refuse(name, f"the {type(neuron).__name__} neuron has no NIR equivalent (no lif_constants())",
+                        frontier, shape)
+            return [name]
 
         def full(value: float) -> np.ndarray:
             return np.full(shape, value, dtype=np.float32)
@@ -208,13 +200,14 @@ class _NIRBuilder:
         self.nodes["input"] = self.nir.Input(input_type={"input": np.array(shape)})
         x = ["input"]
         stem = model.patch_embed
-        if not isinstance(stem, SpikingPatchSplitting):
+        if not isinstance(stem, SpikingConvolutionalStem):
             self.refuse("patch_embed", f"the {type(stem).__name__} stem has no NIR translation", x, shape)
             return
         for i, stage in enumerate(stem.stages):
             x, shape = self.conv_stage(f"patch_embed.stages.{i}", stage, x, shape)
-        rpe, _ = self.conv_stage("patch_embed.rpe", stem.rpe, x, shape)
-        x = x + rpe  # x + RPE(x): both edges meet at the next node, which adds them
+        if stem.rpe is not None:
+            rpe, _ = self.conv_stage("patch_embed.rpe", stem.rpe, x, shape)
+            x = x + rpe  # x + RPE(x): both edges meet at the next node, which adds them
         for i, block in enumerate(model.blocks):
             if not isinstance(block, SpikformerBlock):
                 self.refuse(f"blocks.{i}", f"{type(block).__name__} has no NIR translation", x, shape)
@@ -256,7 +249,7 @@ def export_nir(model: nn.Module, path: str | Path | None = None, partial: bool =
         import numpy as np
     except ImportError:
         raise ExportError("NIR export needs the 'nir' package: pip install 'spikformer[export]'") from None
-    net = inference_model(model)
+    net = folded_model(model)
     builder = _NIRBuilder(dt)
     builder.spikformer(net)
     if builder.unsupported and not partial:

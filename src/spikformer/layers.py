@@ -1,232 +1,34 @@
-"""The building blocks of Spikformer: spiking conv/linear units, the SPS stem, SSA, MLP and Block.
+"""The building blocks of Spikformer: spiking conv/linear units, the stem (V1's SPS, V2's SCS), SSA, MLP, Block.
 
 Tensors between layers are time-first and channels-last: images ``[T, B, C, H, W]`` inside the stem, tokens
 ``[T, B, N, D]`` everywhere after it. Keeping channels last lets every Linear and BatchNorm run on a flat
 ``[T*B*N, D]`` view with no transpose or copy (the original code transposes around every BatchNorm).
 
-Every ``BatchNorm -> LIF`` pair runs through :func:`batch_norm_lif`: in training it stores only the BatchNorm
-input (which BatchNorm's backward needs anyway) and recomputes the normalised values in the backward pass,
-so a spiking unit keeps one activation for backward instead of three. For inference, ``fuse_bn()`` folds the
-BatchNorm into the preceding conv or linear layer (``Spikformer.fuse()`` does it for the whole model).
+Every spiking unit is ``conv or linear -> BatchNorm -> neuron``; the neuron is injected (``neuron="lif"`` by
+name, or a class, see ``spikformer.neurons``) and charges from the BatchNorm through ``neuron(y, norm=bn)``,
+which lets LIF normalise inside its kernel. For inference, ``fuse_bn()`` folds the BatchNorm into the
+preceding conv or linear layer (``Spikformer.fuse()`` does it for the whole model).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+from .neurons import NeuronLayer, neuron_layer
+from .sparse import sparse_batch_norm, visible_map
 
-# --- BatchNorm -> LIF ------------------------------------------------------------------------------
-#
-# The model's BatchNorm is computed in its affine form, z = y * scale + shift per channel, with
-# scale = weight / sqrt(var + eps) and shift = bias - mean * scale from the batch statistics in training
-# (float32, or float64 for a float64 model) and from the running statistics in eval. The oracle path
-# (backend "torch") differentiates exactly these operations; the fast path computes the same z inside the
-# LIF kernel (never storing it) and differentiates analytically, so both give the same spikes bit for bit.
-# Mathematically this is nn.BatchNorm1d/2d; it differs from PyTorch's own kernel only in rounding.
-
-
-def _bn_view(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
-    return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
-
-
-def _stat_dims(y: torch.Tensor) -> tuple[int, ...]:
-    return (0,) if y.ndim == 2 else (0, *range(2, y.ndim))
-
-
-def _per_channel(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return v if y.ndim == 2 else v.view(1, -1, *([1] * (y.ndim - 2)))
-
-
-def _compute_dtype(y: torch.Tensor) -> torch.dtype:
-    return torch.float64 if y.dtype == torch.float64 else torch.float32
-
-
-def _momentum(norm: _BatchNorm) -> float:
-    # nn.BatchNorm's bookkeeping: count the batch; momentum=None means a cumulative average.
-    if norm.num_batches_tracked is not None:
-        norm.num_batches_tracked.add_(1)
-    if norm.momentum is None:
-        return 1.0 / float(norm.num_batches_tracked)
-    return norm.momentum
-
-
-class _KernelBatchStatistics(torch.autograd.Function):
-    """Per-channel batch mean and biased variance from the CPU kernel (in float64, several times faster than
-    ``torch.var_mean`` over the non-channel dimensions), with their analytic gradient for the oracle path."""
-
-    @staticmethod
-    def forward(ctx, y):  # type: ignore[override]
-        from .kernels import cpu
-
-        mean, var = cpu.bn_stats(y)
-        cdt = _compute_dtype(y)
-        ctx.save_for_backward(y, mean)
-        return mean.to(cdt), var.to(cdt)
-
-    @staticmethod
-    def backward(ctx, grad_mean, grad_var):  # type: ignore[override]
-        y, mean = ctx.saved_tensors
-        count = y.numel() // y.shape[1]
-        cdt = _compute_dtype(y)
-        # d mean / dy = 1 / count; d var / dy = 2 (y - mean) / count, per channel
-        centred = y.to(cdt) - _per_channel(mean.to(cdt), y)
-        grad = centred * _per_channel((2.0 / count) * grad_var, y) + _per_channel(grad_mean / count, y)
-        return grad.to(y.dtype)
-
-
-def _kernel_statistics_apply(y: torch.Tensor) -> bool:
-    if y.device.type != "cpu" or y.ndim not in (2, 4) or torch.compiler.is_compiling():
-        return False
-    from .kernels import cpu
-
-    return cpu.available(y.dtype)
-
-
-def _batch_statistics(y: torch.Tensor, norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and (biased) variance in the compute dtype; updates the running statistics like nn.BatchNorm.
-
-    On CPU both the oracle and the fast path take them from the kernel, so the two still agree bit for bit."""
-    if _kernel_statistics_apply(y):
-        mean, var = _KernelBatchStatistics.apply(y)
-    else:
-        var, mean = torch.var_mean(y.to(_compute_dtype(y)), _stat_dims(y), correction=0)
-    if norm.track_running_stats and norm.running_mean is not None:
-        count = y.numel() // y.shape[1]
-        momentum = _momentum(norm)
-        with torch.no_grad():
-            unbiased = var.detach() * (count / max(count - 1, 1))
-            norm.running_mean.mul_(1 - momentum).add_(mean.detach().to(norm.running_mean.dtype), alpha=momentum)
-            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
-    return mean, var
-
-
-def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = invstd if norm.weight is None else invstd * norm.weight.to(invstd.dtype)
-    shift = -mean * scale if norm.bias is None else norm.bias.to(scale.dtype) - mean * scale
-    return scale, shift
-
-
-def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
-    cdt = scale.dtype
-    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
-
-
-def _uses_batch_statistics(norm: _BatchNorm) -> bool:
-    return norm.training or not norm.track_running_stats or norm.running_mean is None
-
-
-def batch_norm(y: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
-    """``norm(y)`` in the affine form described above, differentiable (the oracle path and eval)."""
-    if _uses_batch_statistics(norm):
-        mean, var = _batch_statistics(y, norm)
-    else:
-        mean, var = norm.running_mean.to(_compute_dtype(y)), norm.running_var.to(_compute_dtype(y))
-    scale, shift = _scale_shift(norm, mean, torch.rsqrt(var + norm.eps))
-    return _normalize(y, scale, shift)
-
-
-class _BatchNormLIF(torch.autograd.Function):
-    """Training-mode ``LIF(BN(y))`` that stores ``y`` and per-channel vectors only: ``z = BN(y)`` is recomputed
-    in the backward pass (inside the C kernel on CPU), then the LIF and BatchNorm backward passes run."""
-
-    @staticmethod
-    def forward(ctx, y, weight, bias, norm, params, backend, steps):  # type: ignore[override]
-        mean, var = _batch_statistics(y, norm)
-        invstd = torch.rsqrt(var + norm.eps)
-        scale, shift = _scale_shift(norm, mean, invstd)
-        p = params
-        if backend == "c":
-            from .kernels import cpu
-
-            spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold),
-                                        float(p.v_reset))
-        else:
-            z = _normalize(y, scale, shift)
-            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
-        ctx.save_for_backward(y, mean, invstd, scale, shift)
-        ctx.config = (params, backend, steps, weight is not None, bias is not None)
-        return spikes
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_spikes):  # type: ignore[override]
-        y, mean, invstd, scale, shift = ctx.saved_tensors
-        params, backend, steps, has_weight, has_bias = ctx.config
-        p = params
-        if backend == "c":
-            from .kernels import cpu
-
-            grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
-                y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
-                float(p.surrogate_alpha), bool(p.detach_reset))
-        else:
-            z = _normalize(y, scale, shift)
-            grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
-                                             params, backend).flatten(0, 1)
-            g = grad_z.to(torch.float64)
-            sum_g = g.sum(_stat_dims(y))
-            sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
-        # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
-        count = y.numel() // y.shape[1]
-        inv = invstd.to(torch.float64)
-        sum_g_yhat = sum_gy * inv
-        k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
-        k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
-        cdt = scale.dtype
-        if backend == "c":
-            grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
-        else:
-            grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
-                      + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
-        grad_weight = sum_g_yhat.to(cdt) if has_weight and ctx.needs_input_grad[1] else None
-        grad_bias = sum_g.to(cdt) if has_bias and ctx.needs_input_grad[2] else None
-        return grad_y, grad_weight, grad_bias, None, None, None, None
-
-
-def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
-    """``LIF(norm(x))`` for a time-first ``x``: ``[T, B, N, D]`` with a BatchNorm1d over ``D``, or
-    ``[T, B, C, H, W]`` with a BatchNorm2d over ``C``; spikes of ``x``'s shape.
-
-    In training with a fast backend the BatchNorm output is never stored: the kernel normalises on the fly and
-    the backward pass recomputes it. With ``backend="torch"`` (the oracle), under ``torch.compile`` (which
-    makes its own fusion and recompute choices) or in eval mode, the same arithmetic runs as plain
-    differentiable operations. Any other norm module (``nn.SyncBatchNorm``, ``nn.Identity`` after folding)
-    is simply called.
-    """
-    name = resolve_backend(backend, x)
-    if type(norm) not in (nn.BatchNorm1d, nn.BatchNorm2d):
-        y = _bn_view(x, norm) if isinstance(norm, _BatchNorm) else x
-        return lif_multistep(norm(y).view(x.shape), params, name)
-    y = _bn_view(x, norm)
-    if name == "torch" or torch.compiler.is_compiling():
-        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
-    if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
-        if name != "c" or needs_grad or _uses_batch_statistics(norm):
-            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
-        # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
-        from .kernels import cpu
-
-        cdt = _compute_dtype(y)
-        scale, shift = _scale_shift(norm, norm.running_mean.to(cdt),
-                                    torch.rsqrt(norm.running_var.to(cdt) + norm.eps))
-        spikes = cpu.bn_lif_forward(y, scale.detach(), shift.detach(), x.shape[0], float(params.tau),
-                                    float(params.v_threshold), float(params.v_reset))
-        return spikes.view(x.shape)
-    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm, params, name, x.shape[0])
-    return spikes.view(x.shape)
-
+Neuron = str | NeuronLayer  # a registered neuron name, or a neuron class / factory
 
 def fold_batch_norm(layer: nn.Conv2d | nn.Linear, norm: _BatchNorm) -> nn.Conv2d | nn.Linear:
     """A copy of ``layer`` whose output equals ``norm(layer(x))`` in eval mode (computed in float64)."""
@@ -279,7 +81,11 @@ class DropPath(nn.Module):
 
 
 class SpikingConvStage(nn.Module):
-    """``Conv2d(k, stride, no bias) -> BatchNorm2d -> LIF [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``."""
+    """``Conv2d(k, stride, no bias) -> BatchNorm2d -> neuron [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``.
+
+    ``forward(x, mask)`` runs the unit as an emulated sparse convolution (``spikformer.sparse``): given
+    ``x`` zero under the patch mask, its output is zero there too, and BatchNorm sees visible positions only.
+    """
 
     # See convolve(); benchmarks/bench_cpu_path.py turns it off per stage to measure NCHW side by side.
     channels_last_on_cpu: bool = True
@@ -291,12 +97,13 @@ class SpikingConvStage(nn.Module):
         kernel_size: int = 3,
         stride: int = 1,
         pool: bool = False,
-        lif_backend: str = "auto",
+        neuron: Neuron = "lif",
+        neuron_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
-        self.lif = LIF(backend=lif_backend)
+        self.lif = neuron_layer(neuron, neuron_options)()  # named lif for the state-dict and layer names
         self.pool = nn.MaxPool2d(3, 2, 1) if pool else nn.Identity()
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,11 +119,27 @@ class SpikingConvStage(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.conv(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[T, B, C, H, W] -> [T, B, C', H', W']``; with a patch ``mask [B, h, w]``, the sparse unit."""
+        if mask is not None:
+            return self.forward_masked(x, mask)
         T, B = x.shape[:2]
         y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
         y = self.lif(y, norm=self.bn)
         return self.pool(y.flatten(0, 1)).unflatten(0, (T, B))
+
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The unit as a sparse convolution: ``x [T, B, C, H, W]`` zero where ``mask [B, h, w]`` hides a patch
+        ``-> [T, B, C', H', W']``, zero there too."""
+        T, B = x.shape[:2]
+        y = self.convolve(x)  # [T*B, C', H', W']
+        visible = visible_map(mask, y.shape[-2:]).repeat(T, 1, 1, 1)  # [T*B, 1, H', W'], T-major like flatten
+        y = sparse_batch_norm(self.bn, y, visible)
+        y = self.lif(y.unflatten(0, (T, B))).flatten(0, 1) * visible
+        if not isinstance(self.pool, nn.Identity):
+            y = self.pool(y)
+            y = y * visible_map(mask, y.shape[-2:]).repeat(T, 1, 1, 1)
+        return y.unflatten(0, (T, B))
 
     def fuse_bn(self) -> None:
         """Fold the BatchNorm into the conv (inference only)."""
@@ -324,53 +147,21 @@ class SpikingConvStage(nn.Module):
             self.conv, self.bn = fold_batch_norm(self.conv, self.bn), nn.Identity()
 
 
-class SpikingPatchSplitting(nn.Module):
-    """Spikformer V1's stem: four 3x3 conv stages (D/8, D/4, D/2, D channels) and a relative position
-    embedding, ``[T, B, C, H, W] -> [T, B, N, D]`` with ``N = (H/patch) * (W/patch)``.
-
-    A max-pool follows each of the last ``log2(patch_size)`` stages: two for CIFAR (patch 4), all four for
-    ImageNet and DVS (patch 16), as in the original code.
-    """
-
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, lif_backend: str = "auto") -> None:
-        super().__init__()
-        num_pools = int(math.log2(patch_size))
-        if 2**num_pools != patch_size or num_pools > 4:
-            raise ValueError(f"SPS patch_size must be one of 1, 2, 4, 8, 16 (got {patch_size})")
-        if embed_dim % 8:
-            raise ValueError(f"SPS embed_dim must be a multiple of 8 (got {embed_dim})")
-        widths = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
-        chans = [in_chans, *widths]
-        self.patch_size = patch_size
-        self.stages = nn.ModuleList(
-            SpikingConvStage(chans[i], chans[i + 1], pool=i >= 4 - num_pools, lif_backend=lif_backend)
-            for i in range(4)
-        )
-        self.rpe = SpikingConvStage(embed_dim, embed_dim, lif_backend=lif_backend)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = stage(x)
-        x = x + self.rpe(x)  # integer-valued, 0..2
-        # [T, B, N, D], contiguous: the three Q/K/V linears of the first block would each copy a strided view.
-        return x.flatten(3).transpose(-1, -2).contiguous()
-
-
 class LinearBNLIF(nn.Module):
-    """``Linear -> BatchNorm over channels -> LIF`` on tokens ``[T, B, N, D_in] -> [T, B, N, D_out]``.
+    """``Linear -> BatchNorm over channels -> neuron`` on tokens ``[T, B, N, D_in] -> [T, B, N, D_out]``.
 
     Equal to the original's ``nn.Linear + BatchNorm1d`` (CIFAR) and 1x1 ``Conv1d``/``Conv2d`` + BN
     (ImageNet, DVS): all normalise each channel over the ``T*B*N`` positions.
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, v_threshold: float = 1.0,
-        lif_backend: str = "auto",
+        self, in_features: int, out_features: int, bias: bool = True, neuron: Neuron = "lif",
+        neuron_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.bn = nn.BatchNorm1d(out_features)
-        self.lif = LIF(v_threshold=v_threshold, backend=lif_backend)
+        self.lif = neuron_layer(neuron, neuron_options)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lif(self.linear(x), norm=self.bn)
@@ -390,18 +181,19 @@ class SpikingSelfAttention(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool, scale: float, attn_threshold: float = 0.5,
-        lif_backend: str = "auto",
+        neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = scale
-        self.q = LinearBNLIF(dim, dim, bias=qkv_bias, lif_backend=lif_backend)
-        self.k = LinearBNLIF(dim, dim, bias=qkv_bias, lif_backend=lif_backend)
-        self.v = LinearBNLIF(dim, dim, bias=qkv_bias, lif_backend=lif_backend)
-        self.attn_lif = LIF(v_threshold=attn_threshold, backend=lif_backend)
-        self.proj = LinearBNLIF(dim, dim, bias=True, lif_backend=lif_backend)
+        make = neuron_layer(neuron, neuron_options)
+        self.q = LinearBNLIF(dim, dim, bias=qkv_bias, neuron=make)
+        self.k = LinearBNLIF(dim, dim, bias=qkv_bias, neuron=make)
+        self.v = LinearBNLIF(dim, dim, bias=qkv_bias, neuron=make)
+        self.attn_lif = make(v_threshold=attn_threshold)  # the attention neuron fires at half the threshold
+        self.proj = LinearBNLIF(dim, dim, bias=True, neuron=make)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
@@ -458,12 +250,14 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 class SpikingMLP(nn.Module):
-    """``LIF(BN(W1 x))`` to ``hidden`` channels, then ``LIF(BN(W2 h))`` back: ``[T, B, N, D]``."""
+    """``S(BN(W1 x))`` to ``hidden`` channels, then ``S(BN(W2 h))`` back, ``S`` the neuron: ``[T, B, N, D]``."""
 
-    def __init__(self, dim: int, hidden: int, lif_backend: str = "auto") -> None:
+    def __init__(self, dim: int, hidden: int, neuron: Neuron = "lif",
+                 neuron_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.fc1 = LinearBNLIF(dim, hidden, bias=True, lif_backend=lif_backend)
-        self.fc2 = LinearBNLIF(hidden, dim, bias=True, lif_backend=lif_backend)
+        make = neuron_layer(neuron, neuron_options)
+        self.fc1 = LinearBNLIF(dim, hidden, bias=True, neuron=make)
+        self.fc2 = LinearBNLIF(hidden, dim, bias=True, neuron=make)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x))
@@ -474,11 +268,12 @@ class SpikformerBlock(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_scale: float,
-        drop_path: float = 0.0, lif_backend: str = "auto",
+        drop_path: float = 0.0, neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.attn = SpikingSelfAttention(dim, num_heads, qkv_bias, attn_scale, lif_backend=lif_backend)
-        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif_backend=lif_backend)
+        make = neuron_layer(neuron, neuron_options)
+        self.attn = SpikingSelfAttention(dim, num_heads, qkv_bias, attn_scale, neuron=make)
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), neuron=make)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -486,13 +281,170 @@ class SpikformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
+# --- the stem ---------------------------------------------------------------------------------------
+#
+# V1's Spiking Patch Splitting (SPS) and V2's Spiking Convolutional Stem (SCS) are one module: a sequence of
+# Conv -> BN -> neuron units and a relative position embedding. The SPS is the SCS with one unit per stage at
+# widths D/8, D/4, D/2, D (the V2 paper's "supplementary convolutional layers" are the extra units).
+
+DOWNSAMPLE_MODES = ("maxpool", "stride")
+
+
+@dataclass(frozen=True)
+class SCSOptions:
+    """The layout of a Spiking Convolutional Stem (``stem_options`` of a model with ``stem="scs"``).
+
+    ``widths[i]``: channels of stage ``i`` as a fraction of ``embed_dim`` (the last must be 1.0).
+    ``depths[i]``: ``Conv -> BN -> LIF`` units in stage ``i`` (V1's SPS: all 1). The first unit maps the
+    previous width to this stage's width; the others keep it.
+    ``kernel_size``: of every conv. ``downsample``: ``"maxpool"`` (``MaxPool2d(3, 2, 1)`` after the first
+    unit's LIF, as V1) or ``"stride"`` (the first unit's conv has stride 2). The last ``log2(patch_size)``
+    stages down-sample. ``rpe``: add V1's relative position embedding ``x + LIF(BN(Conv(x)))``.
+
+    Default: V1's widths ``D/8, D/4, D/2, D`` with a second unit in each of the first three stages, after the
+    down-sampling (``docs/v2.md`` explains the choice).
+    """
+
+    widths: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    depths: tuple[int, ...] = (2, 2, 2, 1)
+    kernel_size: int = 3
+    downsample: str = "maxpool"
+    rpe: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> SCSOptions:
+        """Validate a ``stem_options`` mapping (YAML lists become tuples); unknown keys name the valid ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in options if key not in names]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"unknown SCS stem option {', '.join(hints)}; options: {', '.join(names)}")
+        values = dict(options)
+        for key in ("widths", "depths"):
+            if key in values:
+                if not isinstance(values[key], list | tuple):
+                    raise ValueError(f"SCS {key} must be a list with one entry per stage, got {values[key]!r}")
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def stage_widths(self, embed_dim: int) -> list[int]:
+        return [round(w * embed_dim) for w in self.widths]
+
+    def check(self, embed_dim: int, patch_size: int) -> None:
+        """Raise ``ValueError`` naming the problem if this layout cannot build a stem for these sizes."""
+        problems = []
+        if len(self.widths) != len(self.depths) or not self.widths:
+            problems.append(f"widths {list(self.widths)} and depths {list(self.depths)} must have one entry per "
+                            f"stage (same non-zero length)")
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.depths):
+            problems.append(f"depths must be integers >= 1, got {list(self.depths)}")
+        if any(isinstance(w, bool) or not isinstance(w, int | float) or w <= 0 for w in self.widths):
+            problems.append(f"widths must be positive fractions of embed_dim, got {list(self.widths)}")
+        elif self.widths and self.widths[-1] != 1:
+            problems.append(f"the last width must be 1.0 (the stem ends at embed_dim), got {self.widths[-1]}")
+        else:
+            uneven = [w for w in self.widths if abs(w * embed_dim - round(w * embed_dim)) > 1e-6]
+            if uneven:
+                problems.append(f"widths {uneven} x embed_dim {embed_dim} are not whole channel counts")
+        if isinstance(self.kernel_size, bool) or not isinstance(self.kernel_size, int) or self.kernel_size < 1 \
+                or self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be an odd integer >= 1 (same padding), got {self.kernel_size!r}")
+        if self.downsample not in DOWNSAMPLE_MODES:
+            problems.append(f"downsample must be one of {', '.join(DOWNSAMPLE_MODES)}, got {self.downsample!r}")
+        if not isinstance(self.rpe, bool):
+            problems.append(f"rpe must be true or false, got {self.rpe!r}")
+        num_down = math.log2(patch_size) if patch_size > 0 else -1
+        if num_down != int(num_down) or num_down < 0:
+            problems.append(f"patch_size must be a power of two, got {patch_size}")
+        elif int(num_down) > len(self.depths):
+            problems.append(f"patch_size {patch_size} needs {int(num_down)} down-sampling stages but the layout "
+                            f"has {len(self.depths)}; add stages (widths/depths entries)")
+        if problems:
+            raise ValueError("invalid SCS layout: " + "; ".join(problems))
+
+    @classmethod
+    def sps(cls) -> SCSOptions:
+        """V1's SPS: one unit per stage, max-pool down-sampling, the RPE."""
+        return cls(depths=(1, 1, 1, 1))
+
+
+class SpikingConvolutionalStem(nn.Module):
+    """The stem: ``[T, B, C, H, W] -> [T, B, N, D]`` tokens with ``N = (H/patch) * (W/patch)``.
+
+    ``stages`` holds every ``Conv -> BN -> neuron`` unit in order (flattened over the layout's stages, so the
+    state-dict keys of V1's SPS are ``stages.0`` to ``stages.3``); ``rpe`` is the relative position embedding
+    whose output is added to the last unit's (``None`` when ``options.rpe`` is false). ``forward(x, mask)``
+    hides the patches under a mask ``[B, h, w]`` (masked pre-training): every unit runs as a sparse
+    convolution, and hidden tokens come out zero.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, neuron: Neuron = "lif",
+                 neuron_options: dict[str, Any] | None = None, options: SCSOptions | None = None) -> None:
+        super().__init__()
+        options = options or SCSOptions()
+        options.check(embed_dim, patch_size)
+        make = neuron_layer(neuron, neuron_options)
+        self.options = options
+        self.patch_size = patch_size
+        num_down = int(math.log2(patch_size))
+        first_down = len(options.depths) - num_down
+        units: list[SpikingConvStage] = []
+        chans = in_chans
+        for index, (width, depth) in enumerate(zip(options.stage_widths(embed_dim), options.depths)):
+            down = index >= first_down
+            for unit in range(depth):
+                first = unit == 0
+                units.append(SpikingConvStage(
+                    chans, width, options.kernel_size,
+                    stride=2 if first and down and options.downsample == "stride" else 1,
+                    pool=first and down and options.downsample == "maxpool",
+                    neuron=make,
+                ))
+                chans = width
+        self.stages = nn.ModuleList(units)
+        self.rpe = SpikingConvStage(embed_dim, embed_dim, neuron=make) if options.rpe else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            x = x * visible_map(mask, x.shape[-2:]).unsqueeze(0).to(x.dtype)  # [T, B, C, H, W]
+        for stage in self.stages:
+            x = stage(x, mask)
+        if self.rpe is not None:
+            x = x + self.rpe(x, mask)  # integer-valued, 0..2
+        # [T, B, N, D], contiguous: the three Q/K/V linears of the first block would each copy a strided view.
+        return x.flatten(3).transpose(-1, -2).contiguous()
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return (f"widths={o.widths}, depths={o.depths}, kernel_size={o.kernel_size}, downsample={o.downsample!r}, "
+                f"rpe={o.rpe}")
+
+
+def SpikingPatchSplitting(in_chans: int, embed_dim: int, patch_size: int, neuron: Neuron = "lif",  # noqa: N802
+                          neuron_options: dict[str, Any] | None = None) -> SpikingConvolutionalStem:
+    """Spikformer V1's stem (SPS): four 3x3 conv units (D/8, D/4, D/2, D channels) and a relative position
+    embedding; a max-pool follows each of the last ``log2(patch_size)`` units, two for CIFAR (patch 4), all
+    four for ImageNet and DVS (patch 16), as in the original code."""
+    num_pools = int(math.log2(patch_size)) if patch_size > 0 else -1
+    if 2**num_pools != patch_size or num_pools > 4:
+        raise ValueError(f"SPS patch_size must be one of 1, 2, 4, 8, 16 (got {patch_size})")
+    if embed_dim % 8:
+        raise ValueError(f"SPS embed_dim must be a multiple of 8 (got {embed_dim})")
+    return SpikingConvolutionalStem(in_chans, embed_dim, patch_size, neuron, neuron_options, SCSOptions.sps())
+
+
 StemBuilder = Callable[..., nn.Module]
 _STEMS: dict[str, StemBuilder] = {}
+STEM_ARGUMENTS = ("in_chans", "embed_dim", "patch_size", "neuron")  # what the model passes; the rest: stem_options
 
 
 def register_stem(name: str) -> Callable[[StemBuilder], StemBuilder]:
-    """Register a stem ``builder(in_chans, embed_dim, patch_size, lif_backend, **options)`` whose module maps
-    ``[T, B, C, H, W]`` to tokens ``[T, B, (H/patch)*(W/patch), D]``."""
+    """Register a stem ``builder(in_chans, embed_dim, patch_size, neuron, **options)`` whose module maps
+    ``[T, B, C, H, W]`` to tokens ``[T, B, (H/patch)*(W/patch), D]`` (and takes ``mask=`` to be pre-trained
+    with masks)."""
 
     def decorator(builder: StemBuilder) -> StemBuilder:
         _STEMS[name] = builder
@@ -508,10 +460,19 @@ def build_stem(name: str, **kwargs) -> nn.Module:
     try:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as error:  # an unknown stem_options key: name the options the stem does take
-        fixed = ("in_chans", "embed_dim", "patch_size", "lif_backend")
-        options = [p for p in inspect.signature(builder).parameters if p not in fixed]
+        options = [p for p in inspect.signature(builder).parameters if p not in STEM_ARGUMENTS]
         raise ValueError(f"stem {name!r}: {error}; its stem_options are: {', '.join(options) or 'none'}") from None
     return builder(**kwargs)
 
 
-register_stem("sps")(SpikingPatchSplitting)
+@register_stem("sps")
+def build_sps(in_chans: int, embed_dim: int, patch_size: int, neuron: Neuron = "lif") -> SpikingConvolutionalStem:
+    """The ``"sps"`` stem (it has no ``stem_options``)."""
+    return SpikingPatchSplitting(in_chans, embed_dim, patch_size, neuron)
+
+
+@register_stem("scs")
+def build_scs(in_chans: int, embed_dim: int, patch_size: int, neuron: Neuron = "lif", **options: Any
+              ) -> SpikingConvolutionalStem:
+    """The ``"scs"`` stem from ``stem_options`` (keys of ``SCSOptions``)."""
+    return SpikingConvolutionalStem(in_chans, embed_dim, patch_size, neuron, options=SCSOptions.from_dict(options))

@@ -1,4 +1,5 @@
-"""Firing rates of every LIF layer, recorded by forward hooks that exist only while a recorder is active.
+"""Firing rates of every spiking neuron layer (any ``SpikingNeuron``: LIF, PLIF, ...), recorded by forward
+hooks that exist only while a recorder is active.
 
 The firing rate of a layer is its mean number of spikes per neuron per time step. Outside a recorder's
 ``with`` block no hook is attached to any module, so a model that is not being analysed runs exactly as
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..neuron import LIF
+from ..neurons import SpikingNeuron
 
 # The parts of a Spikformer a LIF belongs to, by the last names of its module path (checked in order).
 _ROLES = (
@@ -40,7 +41,7 @@ class FiringRateRecorder:
     """
 
     def __init__(self, model: nn.Module, keep: Iterable[str] = ()) -> None:
-        self.layers = {name: module for name, module in model.named_modules() if isinstance(module, LIF)}
+        self.layers = {name: module for name, module in model.named_modules() if isinstance(module, SpikingNeuron)}
         keep = list(keep)
         unknown = [name for name in keep if name not in self.layers]
         if unknown:

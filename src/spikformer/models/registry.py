@@ -15,7 +15,7 @@ from .spikformer import Spikformer
 
 OVERRIDABLE = (
     "T", "num_classes", "img_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "drop_path_rate", "patch_size", "lif_backend", "stem", "stem_options",
+    "drop_path_rate", "patch_size", "lif_backend", "stem", "stem_options", "neuron", "neuron_options",
 )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..layers import SpikformerBlock, build_stem
+from ..layers import Neuron, SpikformerBlock, build_stem
+from ..neurons import NeuronLayer, neuron_layer
 
 
 class Spikformer(nn.Module):
@@ -15,6 +17,10 @@ class Spikformer(nn.Module):
 
     Accepts static images ``[B, C, H, W]`` (repeated over ``T`` steps) or event frames ``[B, T', C, H, W]``
     (run for their own ``T'`` steps). ``H`` and ``W`` may be any multiple of ``patch_size``.
+
+    ``neuron`` is the spiking neuron of every unit, by registered name (``"lif"``, ``"plif"``, see
+    ``spikformer.neurons``) or a neuron class, made with ``neuron_options``; ``lif_backend`` is the LIF's
+    ``backend`` option, kept as its own argument.
     """
 
     def __init__(
@@ -34,6 +40,8 @@ class Spikformer(nn.Module):
         stem: str = "sps",
         stem_options: dict[str, Any] | None = None,
         lif_backend: str = "auto",
+        neuron: Neuron = "lif",
+        neuron_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         _check_hyper_parameters(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
@@ -45,13 +53,15 @@ class Spikformer(nn.Module):
         self.num_features = self.embed_dim = embed_dim
         self.T = T
         self.stem_name = stem
+        self.neuron_name = neuron if isinstance(neuron, str) else getattr(neuron, "__name__", repr(neuron))
+        make_neuron = _neuron_with_backend(neuron, neuron_options, lif_backend)
         self.patch_embed = build_stem(
-            stem, in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, lif_backend=lif_backend,
+            stem, in_chans=in_chans, embed_dim=embed_dim, patch_size=patch_size, neuron=make_neuron,
             **(stem_options or {}),
         )
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as in timm
         self.blocks = nn.ModuleList(
-            SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], lif_backend)
+            SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], neuron=make_neuron)
             for i in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -139,6 +149,21 @@ class Spikformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(self.head)
+
+
+def _neuron_with_backend(neuron: Neuron, options: dict[str, Any] | None, lif_backend: str) -> NeuronLayer:
+    """The neuron factory of every unit: ``lif_backend`` (when not ``"auto"``) is the neuron's ``backend``."""
+    make = neuron_layer(neuron, options)  # an unknown name or option fails here, naming the valid ones
+    if lif_backend == "auto":
+        return make
+    options = dict(options or {})
+    if options.get("backend", lif_backend) != lif_backend:
+        raise ValueError(f"lif_backend={lif_backend!r} and neuron_options backend={options['backend']!r} "
+                         f"disagree; set one of them")
+    if "backend" not in inspect.signature(make).parameters:
+        raise ValueError(f"lif_backend={lif_backend!r} is the LIF's backend, but the {neuron!r} neuron has "
+                         f"no backend option; leave lif_backend at 'auto'")
+    return neuron_layer(neuron, {**options, "backend": lif_backend})
 
 
 def _init_weights(m: nn.Module) -> None:

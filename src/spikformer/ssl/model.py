@@ -22,7 +22,7 @@ from torch import nn
 from ..models import Spikformer, create_model
 from .decoder import ReconstructionDecoder, sincos_position_embedding
 from .loss import masked_patch_loss, normalize_patches, patchify, unpatchify
-from .masking import masked_stem_forward, random_patch_mask
+from .masking import accepts_mask, masked_stem_forward, random_patch_mask
 
 ENCODER_TOKENS = ("all", "visible")
 
@@ -39,6 +39,9 @@ class MaskedSpikformer(nn.Module):
         super().__init__()
         if encoder.num_classes != 0:
             raise ValueError("the pre-training encoder must be built with num_classes=0 (no classifier)")
+        if not accepts_mask(encoder.patch_embed):
+            raise ValueError(f"masked pre-training needs a stem whose forward takes a mask (sps or scs); the "
+                             f"{type(encoder.patch_embed).__name__} stem has no masked forward path")
         if encoder_tokens not in ENCODER_TOKENS:
             raise ValueError(f"encoder_tokens must be one of {', '.join(ENCODER_TOKENS)}, got {encoder_tokens!r}")
         if encoder_tokens == "visible" and decoder_depth == 0:

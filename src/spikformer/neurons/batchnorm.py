@@ -1,0 +1,234 @@
+"""BatchNorm as the neurons see it, and the LIF that charges straight from a BatchNorm's input.
+
+Every ``BatchNorm -> LIF`` pair runs through :func:`batch_norm_lif`: in training it stores only the BatchNorm
+input (which BatchNorm's backward needs anyway) and recomputes the normalised values in the backward pass,
+so a spiking unit keeps one activation for backward instead of three. A neuron without such a fused path
+charges from :func:`normalize` (the same affine arithmetic, differentiated by autograd).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .lif_backends import LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+
+# --- BatchNorm -> LIF ------------------------------------------------------------------------------
+#
+# The model's BatchNorm is computed in its affine form, z = y * scale + shift per channel, with
+# scale = weight / sqrt(var + eps) and shift = bias - mean * scale from the batch statistics in training
+# (float32, or float64 for a float64 model) and from the running statistics in eval. The oracle path
+# (backend "torch") differentiates exactly these operations; the fast path computes the same z inside the
+# LIF kernel (never storing it) and differentiates analytically, so both give the same spikes bit for bit.
+# Mathematically this is nn.BatchNorm1d/2d; it differs from PyTorch's own kernel only in rounding.
+
+
+def _bn_view(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
+    return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
+
+
+def _stat_dims(y: torch.Tensor) -> tuple[int, ...]:
+    return (0,) if y.ndim == 2 else (0, *range(2, y.ndim))
+
+
+def _per_channel(v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return v if y.ndim == 2 else v.view(1, -1, *([1] * (y.ndim - 2)))
+
+
+def _compute_dtype(y: torch.Tensor) -> torch.dtype:
+    return torch.float64 if y.dtype == torch.float64 else torch.float32
+
+
+def _momentum(norm: _BatchNorm) -> float:
+    # nn.BatchNorm's bookkeeping: count the batch; momentum=None means a cumulative average.
+    if norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+    if norm.momentum is None:
+        return 1.0 / float(norm.num_batches_tracked)
+    return norm.momentum
+
+
+class _KernelBatchStatistics(torch.autograd.Function):
+    """Per-channel batch mean and biased variance from the CPU kernel (in float64, several times faster than
+    ``torch.var_mean`` over the non-channel dimensions), with their analytic gradient for the oracle path."""
+
+    @staticmethod
+    def forward(ctx, y):  # type: ignore[override]
+        from ..kernels import cpu
+
+        mean, var = cpu.bn_stats(y)
+        cdt = _compute_dtype(y)
+        ctx.save_for_backward(y, mean)
+        return mean.to(cdt), var.to(cdt)
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):  # type: ignore[override]
+        y, mean = ctx.saved_tensors
+        count = y.numel() // y.shape[1]
+        cdt = _compute_dtype(y)
+        # d mean / dy = 1 / count; d var / dy = 2 (y - mean) / count, per channel
+        centred = y.to(cdt) - _per_channel(mean.to(cdt), y)
+        grad = centred * _per_channel((2.0 / count) * grad_var, y) + _per_channel(grad_mean / count, y)
+        return grad.to(y.dtype)
+
+
+def _kernel_statistics_apply(y: torch.Tensor) -> bool:
+    if y.device.type != "cpu" or y.ndim not in (2, 4) or torch.compiler.is_compiling():
+        return False
+    from ..kernels import cpu
+
+    return cpu.available(y.dtype)
+
+
+def _batch_statistics(y: torch.Tensor, norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and (biased) variance in the compute dtype; updates the running statistics like nn.BatchNorm.
+
+    On CPU both the oracle and the fast path take them from the kernel, so the two still agree bit for bit."""
+    if _kernel_statistics_apply(y):
+        mean, var = _KernelBatchStatistics.apply(y)
+    else:
+        var, mean = torch.var_mean(y.to(_compute_dtype(y)), _stat_dims(y), correction=0)
+    if norm.track_running_stats and norm.running_mean is not None:
+        count = y.numel() // y.shape[1]
+        momentum = _momentum(norm)
+        with torch.no_grad():
+            unbiased = var.detach() * (count / max(count - 1, 1))
+            norm.running_mean.mul_(1 - momentum).add_(mean.detach().to(norm.running_mean.dtype), alpha=momentum)
+            norm.running_var.mul_(1 - momentum).add_(unbiased.to(norm.running_var.dtype), alpha=momentum)
+    return mean, var
+
+
+def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = invstd if norm.weight is None else invstd * norm.weight.to(invstd.dtype)
+    shift = -mean * scale if norm.bias is None else norm.bias.to(scale.dtype) - mean * scale
+    return scale, shift
+
+
+def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
+    cdt = scale.dtype
+    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
+
+
+def _uses_batch_statistics(norm: _BatchNorm) -> bool:
+    return norm.training or not norm.track_running_stats or norm.running_mean is None
+
+
+def batch_norm(y: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
+    """``norm(y)`` in the affine form described above, differentiable (the oracle path and eval)."""
+    if _uses_batch_statistics(norm):
+        mean, var = _batch_statistics(y, norm)
+    else:
+        mean, var = norm.running_mean.to(_compute_dtype(y)), norm.running_var.to(_compute_dtype(y))
+    scale, shift = _scale_shift(norm, mean, torch.rsqrt(var + norm.eps))
+    return _normalize(y, scale, shift)
+
+
+class _BatchNormLIF(torch.autograd.Function):
+    """Training-mode ``LIF(BN(y))`` that stores ``y`` and per-channel vectors only: ``z = BN(y)`` is recomputed
+    in the backward pass (inside the C kernel on CPU), then the LIF and BatchNorm backward passes run."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, norm, params, backend, steps):  # type: ignore[override]
+        mean, var = _batch_statistics(y, norm)
+        invstd = torch.rsqrt(var + norm.eps)
+        scale, shift = _scale_shift(norm, mean, invstd)
+        p = params
+        if backend == "c":
+            from ..kernels import cpu
+
+            spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold),
+                                        float(p.v_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+        ctx.save_for_backward(y, mean, invstd, scale, shift)
+        ctx.config = (params, backend, steps, weight is not None, bias is not None)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        y, mean, invstd, scale, shift = ctx.saved_tensors
+        params, backend, steps, has_weight, has_bias = ctx.config
+        p = params
+        if backend == "c":
+            from ..kernels import cpu
+
+            grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
+                y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
+                float(p.surrogate_alpha), bool(p.detach_reset))
+        else:
+            z = _normalize(y, scale, shift)
+            grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
+                                             params, backend).flatten(0, 1)
+            g = grad_z.to(torch.float64)
+            sum_g = g.sum(_stat_dims(y))
+            sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
+        # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
+        count = y.numel() // y.shape[1]
+        inv = invstd.to(torch.float64)
+        sum_g_yhat = sum_gy * inv
+        k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
+        k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
+        cdt = scale.dtype
+        if backend == "c":
+            grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
+        else:
+            grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
+                      + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
+        grad_weight = sum_g_yhat.to(cdt) if has_weight and ctx.needs_input_grad[1] else None
+        grad_bias = sum_g.to(cdt) if has_bias and ctx.needs_input_grad[2] else None
+        return grad_y, grad_weight, grad_bias, None, None, None, None
+
+
+def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
+    """``LIF(norm(x))`` for a time-first ``x``: ``[T, B, N, D]`` with a BatchNorm1d over ``D``, or
+    ``[T, B, C, H, W]`` with a BatchNorm2d over ``C``; spikes of ``x``'s shape.
+
+    In training with a fast backend the BatchNorm output is never stored: the kernel normalises on the fly and
+    the backward pass recomputes it. With ``backend="torch"`` (the oracle), under ``torch.compile`` (which
+    makes its own fusion and recompute choices) or in eval mode, the same arithmetic runs as plain
+    differentiable operations. Any other norm module (``nn.SyncBatchNorm``, ``nn.Identity`` after folding)
+    is simply called.
+    """
+    name = resolve_backend(backend, x)
+    if type(norm) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        y = _bn_view(x, norm) if isinstance(norm, _BatchNorm) else x
+        return lif_multistep(norm(y).view(x.shape), params, name)
+    y = _bn_view(x, norm)
+    if name == "torch" or torch.compiler.is_compiling():
+        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+    if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
+        if name != "c" or needs_grad or _uses_batch_statistics(norm):
+            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+        # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
+        from ..kernels import cpu
+
+        cdt = _compute_dtype(y)
+        scale, shift = _scale_shift(norm, norm.running_mean.to(cdt),
+                                    torch.rsqrt(norm.running_var.to(cdt) + norm.eps))
+        spikes = cpu.bn_lif_forward(y, scale.detach(), shift.detach(), x.shape[0], float(params.tau),
+                                    float(params.v_threshold), float(params.v_reset))
+        return spikes.view(x.shape)
+    spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm, params, name, x.shape[0])
+    return spikes.view(x.shape)
+
+
+def normalize(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+    """``norm(x)`` for a time-first ``x`` (the shapes of :func:`batch_norm_lif`), differentiable by autograd.
+
+    BatchNorm1d/2d run in the affine form above, so a neuron charging from this sees the values LIF's oracle
+    path sees; any other norm module is simply called; ``None`` or ``nn.Identity`` (a folded BatchNorm) leave
+    ``x`` as it is.
+    """
+    if norm is None or isinstance(norm, nn.Identity):
+        return x
+    if type(norm) in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return batch_norm(_bn_view(x, norm), norm).view(x.shape)
+    y = _bn_view(x, norm) if isinstance(norm, _BatchNorm) else x
+    return norm(y).view(x.shape)
