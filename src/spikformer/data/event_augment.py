@@ -5,6 +5,11 @@ identity, ShearX (up to 0.3 rad), TranslateX / TranslateY (up to 5 pixels at 128
 degrees), or Cutout (one zero square of 0.1-11% of the area, torchvision's ``RandomErasing``). A magnitude is
 one of 31 evenly spaced bins from minus to plus the op's maximum; nearest interpolation and zero fill keep the
 frames integer event counts. The horizontal flip before it is ``EventAugment.flip``.
+
+A geometric op is torchvision's ``affine``/``rotate`` with nearest interpolation, but run once on an image of
+pixel numbers rather than on all ``T x C`` frames: the result says which source pixel each output pixel takes
+(0: outside, filled with 0), and one gather moves the frames. The frames come out identical to torchvision's
+(tested), several times faster than resampling all 32 frames of 128x128.
 """
 
 from __future__ import annotations
@@ -44,20 +49,31 @@ class EventAugmentWide:
             magnitude = -magnitude
         return op, magnitude
 
-    def apply(self, frames: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    @staticmethod
+    def geometric(image: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+        """torchvision's nearest-neighbour, zero-filled version of ``op`` on ``image [..., C, H, W]``."""
         nearest = InterpolationMode.NEAREST
         if op == "shear_x":
-            return F.affine(frames, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(magnitude), 0.0],
+            return F.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(magnitude), 0.0],
                             interpolation=nearest, fill=0.0)
         if op in ("translate_x", "translate_y"):
             shift = [int(magnitude), 0] if op == "translate_x" else [0, int(magnitude)]  # whole pixels
-            return F.affine(frames, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest,
+            return F.affine(image, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0], interpolation=nearest,
                             fill=0.0)
-        if op == "rotate":
-            return F.rotate(frames, magnitude, interpolation=nearest, fill=0.0)
+        return F.rotate(image, magnitude, interpolation=nearest, fill=0.0)
+
+    def apply(self, frames: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+        if op == "identity":
+            return frames
         if op == "cutout":
             return RandomErasing(p=1.0, scale=self.cutout_area, ratio=(1.0, 1.0), value=0)(frames)
-        return frames
+        H, W = frames.shape[-2:]
+        # Pixel numbers 1..H*W are exact in float32; nearest sampling moves them, zero fill marks "outside".
+        numbers = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W)
+        source = self.geometric(numbers, op, magnitude).flatten().long()  # [H*W], 0 = outside
+        planes = frames.reshape(-1, H * W)  # every frame of every polarity
+        moved = planes.index_select(1, (source - 1).clamp(min=0)) * (source > 0).to(frames.dtype)
+        return moved.view(frames.shape)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.apply(frames, *self.draw())
