@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torchvision.transforms import InterpolationMode, RandomErasing
@@ -68,12 +69,18 @@ class EventAugmentWide:
         if op == "cutout":
             return RandomErasing(p=1.0, scale=self.cutout_area, ratio=(1.0, 1.0), value=0)(frames)
         H, W = frames.shape[-2:]
-        # Pixel numbers 1..H*W are exact in float32; nearest sampling moves them, zero fill marks "outside".
-        numbers = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W)
-        source = self.geometric(numbers, op, magnitude).flatten().long()  # [H*W], 0 = outside
+        source = source_pixels(op, magnitude, H, W)
         planes = frames.reshape(-1, H * W)  # every frame of every polarity
         moved = planes.index_select(1, (source - 1).clamp(min=0)) * (source > 0).to(frames.dtype)
         return moved.view(frames.shape)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         return self.apply(frames, *self.draw())
+
+
+@lru_cache(maxsize=1024)  # 31 magnitudes x 4 ops per input size
+def source_pixels(op: str, magnitude: float, H: int, W: int) -> torch.Tensor:
+    """``[H*W]``: 1 + the source pixel each output pixel of ``op`` takes, 0 where it falls outside the frame."""
+    # Pixel numbers 1..H*W are exact in float32; nearest sampling moves them, zero fill marks "outside".
+    numbers = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W)
+    return EventAugmentWide.geometric(numbers, op, magnitude).flatten().long()
