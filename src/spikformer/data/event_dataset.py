@@ -9,9 +9,9 @@ read events, resize them to the model's input (tonic's ``Downsample``), integrat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
