@@ -37,7 +37,8 @@ PARAMETERS = {
 SHARED = {
     "optim.name": "adamw", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.schedule": "cosine",
     "optim.schedule_unit": "epoch", "optim.label_smoothing": 0.1, "optim.clip_grad": None, "optim.layer_decay": None,
-    "train.ema_decay": None, "train.sync_bn": False, "train.amp": "gpu_fp16", "model.drop_path_rate": 0.0,
+    "train.ema_decay": None, "train.sync_bn": False, "train.amp": "gpu_fp16", "train.eval_every": 1,
+    "model.drop_path_rate": 0.0,
     "data.mixup_mode": "batch", "data.mixup_switch_prob": 0.5,
 }
 STATIC = {  # what the CIFAR and ImageNet recipes share
@@ -153,6 +154,18 @@ def test_cifar_schedule_warms_up_for_20_epochs_then_cools_down_for_10():
     assert lr_at(150) == pytest.approx(1e-5 + 0.5 * (5e-4 - 1e-5) * (1 + math.cos(math.pi * 150 / 300)))
     assert all(lr_at(e) == pytest.approx(1e-5) for e in range(300, 310))  # the 10 cool-down epochs
     assert config.train.epochs + config.optim.cooldown_epochs == 310
+
+
+@pytest.mark.parametrize("path", [CIFAR[0], IMAGENET[0]], ids=lambda p: p.stem)
+def test_weight_decay_spares_biases_and_batchnorm_as_timms_filter_does(path):
+    config = load_config(path, ["model.embed_dim=16", "model.depth=1", "model.num_heads=2"])
+    model = build_model(config.model)
+    optimizer = build_optimizer(model, config.optim)
+    assert type(optimizer).__name__ == "AdamW"
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    for name, param in model.named_parameters():
+        assert decay[id(param)] == (0.0 if param.ndim <= 1 else config.optim.weight_decay), name
+    assert all(group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8 for group in optimizer.param_groups)
 
 
 def mixing_epochs(path: Path, *overrides: str) -> list[bool]:
