@@ -201,7 +201,7 @@ _CHOICES = {
     ("optim", "name"): ("adamw", "sgd"),
     ("optim", "schedule"): ("cosine", "constant"),
     ("optim", "schedule_unit"): ("step", "epoch"),
-    ("train", "amp"): ("auto", "gpu_fp16", "bf16", "fp16", "off"),
+    ("train", "amp"): ("auto", "bf16", "fp16", "off", "gpu_fp16"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("ssl", "encoder_tokens"): ("all", "visible"),
     ("data", "interpolation"): ("bicubic", "bilinear", "nearest", "random"),
