@@ -57,8 +57,11 @@ def image_transform(data: DataConfig, train: bool, img_size: int, in_chans: int,
                                 mean=mean, std=std,
                                 crop_pct=data.crop_pct if data.crop_pct is not None else crop_pct)
     policy = data.auto_augment
-    # timm switches colour jitter off under an automatic augmentation (except its '3a' policies); we build the
-    # augmentation ourselves (op list, posterize), so we say so explicitly.
+    if data.rand_augment_ops is not None and not policy:
+        raise ConfigError("data.rand_augment_ops is set but data.auto_augment is not; set a RandAugment policy such "
+                          "as data.auto_augment=rand-m9-n1-mstd0.4-inc1, or remove data.rand_augment_ops")
+    # timm switches colour jitter off under an automatic augmentation (except its '3a' policies). We insert the
+    # augmentation ourselves (for the op list and posterize), so timm does not see it and we switch jitter off.
     jitter = data.color_jitter if not policy or "3a" in policy else None
     primary, secondary, final = create_transform(
         (in_chans, img_size, img_size),
@@ -77,9 +80,6 @@ def image_transform(data: DataConfig, train: bool, img_size: int, in_chans: int,
         separate=True,
     )
     augment = [build_auto_augment(policy, img_size, mean, data.interpolation, data.rand_augment_ops)] if policy else []
-    if data.rand_augment_ops is not None and not policy:
-        raise ConfigError("data.rand_augment_ops is set but data.auto_augment is not; set a RandAugment policy such "
-                          "as data.auto_augment=rand-m9-n1-mstd0.4-inc1, or remove data.rand_augment_ops")
     # The order of timm's create_transform: crop and flip, then the automatic augmentation, then the rest.
     return transforms.Compose([*primary.transforms, *augment, *secondary.transforms, *final.transforms])
 
