@@ -26,7 +26,13 @@ from spikformer.data.augment_ops import CIFAR_RAND_OPS, augment_ops, build_auto_
 from spikformer.data.cifar10dvs import CLASSES, cifar10dvs_recordings
 from spikformer.data.event_augment import OPS, EventAugmentWide
 from spikformer.data.event_dataset import EventAugment
-from spikformer.data.transforms import BatchErasing, BatchMixing, build_batch_erasing, chain_batch_transforms
+from spikformer.data.transforms import (
+    BatchErasing,
+    BatchMixing,
+    build_batch_erasing,
+    chain_batch_transforms,
+    image_transform,
+)
 from spikformer.errors import ConfigError
 from spikformer.train import engine
 
@@ -109,6 +115,9 @@ def test_an_op_list_needs_a_rand_policy_and_known_names():
         build_auto_augment("rand-m9", 32, (0.5,) * 3, "bicubic", ["TranslateXrel"])
     with pytest.raises(ConfigError, match="applies to a RandAugment policy"):
         build_auto_augment("v0", 32, (0.5,) * 3, "bicubic", ["Rotate"])
+    data = load_config(None, ["data.rand_augment_ops=[Rotate]"]).data  # a list without a policy to use it
+    with pytest.raises(ConfigError, match="data.auto_augment is not"):
+        image_transform(data, True, 32, 3, (0.5,) * 3, (0.5,) * 3, 1.0)
 
 
 # --- the CIFAR RandAugment: the original's 5 ops -----------------------------------------------------------------
