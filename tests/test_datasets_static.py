@@ -168,7 +168,8 @@ def test_an_unreadable_image_names_the_file(tmp_path):
 def test_training_pipeline_is_timms_with_randaugment_erasing_and_bicubic_crops(tmp_path):
     write_cifar10(tmp_path)
     config = config_for("cifar10", tmp_path, "data.auto_augment=rand-m9-n1-mstd0.4-inc1", "data.random_erasing=0.25",
-                        "data.scale=[1.0, 1.0]", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]")
+                        "data.scale=[1.0, 1.0]", "data.mean=[0.5, 0.5, 0.5]", "data.std=[0.25, 0.25, 0.25]",
+                        "data.random_erasing_stage=sample")  # per image, before mixing (default: on the batch)
     steps = build_dataset(config, "train").transform.transforms
     assert any(isinstance(t, RandAugment) and len(t.ops) == 15 and t.num_layers == 1 for t in steps)
     assert any(isinstance(t, RandomErasing) and t.probability == 0.25 for t in steps)

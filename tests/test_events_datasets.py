@@ -63,10 +63,11 @@ def test_cifar10dvs_reads_the_release_layout_with_a_fixed_9_to_1_split_per_class
 
 
 @needs_aedat
-def test_cifar10dvs_validation_takes_the_highest_numbered_recordings(tmp_path):
+def test_cifar10dvs_validation_takes_the_last_recordings_in_string_order(tmp_path):
     write_cifar10dvs(tmp_path, per_class=11, events_per_file=20, classes=["ship"])
     config = make_config("cifar10dvs", tmp_path / "CIFAR10DVS")  # root may also be the dataset folder itself
-    assert build_dataset(config, "val").recordings.keys == ["ship/cifar10_ship_10"]  # natural order, not "_9"
+    # The original's folder dataset sorts names as strings (_0, _1, _10, _2 ... _9): "_9" is last, not "_10".
+    assert build_dataset(config, "val").recordings.keys == ["ship/cifar10_ship_9"]
 
 
 @needs_aedat

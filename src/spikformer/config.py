@@ -71,12 +71,18 @@ class DataConfig:
     event_roll: int | None = None
     # Probability of dropping each event (binomial thinning of the frame counts); 0 = off.
     event_drop: float = 0.0
+    # After flip/roll/drop: "wide" = the original CIFAR10-DVS code's per-sample op, one of identity, ShearX,
+    # TranslateX, TranslateY, Rotate, Cutout (data/event_augment.py); "none" = no further op.
+    event_augment: str = "none"
     # Images per optimizer step over all processes (the paper's batch). Null: batch_size x processes x
     # train.accum_steps. Set, it fixes the accumulation for any number of processes:
     # accum_steps = global_batch_size / (batch_size x processes), which must be a whole number.
     global_batch_size: int | None = None
     # --- image augmentation (timm.data.create_transform); used by cifar10, cifar100, imagenet, folder ---
     auto_augment: str | None = None  # a RandAugment string such as "rand-m9-n1-mstd0.4-inc1" (timm's --aa)
+    # The RandAugment op list by timm's op names (null: timm's standard 15), e.g. the original CIFAR code's five
+    # [Equalize, Rotate, ShearX, TranslateXRel, TranslateYRel] (data/augment_ops.py).
+    rand_augment_ops: list[str] | None = None
     interpolation: str = "bicubic"
     # Training crop: RandomResizedCrop's area and aspect ranges (null: timm's 0.08-1.0 and 3/4-4/3).
     scale: tuple[float, float] | None = None
@@ -88,6 +94,9 @@ class DataConfig:
     random_erasing: float = 0.0  # probability (timm's --reprob)
     random_erasing_mode: str = "pixel"
     random_erasing_count: int = 1
+    # Where erasing applies: "batch" = on the normalised training batch after mixup/cutmix (timm's prefetch
+    # loader, which the original recipes used); "sample" = in each image's transform, before mixing.
+    random_erasing_stage: str = "batch"
     # Normalisation (null: the dataset's own statistics); one value per input channel.
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -130,6 +139,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     # "auto": bfloat16 autocast on CPU and on GPUs that support it, float16 with loss scaling otherwise.
+    # "gpu_fp16": float16 autocast with loss scaling on GPUs (the original recipes), "auto" elsewhere.
     amp: str = "auto"
     accum_steps: int = 1
     eval_every: int = 1
@@ -191,11 +201,13 @@ _CHOICES = {
     ("optim", "name"): ("adamw", "sgd"),
     ("optim", "schedule"): ("cosine", "constant"),
     ("optim", "schedule_unit"): ("step", "epoch"),
-    ("train", "amp"): ("auto", "bf16", "fp16", "off"),
+    ("train", "amp"): ("auto", "bf16", "fp16", "off", "gpu_fp16"),
     ("train", "nan_policy"): ("stop", "skip"),
     ("ssl", "encoder_tokens"): ("all", "visible"),
     ("data", "interpolation"): ("bicubic", "bilinear", "nearest", "random"),
     ("data", "random_erasing_mode"): ("pixel", "rand", "const"),
+    ("data", "random_erasing_stage"): ("batch", "sample"),
+    ("data", "event_augment"): ("none", "wide"),
     ("data", "mixup_mode"): ("batch", "pair", "elem"),
 }
 _MINIMUM = {

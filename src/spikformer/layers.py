@@ -177,17 +177,22 @@ class SpikingSelfAttention(nn.Module):
 
     Without softmax the product is associative, so we evaluate it in the cheaper order for the token count:
     ``Q (K^T V)`` when ``N > d``. With 0/1 operands both orders give the same integers exactly.
+    ``qk_pool`` > 0: a 1-D max-pool of that (odd) width over the tokens of the Q and K spikes, stride 1 (the V1
+    paper's DVS128 Gesture variant; see ``token_max_pool``).
     """
 
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool, scale: float, attn_threshold: float = 0.5,
-        neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None,
+        neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None, qk_pool: int = 0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        if qk_pool < 0 or (qk_pool and qk_pool % 2 == 0):
+            raise ValueError(f"qk_pool must be 0 (off) or an odd pooling width, got {qk_pool}")
         self.num_heads = num_heads
         self.scale = scale
+        self.qk_pool = qk_pool
         make = neuron_layer(neuron, neuron_options)
         self.q = LinearBNLIF(dim, dim, bias=qkv_bias, neuron=make)
         self.k = LinearBNLIF(dim, dim, bias=qkv_bias, neuron=make)
@@ -201,10 +206,22 @@ class SpikingSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
-        q, k, v = (self.split_heads(f(x)) for f in (self.q, self.k, self.v))
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.qk_pool:
+            q, k = token_max_pool(q, self.qk_pool), token_max_pool(k, self.qk_pool)
+        q, k, v = (self.split_heads(t) for t in (q, k, v))
         out = spike_attention(q, k, v)  # [T, B, h, N, d], integers
         out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
         return self.proj(self.attn_lif(out))
+
+
+def token_max_pool(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Max over each window of ``width`` neighbouring tokens, stride 1, zero-padded: ``[T, B, N, D]`` in and out.
+    The paper's "1-D max-pool after Q and K" read as ``MaxPool1d`` on the ``[T*B, D, N]`` layout of the DVS code's
+    Conv1d projections (our reading: the paper states no width; we use 3). Spikes stay 0/1."""
+    T, B, N, D = x.shape
+    pooled = nn.functional.max_pool1d(x.reshape(T * B, N, D).transpose(1, 2), width, stride=1, padding=width // 2)
+    return pooled.transpose(1, 2).reshape(T, B, N, D)
 
 
 def exact_spike_product_dtype(q: torch.Tensor, num_tokens: int, head_dim: int, out_dtype: torch.dtype
@@ -269,10 +286,11 @@ class SpikformerBlock(nn.Module):
     def __init__(
         self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attn_scale: float,
         drop_path: float = 0.0, neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None,
+        qk_pool: int = 0,
     ) -> None:
         super().__init__()
         make = neuron_layer(neuron, neuron_options)
-        self.attn = SpikingSelfAttention(dim, num_heads, qkv_bias, attn_scale, neuron=make)
+        self.attn = SpikingSelfAttention(dim, num_heads, qkv_bias, attn_scale, neuron=make, qk_pool=qk_pool)
         self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), neuron=make)
         self.drop_path = DropPath(drop_path)
 

@@ -5,13 +5,16 @@ the ten class folders ``airplane`` ... ``truck`` (``data.root`` may also point a
 Files are indexed and read by tonic (``tonic.datasets.CIFAR10DVS``; its ``.aedat4`` reader needs the ``aedat``
 package, part of the ``events`` extra).
 
-There is no official split. We use the usual 9:1 split per class, fixed: within each class the recordings are
-ordered by the number in their file name (``cifar10_airplane_0`` ... ``_999``); the first 90% train, the last
-10% (at least one) are the validation set: 900 / 100 per class on the full release.
+There is no official split. We use the original Spikformer code's 9:1 split per class (SPEC §2): within each
+class the recordings are in the order of a folder dataset, file names sorted as strings (``cifar10_airplane_0``,
+``_1``, ``_10``, ``_100``, ... ``_999``); the first ceil(90%) train, the rest are the validation set: 900 / 100
+per class on the full release. A class too small for that rule to leave a validation recording (fewer than 10)
+keeps its last one for validation.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -20,13 +23,13 @@ import numpy as np
 from ..errors import DatasetError
 from .digits import take_fraction_per_class
 from .event_dataset import EventRecordings, build_event_dataset
-from .event_files import TonicFiles, locate_release, natural_key, tonic_module
+from .event_files import TonicFiles, locate_release, tonic_module
 from .registry import register_dataset
 
 FOLDER = "CIFAR10DVS"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SENSOR_SIZE = (128, 128, 2)
-VAL_FRACTION = 0.1
+TRAIN_FRACTION = 0.9
 LAYOUT = f"{FOLDER}/<class>/*.aedat4 with class folders {', '.join(CLASSES)} (tonic's layout of the release)"
 
 
@@ -56,13 +59,14 @@ def cifar10dvs_files(root: str | None) -> TonicFiles:
 
 
 def cifar10dvs_split(files: TonicFiles, split: str) -> list[int]:
-    """Indices of ``split`` in the fixed 9:1 per-class split (see the module docstring)."""
+    """Indices of ``split`` in the original code's 9:1 per-class split (see the module docstring)."""
     chosen = []
     for label in sorted(set(files.labels)):
-        members = sorted((i for i, y in enumerate(files.labels) if y == label),
-                         key=lambda i: natural_key(files.paths[i].name))
-        n_val = max(1, round(VAL_FRACTION * len(members))) if len(members) > 1 else 0
-        chosen += members[: len(members) - n_val] if split == "train" else members[len(members) - n_val:]
+        members = sorted((i for i, y in enumerate(files.labels) if y == label), key=lambda i: files.paths[i].name)
+        n_train = math.ceil(TRAIN_FRACTION * len(members))
+        if len(members) > 1:
+            n_train = min(n_train, len(members) - 1)
+        chosen += members[:n_train] if split == "train" else members[n_train:]
     return chosen
 
 

@@ -9,6 +9,7 @@ read events, resize them to the model's input (tonic's ``Downsample``), integrat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .event_augment import EventAugmentWide
 from .event_cache import DiskFrameCache, MemoryFrameCache, cache_folder_name
 from .event_frames import integrate_frames, resize_events
 from .registry import model_input
@@ -66,12 +68,14 @@ class EventAugment:
 
     Each is the frame-level equal of an event transform: ``drop`` thins every count binomially (tonic's
     ``DropEvent`` drops each event with probability ``drop``), ``flip`` mirrors x (tonic's ``RandomFlipLR``),
-    ``roll`` shifts x and y circularly by up to ``roll`` pixels (the same shift at every time step).
+    ``roll`` shifts x and y circularly by up to ``roll`` pixels (the same shift at every time step). ``ops``,
+    applied last, is a per-sample op on all frames alike (e.g. ``EventAugmentWide``, the original's).
     """
 
     flip: float = 0.0
     roll: int = 0
     drop: float = 0.0
+    ops: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if self.drop > 0:
@@ -81,11 +85,13 @@ class EventAugment:
         if self.roll > 0:
             dy, dx = torch.randint(-self.roll, self.roll + 1, (2,)).tolist()
             frames = torch.roll(frames, shifts=(dy, dx), dims=(-2, -1))
+        if self.ops is not None:
+            frames = self.ops(frames)
         return frames
 
     @property
     def active(self) -> bool:
-        return self.flip > 0 or self.roll > 0 or self.drop > 0
+        return self.flip > 0 or self.roll > 0 or self.drop > 0 or self.ops is not None
 
 
 class EventFrameDataset(Dataset):
@@ -153,8 +159,13 @@ def augment_from_config(config, train: bool, default_flip: float) -> EventAugmen
     data = config.data
     size = int(model_input(config)["img_size"])
     flip = default_flip if data.event_flip is None else data.event_flip
-    roll = round(DEFAULT_ROLL_AT_128 * size / 128) if data.event_roll is None else data.event_roll
-    return EventAugment(flip=flip, roll=roll, drop=data.event_drop)
+    wide = data.event_augment == "wide"
+    # The wide ops' translations replace the default roll; an explicit event_roll still adds one.
+    default_roll = 0 if wide else round(DEFAULT_ROLL_AT_128 * size / 128)
+    roll = default_roll if data.event_roll is None else data.event_roll
+    # The original's magnitudes are for 128x128 frames; translations are scaled to the input size.
+    ops = EventAugmentWide(translate=5.0 * size / 128) if wide else None
+    return EventAugment(flip=flip, roll=roll, drop=data.event_drop, ops=ops)
 
 
 def frame_cache_from_config(config, dataset: str, params: dict[str, Any], default_root: str | Path | None):

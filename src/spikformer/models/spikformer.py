@@ -42,6 +42,7 @@ class Spikformer(nn.Module):
         lif_backend: str = "auto",
         neuron: Neuron = "lif",
         neuron_options: dict[str, Any] | None = None,
+        qk_pool: int = 0,  # > 0: max-pool width over tokens after Q and K (the DVS128 Gesture variant)
     ) -> None:
         super().__init__()
         _check_hyper_parameters(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
@@ -61,7 +62,8 @@ class Spikformer(nn.Module):
         )
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as in timm
         self.blocks = nn.ModuleList(
-            SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], neuron=make_neuron)
+            SpikformerBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, attn_scale, rates[i], neuron=make_neuron,
+                            qk_pool=qk_pool)
             for i in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -60,3 +60,8 @@ def spikformer_8_768(pretrained: bool = False, **kwargs) -> Spikformer:
 @register_model
 def spikformer_dvs_2_256(pretrained: bool = False, **kwargs) -> Spikformer:
     return _create("spikformer_dvs_2_256", pretrained, **kwargs)
+
+
+@register_model
+def spikformer_dvs_2_256_qkpool(pretrained: bool = False, **kwargs) -> Spikformer:
+    return _create("spikformer_dvs_2_256_qkpool", pretrained, **kwargs)

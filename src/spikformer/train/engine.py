@@ -44,6 +44,8 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
         return torch.float16
     if amp == "bf16":
         return torch.bfloat16
+    if amp == "gpu_fp16" and device.type == "cuda":
+        return torch.float16  # the original recipes' float16 autocast (the trainer adds loss scaling)
     if device.type == "cpu":
         # Without native bfloat16 instructions the CPU emulates it, over ten times slower than float32.
         return torch.bfloat16 if cpu_has_native_bfloat16() else None

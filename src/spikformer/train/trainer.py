@@ -26,7 +26,7 @@ from torch import nn
 from ..checkpoint import save_model
 from ..config import Config, config_to_dict, format_config, save_config
 from ..data import build_dataset, build_loader
-from ..data.transforms import build_batch_mixing
+from ..data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
 from .distributed import (
@@ -165,7 +165,9 @@ class Trainer:
         mixing = None
         if batch_transform is None:
             mixing = build_batch_mixing(data, self.model.num_classes, config.optim.label_smoothing)
-        self.batch_transform = batch_transform or mixing
+            # Erasing comes after mixing, on the normalised batch, as in the original recipes (SPEC §2).
+            batch_transform = chain_batch_transforms(mixing, build_batch_erasing(data))
+        self.batch_transform = batch_transform
         if criterion is None:
             criterion = (SoftTargetCrossEntropy() if mixing is not None
                          else nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing))
