@@ -14,7 +14,7 @@ from timm.loss import SoftTargetCrossEntropy
 from spikformer.config import load_config
 from spikformer.data import model_input
 from spikformer.data.transforms import BatchMixing
-from spikformer.models import build_model
+from spikformer.models import build_model, resolve_config
 from spikformer.train import Trainer
 from spikformer.train.optim import build_optimizer, build_scheduler
 
@@ -63,7 +63,7 @@ def write_stand_in(name: str, root: Path) -> tuple[Path, list[str]]:
 def setting(config, dotted: str):
     section, key = dotted.split(".")
     if section == "model":  # the variant's value where the config leaves it open
-        return model_input(config)[key]
+        return model_input(resolve_config(config))[key]
     value = getattr(getattr(config, section), key)
     return list(value) if isinstance(value, tuple) else value
 

@@ -81,15 +81,15 @@ def load_model(args):
     from ..checkpoint import load_model_from_checkpoint
     from ..config import load_config
     from ..errors import ConfigError
-    from ..models import build_model
+    from ..models import build_model, resolve_config
 
     if args.checkpoint:
         if args.config:
             raise ConfigError("--config goes with --model; a checkpoint carries its own config (change it with "
                               "section.key=value overrides)")
         model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
-        return model, config, True
-    config = load_config(args.config, [f"model.name={args.model}", *args.overrides])
+        return model, resolve_config(config), True
+    config = resolve_config(load_config(args.config, [f"model.name={args.model}", *args.overrides]))
     torch.manual_seed(args.seed)
     return build_model(config.model), config, False
 
