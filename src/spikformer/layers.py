@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+from .registry import Registry
 
 # --- BatchNorm -> LIF ------------------------------------------------------------------------------
 #
@@ -487,24 +488,17 @@ class SpikformerBlock(nn.Module):
 
 
 StemBuilder = Callable[..., nn.Module]
-_STEMS: dict[str, StemBuilder] = {}
+_STEMS: Registry[StemBuilder] = Registry("stem")
 
 
 def register_stem(name: str) -> Callable[[StemBuilder], StemBuilder]:
     """Register a stem ``builder(in_chans, embed_dim, patch_size, lif_backend, **options)`` whose module maps
     ``[T, B, C, H, W]`` to tokens ``[T, B, (H/patch)*(W/patch), D]``."""
-
-    def decorator(builder: StemBuilder) -> StemBuilder:
-        _STEMS[name] = builder
-        return builder
-
-    return decorator
+    return _STEMS.register(name)
 
 
 def build_stem(name: str, **kwargs) -> nn.Module:
-    if name not in _STEMS:
-        raise ValueError(f"unknown stem {name!r}; available: {', '.join(sorted(_STEMS))}")
-    builder = _STEMS[name]
+    builder = _STEMS.get(name)
     try:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as error:  # an unknown stem_options key: name the options the stem does take

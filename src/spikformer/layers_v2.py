@@ -13,7 +13,6 @@ Every unit is a ``SpikingConvStage`` kept in one flat ``stages`` list, so the ma
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .layers import SpikingConvStage, register_stem
+from .registry import did_you_mean
 
 DOWNSAMPLE_MODES = ("maxpool", "stride")
 
@@ -53,11 +53,8 @@ class SCSOptions:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [key for key in options if key not in names]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown SCS stem option {', '.join(hints)}; options: {', '.join(names)}")
+            hints = ", ".join(f"{key!r}{did_you_mean(key, names)}" for key in unknown)
+            raise ValueError(f"unknown SCS stem option {hints}; options: {', '.join(names)}")
         values = dict(options)
         for key in ("widths", "depths"):
             if key in values:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .kernels import as_time_major_dense
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -241,21 +242,16 @@ _lif_triton.register_autograd(_lif_triton_grad, setup_context=_lif_triton_setup)
 # --- backends -------------------------------------------------------------------------------------
 
 LIFBackend = Callable[[torch.Tensor, LIFParams], torch.Tensor]
-_BACKENDS: dict[str, LIFBackend] = {}
+_BACKENDS: Registry[LIFBackend] = Registry("LIF backend")
 
 
 def register_lif_backend(name: str) -> Callable[[LIFBackend], LIFBackend]:
     """Register a multi-step LIF implementation ``fn(x [T, ...], params) -> spikes [T, ...]``."""
-
-    def decorator(fn: LIFBackend) -> LIFBackend:
-        _BACKENDS[name] = fn
-        return fn
-
-    return decorator
+    return _BACKENDS.register(name)
 
 
 def lif_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return _BACKENDS.names()
 
 
 register_lif_backend("torch")(lambda x, params: lif_reference(x, params))

@@ -138,10 +138,9 @@ def run(args) -> int:
     raster_layer = args.raster_layer or default_raster_layer(model)
     lif_names = list(FiringRateRecorder(model).layers)
     if raster_layer not in lif_names:
-        import difflib
+        from ..registry import did_you_mean
 
-        close = difflib.get_close_matches(raster_layer, lif_names, n=1, cutoff=0.3)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(raster_layer, lif_names, cutoff=0.3)
         raise ConfigError(f"--raster-layer {raster_layer!r} is not a LIF layer of {name}{hint}; the firing-rate "
                           f"CSV lists them all")
     blocks = attention_blocks(model)
