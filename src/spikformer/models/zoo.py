@@ -19,6 +19,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ..errors import ConfigError
 from .official import accept_checkpoint_dialects, timm_filter_fn
 from .registry import VARIANTS, Variant, get_variant
 from .resolve import OVERRIDABLE, constructor_kwargs, resolve_model_config, resolve_model_kwargs
@@ -116,8 +117,15 @@ def build_model(model_config) -> Spikformer:
     from ``model_config.pretrained`` are loaded by the caller (see ``spikformer.checkpoint``)."""
     from ..config import model_overrides
 
-    resolved = resolve_model_config(model_config)
-    return _build(resolved.name, **model_overrides(resolved))
+    try:
+        resolved = resolve_model_config(model_config)
+        return _build(resolved.name, **model_overrides(resolved))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:  # a config (or a checkpoint's stored one) the model refuses
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"model {model_config.name!r} cannot be built with these model.* options: "
+                          f"{first_line}") from None
 
 
 def register_timm_entry_point(name: str) -> Callable[..., Spikformer]:
