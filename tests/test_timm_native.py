@@ -112,6 +112,17 @@ def test_features_only_gives_one_map_per_block_at_the_token_grid(name):
     assert [tuple(m.shape) for m in maps] == [(2, 32, 2, 2)] * 2
 
 
+def test_features_only_loads_pretrained_weights(tmp_path):
+    name = "spikformer_cifar_4_256"
+    source = weights_like_trained(name)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    features = timm.create_model(name, pretrained=True, features_only=True, **tiny(name),
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    x = inputs(source)
+    expected = source.forward_intermediates(x, intermediates_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(features.eval()(x), expected, strict=True))
+
+
 def test_forward_intermediates_are_the_time_mean_of_each_blocks_output():
     name = "spikformer_cifar_4_256"
     model = weights_like_trained(name, depth=3)
