@@ -37,7 +37,7 @@ def _family_cfg(variant: Variant) -> dict[str, Any]:
     Hub id the user names."""
     channels, size = variant.in_chans, variant.img_size
     base = dict(url="", num_classes=variant.num_classes, input_size=(channels, size, size), pool_size=None,
-                first_conv="patch_embed.stages.0.conv", classifier="head", license="mit", origin_url=_ORIGIN,
+                first_conv="patch_embed.stages.0.conv", classifier="head", origin_url=_ORIGIN,
                 fixed_input_size=False)
     if variant.family == "cifar":
         return dict(base, mean=_CIFAR_MEAN, std=_CIFAR_STD, crop_pct=1.0, interpolation="bicubic",
