@@ -103,6 +103,21 @@ def test_no_module_level_import_cycles():
             visit(name, [name])
 
 
+def test_every_module_imports_on_its_own_in_a_fresh_package():
+    # Import order hides cycles: each module is imported first, with every spikformer module forgotten
+    # before it (torch and timm stay loaded, which keeps this one subprocess cheap). The modules this
+    # layering is about: the top level, models/ and data/.
+    names = sorted(n for n in package_modules() if not n.endswith("__main__")
+                   and (n.count(".") == 1 or n.startswith(("spikformer.models", "spikformer.data"))))
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n"
+            "    for loaded in [m for m in sys.modules if m == 'spikformer' or m.startswith('spikformer.')]:\n"
+            "        del sys.modules[loaded]\n"
+            "    importlib.import_module(name)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_config_imports_only_leaf_modules_and_data_never_imports_models():
     assert module_imports(PACKAGE / "config.py", top_level_only=False) == {"spikformer.errors", "spikformer.registry"}
     for path in (PACKAGE / "data").glob("*.py"):

@@ -109,9 +109,18 @@ def test_from_pretrained_takes_a_hub_id_through_huggingface_hub(tmp_path, monkey
     assert asked == ["someone/spikformer-tiny"]
 
 
-def test_a_missing_source_is_one_clear_error(tmp_path):
+def test_a_missing_source_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no such file or folder, and not a Hub id"):
         spikformer.from_pretrained(tmp_path / "nope" / "deeper" / "weights.safetensors")
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        spikformer.from_pretrained("runs/best.safetensors")  # a missing relative file, not a Hub id
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("we are offline")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    with pytest.raises(CheckpointError, match="someone/missing: not a local file or folder.*we are offline"):
+        spikformer.from_pretrained("someone/missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="neither a timm config.json"):
         spikformer.from_pretrained(tmp_path / "empty")

@@ -31,7 +31,9 @@ def from_pretrained(source: str | Path, name: str | None = None, **kwargs: Any) 
     if path.is_dir():
         return _from_folder(path, name, **kwargs)
     text = str(source)
-    if text.startswith(HUB_PREFIX) or (text.count("/") == 1 and not text.startswith((".", "/"))):
+    looks_like_a_file = path.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar")
+    if text.startswith(HUB_PREFIX) or (text.count("/") == 1 and not text.startswith((".", "/"))
+                                       and not looks_like_a_file):
         return _from_folder(Path(_download(text.removeprefix(HUB_PREFIX))), name, **kwargs)
     raise CheckpointError(f"{source}: no such file or folder, and not a Hub id (hf-hub:ORG/NAME); pass an own "
                           f"checkpoint, a save_for_hf folder or a Hub repository")
@@ -40,7 +42,12 @@ def from_pretrained(source: str | Path, name: str | None = None, **kwargs: Any) 
 def _download(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id=repo_id, allow_patterns=_HUB_FILES)
+    try:
+        return snapshot_download(repo_id=repo_id, allow_patterns=_HUB_FILES)
+    except Exception as error:  # offline, no such repository, no access: one line that names both readings
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{repo_id}: not a local file or folder, and the Hub repository could not be "
+                              f"fetched ({type(error).__name__}: {first_line})") from None
 
 
 def _from_folder(folder: Path, name: str | None, **kwargs: Any) -> nn.Module:
