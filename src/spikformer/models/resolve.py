@@ -24,8 +24,12 @@ ARCHITECTURE_FIELDS = (
     "T", "num_classes", "img_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size",
     "qkv_bias", "attn_scale", "stem",
 )
-# Everything ``create_model(name, **overrides)`` accepts besides the name.
-OVERRIDABLE = (*ARCHITECTURE_FIELDS, "stem_options", "drop_path_rate", "lif_backend", "neuron", "neuron_options")
+# Everything ``create_model(name, **overrides)`` accepts besides the name: every ModelConfig field but the
+# name and the weights to start from. A field with a default (not None) is always written out as it is.
+_NOT_CONSTRUCTOR = ("name", "pretrained")
+_DEFAULTS = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+             for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_CONSTRUCTOR}
+OVERRIDABLE = tuple(_DEFAULTS)
 _DEFAULT_NEURON = ("lif", {})
 
 
@@ -56,10 +60,10 @@ def resolve_model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
             elif key in ARCHITECTURE_FIELDS:
                 kwargs[key] = value
     kwargs["stem_options"] = {**stem_option_defaults(kwargs["stem"]), **kwargs["stem_options"]}
-    kwargs["drop_path_rate"] = given.get("drop_path_rate", 0.0)
-    kwargs["lif_backend"] = given.get("lif_backend", "auto")
-    kwargs["neuron"] = given.get("neuron", _DEFAULT_NEURON[0])
-    kwargs["neuron_options"] = dict(given.get("neuron_options") or {})
+    for key, default in _DEFAULTS.items():  # the fields no variant sets (drop path, backend, neuron ...)
+        if key not in ARCHITECTURE_FIELDS and key != "stem_options":
+            value = given.get(key, default)
+            kwargs[key] = dict(value) if isinstance(value, dict) else value
     return kwargs
 
 
