@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spikformer.config import load_config
 from spikformer.data import model_input
-from spikformer.models import build_model
+from spikformer.models import build_model, resolve_config
 from spikformer.train.engine import autocast, autocast_dtype, resolve_device
 from spikformer.train.optim import build_optimizer
 
@@ -122,7 +122,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     results = []
     for path in args.configs:
-        config = load_config(path, [f"train.amp={args.amp!r}"] if args.amp else [])
+        config = resolve_config(load_config(path, [f"train.amp={args.amp!r}"] if args.amp else []))
         size = model_input(config)
         batch = args.batch or (8 if size["img_size"] <= 64 else 1)
         flops = flops_per_image(config)

@@ -16,6 +16,7 @@ from spikformer.config import (
     section_names,
 )
 from spikformer.errors import ConfigError
+from spikformer.models import resolve_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -99,12 +100,12 @@ def test_overrides_apply_on_top_of_the_file_in_order():
         ("optim.learning_rate=1", "unknown key optim.learning_rate"),
         ("train.epoch=1", "did you mean 'epochs'?"),
         ("modle.depth=1", "unknown config section 'modle' (did you mean 'model'?)"),
-        ("model.name=spikformer_8_521", "did you mean spikformer_8_512"),
+        ("model.name=spikformer_8_521", "did you mean 'spikformer_8_512'"),
     ],
 )
 def test_unknown_key_is_an_error_naming_the_nearest_valid_key(override, fragment):
     with pytest.raises(ConfigError) as error:
-        load_config(None, [override])
+        resolve_config(load_config(None, [override]))  # a model's name is known once the models are
     assert fragment in str(error.value)
 
 
@@ -121,7 +122,7 @@ def test_unknown_key_in_a_file_is_an_error(tmp_path):
         ("optim.lr=fast", "optim.lr must be a number"),
         ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off"),
         ("model.T=0", "model.T must be >= 1"),
-        (["model.embed_dim=36", "model.num_heads=4"], "multiple of 8"),  # the model's own checks run at load
+        (["model.embed_dim=36", "model.num_heads=4"], "multiple of 8"),  # the model's own checks, at the run's start
         ("model.stem_options={pool: false}", "stem 'sps'"),
         ("model.lif_backend=cuda_magic", "model.lif_backend must be one of auto"),
         ("epochs=3", "must be section.key"),
@@ -129,7 +130,7 @@ def test_unknown_key_in_a_file_is_an_error(tmp_path):
 )
 def test_invalid_values_are_errors_that_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as error:
-        load_config(None, override if isinstance(override, list) else [override])
+        resolve_config(load_config(None, override if isinstance(override, list) else [override]))
     assert fragment in str(error.value)
 
 

@@ -10,10 +10,12 @@ from spikformer.config import load_config
 from spikformer.data import ResumableSampler, build_dataset, build_loader, dataset_names
 from spikformer.data.digits import DigitsDataset, digits_split, shift_image
 from spikformer.errors import ConfigError
+from spikformer.models import resolve_config
 
 
 def digits_config(*overrides: str):
-    return load_config(None, ["data.name=digits", "model.in_chans=1", "model.num_classes=10", *overrides])
+    overrides = ["data.name=digits", "model.in_chans=1", "model.num_classes=10", *overrides]
+    return resolve_config(load_config(None, overrides))
 
 
 def test_digits_split_is_fixed_1437_train_360_test():

@@ -19,10 +19,11 @@ from spikformer.config import load_config
 from spikformer.data import build_dataset
 from spikformer.data.transforms import BatchMixing
 from spikformer.errors import ConfigError, DatasetError
+from spikformer.models import resolve_config
 
 
 def config_for(name, root, *overrides):
-    return load_config(None, [f"data.name={name}", f"data.root={root}", *overrides])
+    return resolve_config(load_config(None, [f"data.name={name}", f"data.root={root}", *overrides]))
 
 
 def test_cifar10_reads_the_official_python_pickles(tmp_path):
@@ -57,7 +58,7 @@ def test_a_missing_cifar_folder_names_the_expected_layout(tmp_path):
     with pytest.raises(DatasetError, match="it holds readme.txt"):
         build_dataset(config_for("cifar100", tmp_path / "other"), "val")
     with pytest.raises(ConfigError, match="needs data.root"):
-        build_dataset(load_config(None, ["data.name=cifar10"]), "train")
+        build_dataset(resolve_config(load_config(None, ["data.name=cifar10"])), "train")
 
 
 def test_a_malformed_cifar_pickle_is_one_dataset_error(tmp_path):

@@ -18,16 +18,17 @@ from spikformer.config import config_from_dict
 from spikformer.data import build_dataset
 from spikformer.data.event_frames import integrate_frames
 from spikformer.errors import ConfigError, DatasetError
+from spikformer.models import resolve_config
 
 TINY_DVS = {"name": "spikformer_dvs_2_256", "embed_dim": 16, "depth": 1, "num_heads": 2, "img_size": 32, "T": 4}
 
 
 def make_config(name: str, root, model=None, **data):
-    return config_from_dict({
+    return resolve_config(config_from_dict({
         "model": {**TINY_DVS, **(model or {})},
         "data": {"name": name, "root": None if root is None else str(root), "batch_size": 2, **data},
         "train": {"epochs": 1, "progress": False, "tensorboard": False, "amp": "off"},
-    })
+    }), leave_num_classes_open=True)
 
 
 def expected_frames(events, size=32, T=4, framing="count"):
@@ -251,7 +252,7 @@ def test_two_training_steps_on_gesture_files(gesture_root, tmp_path):
     config.train.out_dir = str(tmp_path / "run")
     trainer = Trainer(config)
     result = trainer.fit()
-    assert config.model.num_classes == 11 and trainer.model.head.out_features == 11
+    assert trainer.config.model.num_classes == 11 and trainer.model.head.out_features == 11  # the run's resolved copy
     assert trainer.position.step == 2 and math.isfinite(result["train_loss"])
     with Path(tmp_path / "run/metrics.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 1

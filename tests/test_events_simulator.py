@@ -12,6 +12,7 @@ from spikformer.config import config_from_dict, load_config
 from spikformer.data import build_dataset
 from spikformer.data.event_frames import integrate_frames
 from spikformer.data.event_simulator import EVENT_DTYPE, SaccadeEventSimulator
+from spikformer.models import resolve_config
 
 
 def square(size=8):
@@ -80,12 +81,12 @@ def test_background_noise_adds_events_at_the_requested_rate():
 # --- digits-dvs ----------------------------------------------------------------------------------------------
 
 def digits_dvs_config(**data):
-    return config_from_dict({
+    return resolve_config(config_from_dict({
         "model": {"name": "spikformer_dvs_2_256", "embed_dim": 16, "depth": 1, "num_heads": 2, "img_size": 16,
                   "patch_size": 4, "T": 4},
         "data": {"name": "digits-dvs", "batch_size": 8, **data},
         "train": {"epochs": 1, "progress": False, "tensorboard": False, "amp": "off"},
-    })
+    }))
 
 
 def test_digits_dvs_gives_event_frames_of_the_bundled_digits():

@@ -149,9 +149,9 @@ def test_model_has_no_unused_layernorms():
 
 
 def test_pretrained_weights_and_unknown_names_are_explained():
-    with pytest.raises(ValueError, match="load_checkpoint"):
+    with pytest.raises(ValueError, match="no pretrained weights are hosted.*from_pretrained"):
         create_model("spikformer_cifar_4_256", pretrained=True)
-    with pytest.raises(ValueError, match="did you mean spikformer_8_512"):
+    with pytest.raises(ValueError, match="did you mean 'spikformer_8_512'"):
         create_model("spikformer_8_521")
     with pytest.raises(ValueError, match="did you mean 'embed_dim'"):
         create_model("spikformer_8_512", embed_dims=64)

@@ -34,7 +34,7 @@ class IntegrateAndFire(SpikingNeuron):
 @pytest.fixture
 def registry(monkeypatch):
     """A copy of the neuron registry for the test to register into."""
-    monkeypatch.setattr(base, "_NEURONS", dict(base._NEURONS))
+    monkeypatch.setattr(base, "_NEURONS", base._NEURONS.copy())
 
 
 def neurons_of(model: torch.nn.Module) -> dict[str, SpikingNeuron]:

@@ -20,7 +20,7 @@ from timm.data.auto_augment import posterize as timm_posterize
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from spikformer.config import load_config
+from spikformer.config import load_config as read_config
 from spikformer.data import build_dataset
 from spikformer.data.augment_ops import CIFAR_RAND_OPS, augment_ops, build_auto_augment, posterize
 from spikformer.data.cifar10dvs import CLASSES, cifar10dvs_recordings
@@ -34,12 +34,18 @@ from spikformer.data.transforms import (
     image_transform,
 )
 from spikformer.errors import ConfigError
+from spikformer.models import resolve_config
 from spikformer.train import engine
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CIFAR_RECIPE = CONFIGS / "cifar10_4_384.yaml"
 IMAGENET_RECIPE = CONFIGS / "imagenet_8_384.yaml"
 DVS_RECIPE = CONFIGS / "cifar10dvs_2_256.yaml"
+
+
+def load_config(path, overrides=()):
+    """The config as a run sees it: read, then resolved (datasets take the model's input from it)."""
+    return resolve_config(read_config(path, list(overrides)))
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,17 @@ from event_writers import write_cifar10dvs, write_dvsgesture
 from static_data import write_cifar10, write_image_tree
 
 import spikformer.data.augment_ops as augment_ops
-from spikformer.config import load_config
+from spikformer.config import load_config as read_config
 from spikformer.data import build_dataset, build_loader
 from spikformer.data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
+from spikformer.models import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(path, overrides=()):
+    """The config as a run sees it: read, then resolved (datasets take the model's input from it)."""
+    return resolve_config(read_config(path, list(overrides)))
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,9 @@ from static_data import write_cifar10, write_cifar100, write_image_tree
 from timm.loss import SoftTargetCrossEntropy
 
 from spikformer.config import load_config
-from spikformer.data import model_input
 from spikformer.data.augment_ops import CIFAR_RAND_OPS
 from spikformer.data.transforms import BatchErasing, BatchMixing, BatchTransforms
-from spikformer.models import build_model
+from spikformer.models import build_model, resolve_config
 from spikformer.train import Trainer
 from spikformer.train.optim import build_optimizer, build_scheduler
 
@@ -107,8 +106,8 @@ def write_stand_in(name: str, root: Path) -> tuple[Path, list[str]]:
 
 def setting(config, dotted: str):
     section, key = dotted.split(".")
-    if section == "model" and key != "name":  # the variant's value where the config leaves it open
-        return model_input(config)[key]
+    if section == "model":  # the variant's value where the config leaves it open
+        config = resolve_config(config)
     value = getattr(getattr(config, section), key)
     return list(value) if isinstance(value, tuple) else value
 

@@ -8,6 +8,7 @@ import torch
 import spikformer
 from spikformer.config import load_config
 from spikformer.errors import ConfigError
+from spikformer.models import resolve_config
 from spikformer.ssl import MaskedSpikformer, masked_patch_loss, masked_stem_forward, patchify, random_patch_mask
 from spikformer.ssl.decoder import sincos_position_embedding
 from spikformer.ssl.loss import normalize_patches, unpatchify
@@ -215,8 +216,8 @@ def test_masked_model_names_the_expected_input_size():
     ("ssl.mask_raito=0.5", "did you mean 'mask_ratio'"),
 ])
 def test_bad_ssl_settings_are_config_errors(override, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config("configs/digits_v2_pretrain.yaml", override.split())
+    with pytest.raises(ConfigError, match=message):  # the mask against the token grid: when the run resolves
+        resolve_config(load_config("configs/digits_v2_pretrain.yaml", override.split()))
 
 
 # --- fine-tuning: layer-wise lr decay --------------------------------------------------------------

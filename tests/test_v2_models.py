@@ -11,7 +11,7 @@ from spikformer.config import load_config
 from spikformer.errors import ConfigError
 from spikformer.layers import SpikingPatchSplitting
 from spikformer.layers_v2 import SCSOptions, SpikingConvolutionalStem
-from spikformer.models import get_variant, list_models
+from spikformer.models import get_variant, list_models, resolve_config
 
 V2_NAMES = list_models("spikformer_v2_")
 
@@ -157,19 +157,19 @@ def test_v2_names_build_through_timm_with_the_same_overrides(name):
 def test_bad_scs_layouts_are_config_errors_that_name_the_problem(options, message):
     overrides = [f"model.stem_options={options}"]
     with pytest.raises(ConfigError, match=message):
-        load_config(None, ["model.name=spikformer_v2_8_384", *overrides])
+        resolve_config(load_config(None, ["model.name=spikformer_v2_8_384", *overrides]))
 
 
 def test_options_of_one_stem_given_to_another_are_a_config_error():
     with pytest.raises(ConfigError, match="stem 'sps': got an unexpected keyword argument 'depths'"):
-        load_config(None, ["model.name=spikformer_8_384", "model.stem_options={depths: [1, 1, 1, 1]}"])
+        resolve_config(load_config(None, ["model.name=spikformer_8_384", "model.stem_options={depths: [1, 1, 1, 1]}"]))
 
 
 def test_stem_can_be_chosen_in_the_config():
     config = load_config(None, ["model.name=spikformer_v2_8_384", "model.stem=sps"])
     assert spikformer.models.build_model(config.model).stem_name == "sps"
     with pytest.raises(ConfigError, match="unknown stem 'spx'"):
-        load_config(None, ["model.name=spikformer_v2_8_384", "model.stem=spx"])
+        resolve_config(load_config(None, ["model.name=spikformer_v2_8_384", "model.stem=spx"]))
 
 
 @pytest.mark.parametrize("path, target", [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import inspect
 import math
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .neurons import NeuronLayer, neuron_layer
+from .registry import Registry, did_you_mean
 from .sparse import sparse_batch_norm, visible_map
 
 Neuron = str | NeuronLayer  # a registered neuron name, or a neuron class / factory
@@ -335,11 +335,8 @@ class SCSOptions:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [key for key in options if key not in names]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown SCS stem option {', '.join(hints)}; options: {', '.join(names)}")
+            hints = ", ".join(f"{key!r}{did_you_mean(key, names)}" for key in unknown)
+            raise ValueError(f"unknown SCS stem option {hints}; options: {', '.join(names)}")
         values = dict(options)
         for key in ("widths", "depths"):
             if key in values:
@@ -455,7 +452,7 @@ def SpikingPatchSplitting(in_chans: int, embed_dim: int, patch_size: int, neuron
 
 
 StemBuilder = Callable[..., nn.Module]
-_STEMS: dict[str, StemBuilder] = {}
+_STEMS: Registry[StemBuilder] = Registry("stem")
 STEM_ARGUMENTS = ("in_chans", "embed_dim", "patch_size", "neuron")  # what the model passes; the rest: stem_options
 
 
@@ -463,18 +460,11 @@ def register_stem(name: str) -> Callable[[StemBuilder], StemBuilder]:
     """Register a stem ``builder(in_chans, embed_dim, patch_size, neuron, **options)`` whose module maps
     ``[T, B, C, H, W]`` to tokens ``[T, B, (H/patch)*(W/patch), D]`` (and takes ``mask=`` to be pre-trained
     with masks)."""
-
-    def decorator(builder: StemBuilder) -> StemBuilder:
-        _STEMS[name] = builder
-        return builder
-
-    return decorator
+    return _STEMS.register(name)
 
 
 def build_stem(name: str, **kwargs) -> nn.Module:
-    if name not in _STEMS:
-        raise ValueError(f"unknown stem {name!r}; available: {', '.join(sorted(_STEMS))}")
-    builder = _STEMS[name]
+    builder = _STEMS.get(name)
     try:
         inspect.signature(builder).bind(**kwargs)
     except TypeError as error:  # an unknown stem_options key: name the options the stem does take

@@ -81,15 +81,15 @@ def load_model(args):
     from ..checkpoint import load_model_from_checkpoint
     from ..config import load_config
     from ..errors import ConfigError
-    from ..models import build_model
+    from ..models import build_model, resolve_config
 
     if args.checkpoint:
         if args.config:
             raise ConfigError("--config goes with --model; a checkpoint carries its own config (change it with "
                               "section.key=value overrides)")
         model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
-        return model, config, True
-    config = load_config(args.config, [f"model.name={args.model}", *args.overrides])
+        return model, resolve_config(config), True
+    config = resolve_config(load_config(args.config, [f"model.name={args.model}", *args.overrides]))
     torch.manual_seed(args.seed)
     return build_model(config.model), config, False
 
@@ -138,10 +138,9 @@ def run(args) -> int:
     raster_layer = args.raster_layer or default_raster_layer(model)
     lif_names = list(FiringRateRecorder(model).layers)
     if raster_layer not in lif_names:
-        import difflib
+        from ..registry import did_you_mean
 
-        close = difflib.get_close_matches(raster_layer, lif_names, n=1, cutoff=0.3)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(raster_layer, lif_names, cutoff=0.3)
         raise ConfigError(f"--raster-layer {raster_layer!r} is not a LIF layer of {name}{hint}; the firing-rate "
                           f"CSV lists them all")
     blocks = attention_blocks(model)

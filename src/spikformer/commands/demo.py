@@ -25,6 +25,7 @@ def run(args) -> int:
     from ..checkpoint import load_model_from_checkpoint
     from ..config import load_config
     from ..data import build_dataset, build_loader
+    from ..models import resolve_config
     from ..train import Trainer, evaluate
 
     start = time.perf_counter()
@@ -35,7 +36,7 @@ def run(args) -> int:
     # The final weights, not best.safetensors: the digits have no separate validation split, so picking the
     # best epoch on the test images would overstate the accuracy.
     model, config = load_model_from_checkpoint(f"{config.train.out_dir}/last.safetensors")
-    loader = build_loader(build_dataset(config, "val"), 128, train=False)
+    loader = build_loader(build_dataset(resolve_config(config), "val"), 128, train=False)
     result = evaluate(model, loader, torch.device("cpu"))
     report = measure_energy(model, loader, name=config.model.name)
     print("\nfiring rate per spiking layer (spikes per neuron per time step, test set):")

@@ -1,7 +1,9 @@
 """``spikformer eval --checkpoint PATH [section.key=value ...] [--json OUT]``: top-1, top-5 and loss.
 
-The checkpoint carries its config, so nothing else is needed; overrides change it (``model.T=8`` evaluates
-at another number of time steps, ``data.root=...`` points at the data).
+The checkpoint carries its config, whose model section is the complete architecture the model is rebuilt
+from (older checkpoints with a sparse one are resolved against today's variant table), so nothing else is
+needed; overrides change it (``model.T=8`` evaluates at another number of time steps, ``data.root=...``
+points at the data).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ def run(args) -> int:
     from ..checkpoint import load_model_from_checkpoint
     from ..data import build_dataset, build_loader
     from ..errors import ConfigError
+    from ..models import resolve_config
     from ..train.engine import autocast_dtype, evaluate, resolve_device
 
     if args.json and Path(args.json).is_dir():  # found out before the evaluation, not after it
         raise ConfigError(f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}")
     model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
+    config = resolve_config(config)  # a no-op for a complete description; the datasets read its input size
     device = resolve_device(config.train.device)
     dataset = build_dataset(config, args.split)
     loader = build_loader(dataset, config.data.eval_batch_size or config.data.batch_size, train=False,

@@ -27,8 +27,9 @@ def run(args) -> int:
     from ..config import load_config
     from ..data import build_dataset
     from ..errors import ConfigError
+    from ..models import resolve_config
 
-    config = load_config(args.config, args.overrides)
+    config = resolve_config(load_config(args.config, args.overrides))
     dataset = build_dataset(config, args.split)
     if not 0 <= args.index < len(dataset):
         raise ConfigError(f"--index {args.index} is out of range: the {args.split} split of {config.data.name} "

@@ -26,6 +26,7 @@ def run(args) -> int:
     from ..config import apply_overrides, config_from_dict
     from ..data import build_dataset
     from ..errors import CheckpointError, ConfigError
+    from ..models import resolve_config
     from ..ssl import build_masked_model
     from ..ssl.figure import render_reconstructions
 
@@ -37,6 +38,7 @@ def run(args) -> int:
         raise CheckpointError(f"{args.checkpoint} holds no decoder: pass the last.safetensors of a "
                               f"`spikformer pretrain` run (encoder.safetensors keeps the encoder only)")
     config = config_from_dict(apply_overrides(metadata["config"], list(args.overrides)))
+    config = resolve_config(config)
     config.model.pretrained = None
     model = build_masked_model(config)
     match_state_dict(model, state, strict=True, source=str(args.checkpoint))

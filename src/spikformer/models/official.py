@@ -68,3 +68,32 @@ def _as_linear_weight(key: str, value: torch.Tensor) -> torch.Tensor:
     if key.endswith("weight") and re.search(r"_(conv)\.weight$", key) and key.startswith("block."):
         return value.reshape(value.shape[0], value.shape[1])
     return value
+
+
+def timm_filter_fn(state_dict: dict[str, torch.Tensor], model: torch.nn.Module | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn``: any file this package reads, as the model's plain state dict.
+
+    Takes the ``model.``-prefixed weights of an own training checkpoint (``best.safetensors`` before it became
+    a plain state dict, ``last.safetensors``), leaving its ``ema.``/optimizer entries, then the original code's
+    names through ``checkpoint_filter_fn``. A plain state dict passes unchanged.
+    """
+    if any(key.startswith("model.") for key in state_dict) and not any(key.startswith("patch_embed.")
+                                                                       for key in state_dict):
+        state_dict = {key[len("model."):]: value for key, value in state_dict.items() if key.startswith("model.")}
+    return checkpoint_filter_fn(state_dict, model)
+
+
+def accept_checkpoint_dialects(model: torch.nn.Module) -> None:
+    """Make ``model.load_state_dict`` (and so timm's ``checkpoint_path=``/``load_checkpoint``) accept what
+    ``timm_filter_fn`` accepts: official checkpoints and ``model.``-prefixed training checkpoints."""
+    model.register_load_state_dict_pre_hook(_filter_in_place)
+
+
+def _filter_in_place(module, state_dict, prefix, *args) -> None:
+    if prefix:  # only the model's own (top-level) load sees the whole dict
+        return
+    filtered = timm_filter_fn(dict(state_dict), module)
+    if filtered.keys() != state_dict.keys():
+        state_dict.clear()
+        state_dict.update(filtered)

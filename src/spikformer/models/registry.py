@@ -1,22 +1,17 @@
-"""Every named variant as data, and ``create_model(name, **overrides)``.
+"""Every named variant as data: the variant table, ``register_variant``, ``list_models``, ``get_variant``.
 
-A variant fixes its family's structure (stem, bias choices, attention scale) and its default sizes; the
-overrides in ``OVERRIDABLE`` change sizes on any name, timm-style. Each name is also registered in timm's
-registry (see ``zoo.py``), so ``timm.create_model(name)`` works once ``spikformer`` is imported.
+A variant fixes its family's structure (stem, bias choices, attention scale) and its default sizes. The table
+is consulted only to *resolve* a config into a complete architecture (``resolve.py``); a resolved description
+(which every run folder and own checkpoint stores) never looks at it again, so editing a row here changes new
+models only. Each name is also a timm entry point (``zoo.py`` generates them from this table).
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .spikformer import Spikformer
-
-OVERRIDABLE = (
-    "T", "num_classes", "img_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
-    "drop_path_rate", "patch_size", "lif_backend", "stem", "stem_options", "neuron", "neuron_options",
-)
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -58,7 +53,8 @@ def _imagenet(depth: int, dim: int, heads: int, accuracy: str) -> Variant:
                    paper_accuracy=accuracy, description=f"ImageNet family, {depth} blocks x {dim}")
 
 
-VARIANTS: dict[str, Variant] = {
+VARIANTS: Registry[Variant] = Registry("model", listing="`spikformer models` lists all", suggestions=3)
+for _name, _variant in {
     # CIFAR 4-256's head count is not stated in the sources (it changes no parameter count); we use 8.
     "spikformer_cifar_4_256": _cifar(4, 256, 8, "CIFAR-10 93.94 / CIFAR-100 75.96 (T=4)"),
     "spikformer_cifar_2_384": _cifar(2, 384, 12, "CIFAR-10 94.80 / CIFAR-100 76.95 (T=4)"),
@@ -78,12 +74,17 @@ VARIANTS: dict[str, Variant] = {
         paper_accuracy="DVS128 Gesture 98.3 (T=16; 97.9 without the Q/K max-pool)",
         description="the DVS variant as the paper trained DVS128 Gesture: 8 heads, 1-D max-pool after Q and K",
     ),
-}
+}.items():
+    VARIANTS.add(_name, _variant)
 
 
 def register_variant(name: str, variant: Variant) -> None:
-    """Add a variant (used by the V2 family and by users who define their own)."""
-    VARIANTS[name] = variant
+    """Add a variant (used by the V2 family and by users who define their own); ``timm.create_model(name)``
+    then builds it too."""
+    from .zoo import register_timm_entry_point  # zoo imports this table, so it is looked up at call time
+
+    VARIANTS.add(name, variant)
+    register_timm_entry_point(name)
 
 
 def list_models(pattern: str = "") -> list[str]:
@@ -91,50 +92,4 @@ def list_models(pattern: str = "") -> list[str]:
 
 
 def get_variant(name: str) -> Variant:
-    if name not in VARIANTS:
-        close = difflib.get_close_matches(name, VARIANTS, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (`spikformer models` lists all {len(VARIANTS)})")
-    return VARIANTS[name]
-
-
-def resolve_model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-    """The constructor arguments of ``name`` with ``overrides`` applied; unknown overrides are an error."""
-    variant = get_variant(name)
-    unknown = [key for key in overrides if key not in OVERRIDABLE]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, OVERRIDABLE, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"unknown model option {', '.join(hints)}; options: {', '.join(OVERRIDABLE)}")
-    kwargs = variant.model_kwargs()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "stem_options":
-            kwargs[key] = {**kwargs[key], **value}
-        elif key == "stem" and value != kwargs["stem"]:
-            # Another stem's options mean nothing to this one: only the caller's own options are kept.
-            kwargs[key], kwargs["stem_options"] = value, dict(overrides.get("stem_options") or {})
-        else:
-            kwargs[key] = value
-    return kwargs
-
-
-def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Spikformer:
-    """Build a registered variant, e.g. ``create_model("spikformer_8_512", embed_dim=64, depth=1)``."""
-    if pretrained:
-        raise ValueError(
-            "no pretrained weights are hosted for Spikformer; build the model with pretrained=False and use "
-            "spikformer.load_checkpoint(model, path) with an official or own checkpoint file"
-        )
-    return Spikformer(**resolve_model_kwargs(name, **overrides))
-
-
-def build_model(model_config) -> Spikformer:
-    """Build the model a ``ModelConfig`` describes (weights from ``model_config.pretrained`` are loaded by
-    the caller, see ``spikformer.checkpoint``)."""
-    from ..config import model_overrides
-
-    return create_model(model_config.name, **model_overrides(model_config))
+    return VARIANTS.get(name)

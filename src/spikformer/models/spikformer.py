@@ -6,7 +6,9 @@ import inspect
 from typing import Any
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import Neuron, SpikformerBlock, build_stem
 from ..neurons import NeuronLayer, neuron_layer
@@ -67,6 +69,9 @@ class Spikformer(nn.Module):
             for i in range(depth)
         )
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+        # timm's feature_info: every block's output, a map of embed_dim channels at 1/patch_size resolution.
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
         self.apply(_init_weights)
 
     # --- timm's model interface --------------------------------------------------------------------
@@ -101,8 +106,49 @@ class Spikformer(nn.Module):
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
         x = self.patch_embed(self.time_first(x))
         for block in self.blocks:
-            x = block(x)
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x, use_reentrant=False)  # a block's neurons keep no state between calls
+            else:
+                x = block(x)
         return x
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's per-block features. Each block's output ``[T, B, N, D]`` is averaged over the time steps (the
+        mean the head takes too) and returned as ``[B, D, H/patch, W/patch]`` (``"NCHW"``) or ``[B, N, D]``
+        (``"NLC"``). ``indices``: an int takes the last n blocks, a list those blocks. Returns the features,
+        or ``(final tokens [T, B, N, D], features)``. Spikformer has no final norm: ``norm`` changes nothing."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x = self.time_first(x)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        x = self.patch_embed(x)
+        blocks = self.blocks if not stop_early else self.blocks[:last + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take:
+                feature = x.mean(0)  # [B, N, D]
+                if output_fmt == "NCHW":
+                    feature = feature.transpose(1, 2).reshape(feature.shape[0], -1, *grid)
+                intermediates.append(feature)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last one ``indices`` asks for (and the head), for features only."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations (timm's interface)."""
+        self.grad_checkpointing = enable
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[T, B, N, D]`` -> mean over tokens, then over time -> ``[B, D]`` (or logits ``[B, classes]``)."""
@@ -146,7 +192,12 @@ class Spikformer(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, ``forward`` returns the pooled features). ``global_pool``:
+        the pooling is always the mean over tokens and time steps; only None or "avg" are accepted."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r}: Spikformer pools by the mean over tokens and time steps; "
+                             f"pass None or 'avg'")
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:

@@ -9,12 +9,8 @@ lists every count; ``tests/test_v2_models.py`` pins them.
 
 from __future__ import annotations
 
-from timm.models import register_model
-
 from .. import layers_v2  # noqa: F401  (registers the "scs" stem)
 from .registry import Variant, register_variant
-from .spikformer import Spikformer
-from .zoo import _create
 
 
 def _v2(depth: int, dim: int, heads: int, T: int, accuracy: str) -> Variant:
@@ -30,24 +26,5 @@ V2_VARIANTS = {
     "spikformer_v2_16_896": _v2(16, 896, 14, 1, "ImageNet 81.10 (T=1, 172M, after masked pre-training)"),
 }
 for _name, _variant in V2_VARIANTS.items():
-    register_variant(_name, _variant)
+    register_variant(_name, _variant)  # and its timm entry point
 
-
-@register_model
-def spikformer_v2_8_384(pretrained: bool = False, **kwargs) -> Spikformer:
-    return _create("spikformer_v2_8_384", pretrained, **kwargs)
-
-
-@register_model
-def spikformer_v2_8_512(pretrained: bool = False, **kwargs) -> Spikformer:
-    return _create("spikformer_v2_8_512", pretrained, **kwargs)
-
-
-@register_model
-def spikformer_v2_8_768(pretrained: bool = False, **kwargs) -> Spikformer:
-    return _create("spikformer_v2_8_768", pretrained, **kwargs)
-
-
-@register_model
-def spikformer_v2_16_896(pretrained: bool = False, **kwargs) -> Spikformer:
-    return _create("spikformer_v2_16_896", pretrained, **kwargs)

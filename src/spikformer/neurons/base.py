@@ -9,7 +9,6 @@ add a neuron in one file.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..registry import Registry, did_you_mean
 from .batchnorm import normalize
 from .lif_backends import LIFParams
 
@@ -52,22 +52,17 @@ class SpikingNeuron(nn.Module):
 
 
 NeuronLayer = Callable[..., SpikingNeuron]
-_NEURONS: dict[str, NeuronLayer] = {}
+_NEURONS: Registry[NeuronLayer] = Registry("neuron")
 
 
 def register_neuron(name: str) -> Callable[[NeuronLayer], NeuronLayer]:
     """Register a neuron class (or factory) under ``name`` (``model.neuron``); its keyword arguments are the
     ``model.neuron_options``."""
-
-    def decorator(layer: NeuronLayer) -> NeuronLayer:
-        _NEURONS[name] = layer
-        return layer
-
-    return decorator
+    return _NEURONS.register(name)
 
 
 def neuron_names() -> list[str]:
-    return sorted(_NEURONS)
+    return _NEURONS.names()
 
 
 def neuron_layer(neuron: str | NeuronLayer = "lif", options: dict[str, Any] | None = None) -> NeuronLayer:
@@ -75,11 +70,7 @@ def neuron_layer(neuron: str | NeuronLayer = "lif", options: dict[str, Any] | No
     factory itself) with ``options`` bound. An unknown name or option raises ``ValueError`` naming the valid
     ones; the option values are checked when the layer is made."""
     if isinstance(neuron, str):
-        if neuron not in _NEURONS:
-            close = difflib.get_close_matches(neuron, _NEURONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown neuron {neuron!r}{hint}; available: {', '.join(neuron_names())}")
-        factory, label = _NEURONS[neuron], neuron
+        factory, label = _NEURONS.get(neuron), neuron
     elif callable(neuron):
         factory, label = neuron, getattr(neuron, "__name__", type(neuron).__name__)
     else:
@@ -95,10 +86,7 @@ def neuron_layer(neuron: str | NeuronLayer = "lif", options: dict[str, Any] | No
     except TypeError:
         valid = [p.name for p in signature.parameters.values()
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        hints = []
-        for key in (key for key in options if key not in valid):
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"neuron {label!r} has no option {', '.join(hints)}; its neuron_options are: "
+        hints = ", ".join(f"{key!r}{did_you_mean(key, valid)}" for key in options if key not in valid)
+        raise ValueError(f"neuron {label!r} has no option {hints}; its neuron_options are: "
                          f"{', '.join(valid) or 'none'}") from None
     return functools.partial(factory, **options)

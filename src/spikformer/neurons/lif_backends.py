@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels import as_time_major_dense
+from ..registry import Registry
 from .surrogate import sigmoid_surrogate_grad, spike
 
 
@@ -214,21 +215,16 @@ _lif_triton.register_autograd(_lif_triton_grad, setup_context=_lif_triton_setup)
 # --- backends -------------------------------------------------------------------------------------
 
 LIFBackend = Callable[[torch.Tensor, LIFParams], torch.Tensor]
-_BACKENDS: dict[str, LIFBackend] = {}
+_BACKENDS: Registry[LIFBackend] = Registry("LIF backend")
 
 
 def register_lif_backend(name: str) -> Callable[[LIFBackend], LIFBackend]:
     """Register a multi-step LIF implementation ``fn(x [T, ...], params) -> spikes [T, ...]``."""
-
-    def decorator(fn: LIFBackend) -> LIFBackend:
-        _BACKENDS[name] = fn
-        return fn
-
-    return decorator
+    return _BACKENDS.register(name)
 
 
 def lif_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    return _BACKENDS.names()
 
 
 register_lif_backend("torch")(lambda x, params: lif_reference(x, params))

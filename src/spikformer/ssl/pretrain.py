@@ -23,6 +23,7 @@ from ..checkpoint import save_model, unwrap_model
 from ..config import Config, config_to_dict, format_config, save_config
 from ..data import build_dataset, build_loader
 from ..errors import ConfigError
+from ..models import resolve_config
 from ..train.distributed import all_reduce_sum, barrier, init_distributed
 from ..train.engine import autocast, autocast_dtype, resolve_device
 from ..train.optim import build_optimizer, build_scheduler, set_schedule_position
@@ -57,7 +58,8 @@ class Pretrainer:
         problems = pretraining_config_problems(config)
         if problems:
             raise ConfigError("; ".join(problems))
-        self.config = config
+        # The architecture is resolved once, here (the encoder's class count is not pre-training's business).
+        self.config = config = resolve_config(config, leave_num_classes_open=True)
         cfg = config.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

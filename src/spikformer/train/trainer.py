@@ -28,7 +28,7 @@ from ..config import Config, config_to_dict, format_config, save_config
 from ..data import build_dataset, build_loader
 from ..data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
 from ..errors import CheckpointError, ConfigError
-from ..models import build_model
+from ..models import build_model, resolve_config
 from .distributed import (
     all_ranks_true,
     all_reduce_sum,
@@ -98,7 +98,8 @@ class Trainer:
     transform with a ``set_epoch(epoch)`` method is told each epoch (mixing switches off that way)."""
 
     def __init__(self, config: Config, batch_transform=None, criterion: nn.Module | None = None) -> None:
-        self.config = config
+        # The architecture is resolved once, here; an unset class count is taken from the dataset below.
+        self.config = config = resolve_config(config, leave_num_classes_open=True)
         cfg = config.train
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -142,6 +143,7 @@ class Trainer:
                               f"data.batch_size or data.global_batch_size")
 
         self.model = build_model(config.model)
+        config.model.num_classes = self.model.num_classes  # the saved description is complete
         if config.model.pretrained:
             self.load_pretrained(config.model.pretrained)
         self.model.to(self.device)

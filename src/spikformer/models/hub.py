@@ -1,0 +1,92 @@
+"""``spikformer.from_pretrained(source)``: a model with its weights from a file, a folder or a Hub id.
+
+- a file: an own checkpoint (``best.safetensors``/``last.safetensors``/an exported weights file) carries its
+  config and is rebuilt from it; a plain weight file (an official ``.pth``, a bare state dict) needs ``name=``.
+- a folder: timm's ``save_for_hf`` layout (``config.json`` + ``model.safetensors``) is built by
+  ``timm.create_model("local-dir:...")``; a run folder is read through its ``best.safetensors``.
+- ``hf-hub:ORG/NAME`` or ``ORG/NAME``: the repository is fetched with ``huggingface_hub.snapshot_download``
+  (cached; offline when ``HF_HUB_OFFLINE=1``) and read as a folder.
+Every path goes through ``official.timm_filter_fn``, so original-code and ``model.``-prefixed files load too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import CheckpointError
+
+HUB_PREFIX = "hf-hub:"
+_HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.md"]
+
+
+def from_pretrained(source: str | Path, name: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model and load its weights from ``source`` (file, folder or Hub id); ``kwargs`` are
+    ``timm.create_model`` keywords (``num_classes=`` replaces the head, ``device=``, ``features_only=`` ...)."""
+    path = Path(source)
+    if path.is_file():
+        return _from_file(path, name, **kwargs)
+    if path.is_dir():
+        return _from_folder(path, name, **kwargs)
+    text = str(source)
+    looks_like_a_file = path.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar")
+    if text.startswith(HUB_PREFIX) or (text.count("/") == 1 and not text.startswith((".", "/"))
+                                       and not looks_like_a_file):
+        return _from_folder(Path(_download(text.removeprefix(HUB_PREFIX))), name, **kwargs)
+    raise CheckpointError(f"{source}: no such file or folder, and not a Hub id (hf-hub:ORG/NAME); pass an own "
+                          f"checkpoint, a save_for_hf folder or a Hub repository")
+
+
+def _download(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=repo_id, allow_patterns=_HUB_FILES)
+    except Exception as error:  # offline, no such repository, no access: one line that names both readings
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{repo_id}: not a local file or folder, and the Hub repository could not be "
+                              f"fetched ({type(error).__name__}: {first_line})") from None
+
+
+def _from_folder(folder: Path, name: str | None, **kwargs: Any) -> nn.Module:
+    import timm
+
+    from . import zoo  # noqa: F401  (registers the names timm's config.json refers to)
+
+    if (folder / "config.json").is_file():
+        return timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+    for candidate in ("best.safetensors", "last.safetensors", "encoder.safetensors"):
+        if (folder / candidate).is_file():
+            return _from_file(folder / candidate, name, **kwargs)
+    raise CheckpointError(f"{folder} holds neither a timm config.json (timm.models.save_for_hf) nor a run's "
+                          f"best.safetensors; pass the weight file itself")
+
+
+def _from_file(path: Path, name: str | None, **kwargs: Any) -> nn.Module:
+    import timm
+
+    from ..checkpoint import read_model_state
+    from ..config import config_from_dict, model_overrides
+    from .resolve import resolve_model_config
+
+    _, metadata = read_model_state(path)
+    config = metadata.get("config")
+    if config:
+        model_config = resolve_model_config(config_from_dict({"model": config.get("model") or {}}).model)
+        name = name or model_config.name
+        stored = {key: value for key, value in model_overrides(model_config).items() if key != "drop_path_rate"}
+        overlay = dict(file=str(path), num_classes=model_config.num_classes)
+        wanted = {**stored, **kwargs}
+        # timm drops the stored head when the requested class count differs (num_classes= on load)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **wanted)
+    if name is None:
+        raise CheckpointError(f"{path} carries no config (an official or plain weight file): name its variant, "
+                              f"e.g. spikformer.from_pretrained(path, name='spikformer_cifar_4_384')")
+    overlay = dict(file=str(path))
+    if "num_classes" in kwargs:  # the file's head size: taken from its weights
+        state, _ = read_model_state(path)
+        if "head.weight" in state:
+            overlay["num_classes"] = int(state["head.weight"].shape[0])
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
