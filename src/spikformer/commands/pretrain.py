@@ -20,6 +20,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..config import load_config
     from ..ssl.pretrain import Pretrainer
+    from ..train.distributed import shutdown_distributed
 
     overrides = list(args.overrides)
     if args.resume:
@@ -27,7 +28,10 @@ def run(args) -> int:
     if args.overwrite:
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
-    result = Pretrainer(config).fit()
+    try:
+        result = Pretrainer(config).fit()
+    finally:
+        shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
     print(f"encoder saved to {result['encoder']}; fine-tune it with "
           f"spikformer train --config CONFIG model.pretrained={result['encoder']}")
     return 0

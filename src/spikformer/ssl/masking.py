@@ -109,3 +109,14 @@ def masked_stem_forward(stem: nn.Module, x: torch.Tensor, mask: torch.Tensor,
             stage_outputs.append(position)
         x = x + position  # integer-valued, 0..2
     return x.flatten(3).transpose(-1, -2)  # [T, B, N, D]
+
+
+def sample_masks(indices: torch.Tensor, grid: tuple[int, int], ratio: float, seed: int, epoch: int
+                 ) -> torch.Tensor:
+    """One mask per sample ``[B, h, w]``, a function of (``seed``, ``epoch``, the sample's dataset index)
+    alone: the same whichever process, batch or resumed run draws it."""
+    masks = []
+    for index in indices.tolist():
+        generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63)
+        masks.append(random_patch_mask(1, grid, ratio, generator=generator))
+    return torch.cat(masks)

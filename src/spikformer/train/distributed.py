@@ -69,15 +69,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_ranks_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
-    """True when ``flag`` holds on every rank; ranks must agree before a collective such as a backward pass."""
-    if not info.enabled:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return bool(tensor.item())
-
-
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank."""
     if not info.enabled:
@@ -104,3 +95,12 @@ def gradient_accumulation_steps(batch_size: int, world_size: int, accum_steps: i
                           f"with data.batch_size={batch_size} on {world_size} processes (that needs {derived}); "
                           f"leave train.accum_steps at 1 when data.global_batch_size is set")
     return derived
+
+
+def all_reduce_max(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    """The largest of a few scalars over all ranks (identity in a world of one): a flag raised on any rank."""
+    if not info.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
