@@ -319,3 +319,45 @@ def test_sigterm_to_one_process_saves_and_stops_every_process_and_the_resume_log
     rows, expected_rows = read_metrics(out / "metrics.csv"), read_metrics(pretraining_on_two_processes / "metrics.csv")
     assert [(r["epoch"], r["train_loss"], r["val_loss"]) for r in rows] == \
         [(r["epoch"], r["train_loss"], r["val_loss"]) for r in expected_rows]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright():
+    import time
+
+    from spikformer.train.distributed import stop_with_parent
+
+    read_end, write_end = os.pipe()
+    launcher = os.fork()
+    if launcher == 0:  # the launcher starts its worker as torchrun does: in a session of its own
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.write(write_end, f"{os.getpid()} {stop_with_parent()}\n".encode())
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    worker, supported = os.read(read_end, 100).decode().split()
+    worker = int(worker)
+    try:
+        assert supported == "True"
+        os.kill(launcher, signal.SIGKILL)  # the launcher cannot pass anything on
+        os.waitpid(launcher, 0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and worker_alive(worker):
+            time.sleep(0.05)
+        assert not worker_alive(worker), "the worker outlived its launcher"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        if worker_alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def worker_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected

@@ -138,12 +138,13 @@ PRETRAIN = RECIPE.parent / "digits_v2_pretrain.yaml"
 
 
 def pretrain_argv(out_dir: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--config", str(PRETRAIN), *extra, "model.embed_dim=16", "model.num_heads=2",
+    """``spikformer pretrain`` of the shrunk config; ``extra`` (options, overrides) goes last and wins."""
+    return ["pretrain", "--config", str(PRETRAIN), "model.embed_dim=16", "model.num_heads=2",
             "model.depth=1", "model.img_size=16", "model.drop_path_rate=0.1", "ssl.decoder_dim=16",
             "ssl.decoder_heads=2", "ssl.decoder_depth=1", "ssl.num_visualize=0", "data.train_fraction=0.05",
             "data.batch_size=8", "data.eval_batch_size=180", "train.accum_steps=2", "train.epochs=3",
             "train.save_every_steps=1", "train.deterministic=true", "train.threads=1", "train.progress=false",
-            f"train.out_dir={out_dir}"]
+            f"train.out_dir={out_dir}", *extra]
 
 
 def test_pretraining_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, capsys):
@@ -188,3 +189,29 @@ def test_with_workers_a_sample_is_augmented_the_same_however_the_epoch_is_split_
     resumed = epoch(num_workers=2, start_batch=4)
     assert len(resumed) == len(full) - 4 and all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
     assert not torch.equal(epoch(num_workers=1, number=4)[0], full[0])  # another epoch, other draws
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (the CLI does not catch it)."""
+
+
+@pytest.mark.parametrize("kill", ["before the checkpoint", "after the checkpoint"])
+def test_a_kill_at_the_end_of_a_pretraining_epoch_loses_no_metrics_row(tmp_path, monkeypatch, kill):
+    from spikformer.train.loop import RunLoop
+
+    save_last = RunLoop.save_last
+
+    def killed_at_the_end_of_epoch_2(self, metrics):
+        if metrics.get("epoch") == 1 and kill == "before the checkpoint":
+            raise Killed
+        save_last(self, metrics)
+        if metrics.get("epoch") == 1:
+            raise Killed
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(RunLoop, "save_last", killed_at_the_end_of_epoch_2)
+    with pytest.raises(Killed):
+        main(pretrain_argv(out, "train.deterministic=false"))
+    monkeypatch.undo()
+    assert main(pretrain_argv(out, "train.deterministic=false", "--resume", "auto")) == 0
+    assert [row["epoch"] for row in metrics_rows(out / "metrics.csv")] == ["0", "1", "2"]
