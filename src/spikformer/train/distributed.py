@@ -85,10 +85,19 @@ def shutdown_distributed() -> None:
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
     """Sum a few scalars over all ranks (identity in a world of one)."""
+    return _all_reduce(values, device, info, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    """The largest of a few scalars over all ranks (identity in a world of one): a flag raised on any rank."""
+    return _all_reduce(values, device, info, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], device: torch.device, info: DistInfo, op) -> list[float]:
     if not info.enabled:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
 
@@ -124,11 +133,3 @@ def gradient_accumulation_steps(batch_size: int, world_size: int, accum_steps: i
                           f"leave train.accum_steps at 1 when data.global_batch_size is set")
     return derived
 
-
-def all_reduce_max(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
-    """The largest of a few scalars over all ranks (identity in a world of one): a flag raised on any rank."""
-    if not info.enabled:
-        return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
