@@ -321,6 +321,60 @@ def test_sigterm_to_one_process_saves_and_stops_every_process_and_the_resume_log
         [(r["epoch"], r["train_loss"], r["val_loss"]) for r in expected_rows]
 
 
+def torchrun(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+            "-m", "spikformer", *argv]
+
+
+@pytest.mark.slow  # the spawned runs above cover the same pre-training; this proves the command line
+def test_torchrun_launches_the_pretrain_command(tmp_path, pretraining_on_two_processes):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(torchrun(pretrain_argv(tmp_path / "run", "data.batch_size=2")), capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tensors, _ = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    expected, _ = read_checkpoint(pretraining_on_two_processes / "last.safetensors")
+    assert all(torch.equal(tensors[key], expected[key]) for key in expected if key.startswith("model."))
+
+
+@pytest.mark.slow  # test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright covers the mechanism
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_torchrun_outright_leaves_no_worker_behind(tmp_path):
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(torchrun(pretrain_argv(out, "data.batch_size=2", "train.epochs=100000")),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    workers: list[int] = []
+    try:
+        for line in launcher.stdout:  # rank 0 prints a summary after each epoch
+            if line.startswith("epoch 2/"):
+                break
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(p) == launcher.pid]
+        assert len(workers) == 2
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(worker_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(worker_alive(w) for w in workers), "workers outlived torchrun"
+        rest = launcher.stdout.read()  # the workers shared torchrun's output
+        assert rest.count("training interrupted by SIGTERM; state saved to") == 2, rest[-3000:]
+    finally:
+        launcher.kill()
+        for worker in workers:
+            if worker_alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
+def parent_of(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright():
     import time

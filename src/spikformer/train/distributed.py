@@ -61,7 +61,8 @@ def stop_with_parent(signum: int = signal.SIGTERM) -> bool:
 
     torchrun starts each worker in a session of its own, so a launcher killed outright (SIGKILL, an OOM kill)
     takes no worker with it and they would wait on each other forever. With this, every worker gets SIGTERM:
-    the run loop saves and stops as it does for a SIGTERM sent by a scheduler."""
+    the run loop saves and stops as it does for a SIGTERM sent by a scheduler (the kernel may repeat the signal
+    as each thread of the dead launcher exits; the loop's handler ignores the repeats)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes

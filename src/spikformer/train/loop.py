@@ -88,6 +88,9 @@ class Task:
     def setup(self, loop: RunLoop) -> None:
         """Called once the model, optimizer and DDP wrapper exist (e.g. to build a loss)."""
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch's first micro-batch (also a resumed one)."""
+
     def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float]]:
         """One micro-batch (on the device) -> the mean loss (a graph to backward) and statistics to sum over
         the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``)."""
@@ -96,6 +99,10 @@ class Task:
     def epoch_stats(self, sums: dict[str, float]) -> dict[str, float]:
         """The epoch's logged training metrics from its summed statistics (reduced over ranks)."""
         return {"train_loss": sums["loss"] / max(sums["count"], 1)}
+
+    def progress(self, sums: dict[str, float]) -> dict[str, str]:
+        """The progress bar's figures of the epoch so far."""
+        return {"loss": f"{sums['loss'] / max(sums['count'], 1):.4f}"}
 
     def validate(self, loop: RunLoop) -> dict[str, float]:
         raise NotImplementedError
@@ -321,9 +328,7 @@ class RunLoop:
         self.train_loader.sampler.set_epoch(epoch, start)
         if self.scheduler.t_in_epochs:
             set_schedule_position(self.scheduler, epoch, self.position.step)
-        set_epoch = getattr(self.task, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
+        self.task.set_epoch(epoch)
         self.train_model.train()
         if cfg.freeze_bn:
             freeze_batchnorm(self.model)
@@ -360,8 +365,7 @@ class RunLoop:
             now = time.perf_counter()
             sums["time"] += now - tick
             tick = now
-            bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}",
-                            img_s=f"{sums['count'] / max(sums['time'], 1e-9):.1f}")
+            bar.set_postfix(**self.task.progress(sums), img_s=f"{sums['count'] / max(sums['time'], 1e-9):.1f}")
             done = batch_index + 1
             if last_of_group:
                 self.position.batch, self.position.epoch_sums = done, dict(sums)
@@ -496,9 +500,15 @@ class RunLoop:
         if threading.current_thread() is not threading.main_thread():
             return {}
 
+        parent = os.getppid()
+
         def request_stop(signum, frame):
-            if self.signal_received is not None:  # a second signal: stop at once
-                raise KeyboardInterrupt
+            if self.signal_received is not None:
+                # A second signal stops at once, unless the launcher has died: the kernel then repeats the
+                # parent-death signal (``stop_with_parent``) as each of its threads exits, asking nothing new.
+                if os.getppid() == parent:
+                    raise KeyboardInterrupt
+                return
             self.signal_received = signum
             if self.is_main:  # another rank's signal is announced when the ranks agree on it
                 print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step ...", flush=True)

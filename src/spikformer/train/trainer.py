@@ -99,6 +99,10 @@ class ClassificationTask(Task):
         count = max(sums["count"], 1)
         return {"train_loss": sums["loss"] / count, "train_top1": 100.0 * sums.get("correct", 0.0) / count}
 
+    def progress(self, sums: dict[str, float]) -> dict[str, str]:
+        count = max(sums["count"], 1)
+        return {"loss": f"{sums['loss'] / count:.3f}", "acc": f"{100 * sums.get('correct', 0.0) / count:.1f}"}
+
     def validate(self, loop: RunLoop) -> dict[str, float]:
         result = evaluate(loop.eval_model, loop.val_loader, loop.device, loop.amp_dtype, loop.dist)
         return {"val_loss": result["loss"], "val_top1": result["top1"], "val_top5": result["top5"]}
