@@ -415,3 +415,17 @@ def worker_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected
+
+
+def test_partial_epoch_sums_resume_per_rank_or_all_on_rank_0_for_another_number_of_processes():
+    from spikformer.train.loop import own_epoch_sums
+    from spikformer.train.state import Position
+
+    ranks = [{"loss": 1.0, "count": 4.0, "time": 2.0}, {"loss": 3.0, "count": 4.0, "time": 5.0}]
+    saved = Position(1, 4, 6, epoch_sums=ranks[0], rank_epoch_sums=ranks)
+    assert [own_epoch_sums(saved, rank, 2) for rank in (0, 1)] == saved.rank_epoch_sums  # each its own
+    # Resumed on one process or on three: rank 0 carries the whole partial epoch (with its own time), the rest none.
+    assert own_epoch_sums(saved, 0, 1) == {"loss": 4.0, "count": 8.0, "time": 2.0}
+    assert [own_epoch_sums(saved, rank, 3) for rank in (1, 2)] == [{}, {}]
+    single = Position(1, 4, 6, epoch_sums={"loss": 1.0, "count": 4.0})  # a one-process (or older) checkpoint
+    assert own_epoch_sums(single, 0, 2) == {"loss": 1.0, "count": 4.0} and own_epoch_sums(single, 1, 2) == {}
