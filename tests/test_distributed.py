@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from spikformer.checkpoint import read_checkpoint, unwrap_model
 from spikformer.config import load_config
 from spikformer.data import ResumableSampler
 from spikformer.errors import ConfigError
+from spikformer.ssl import build_masked_model
 from spikformer.train import Trainer
 from spikformer.train.distributed import gradient_accumulation_steps
 
@@ -153,3 +155,277 @@ def test_global_batch_size_sets_the_accumulation_for_any_number_of_processes():
         gradient_accumulation_steps(24, 3, 1, 192)
     with pytest.raises(ConfigError, match="contradicts"):
         gradient_accumulation_steps(24, 1, 4, 192)
+
+
+# --- masked pre-training and the run loop's agreements, on two processes ----------------------------------
+
+# The shipped pre-training config, shrunk: 20 digits, 2 optimizer steps of 8 images per epoch. Random shifts are
+# off (each process draws its own, by design); the masks are drawn per sample, the same on any process. SGD
+# rather than AdamW: the key bias of the decoder's attention gets a gradient of rounding noise only (softmax
+# ignores it), which Adam's normalisation turns into steps of the learning rate's size on one side or the other.
+PRETRAIN = Path(__file__).resolve().parents[1] / "configs" / "digits_v2_pretrain.yaml"
+PRETRAIN_COMMON = [
+    "model.embed_dim=16", "model.num_heads=2", "model.depth=1", "model.img_size=16", "ssl.decoder_dim=16",
+    "ssl.decoder_heads=2", "ssl.decoder_depth=1", "ssl.num_visualize=0", "data.train_fraction=0.014",
+    "data.shift=0", "data.eval_batch_size=90", "data.global_batch_size=8", "optim.warmup_epochs=0",
+    "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9", "train.epochs=2", "train.freeze_bn=true",
+    "train.device=cpu", "train.threads=1", "train.progress=false", "train.deterministic=true",
+]
+RUN_TIMEOUT = 120  # seconds a two-process run of this size may take on a loaded CI machine; past it, a hang
+
+
+def pretrain_argv(out_dir: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--config", str(PRETRAIN), *PRETRAIN_COMMON, f"train.out_dir={out_dir}", *extra]
+
+
+def nan_on_rank1_at_third_micro_batch(rank: int) -> None:
+    from spikformer.ssl.pretrain import MaskedPretrainingTask
+
+    step, calls = MaskedPretrainingTask.step, []
+
+    def poisoned(self, loop, batch):
+        loss, stats = step(self, loop, batch)
+        calls.append(1)
+        return (loss * float("nan"), stats) if rank == 1 and len(calls) == 3 else (loss, stats)
+
+    MaskedPretrainingTask.step = poisoned
+
+
+def sigterm_to_rank1_after_step_3(rank: int) -> None:
+    """What a scheduler's preemption of one process looks like: rank 1 alone gets SIGTERM, mid-epoch 2."""
+    from spikformer.train.loop import RunLoop
+
+    step = RunLoop.optimizer_step
+
+    def step_then_signal(self):
+        step(self)
+        if rank == 1 and self.position.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    RunLoop.optimizer_step = step_then_signal
+
+
+def cli_rank(rank: int, world_size: int, port: int, argv: list[str], result_dir: str, fault: str | None) -> None:
+    """One process of a ``torchrun ... -m spikformer <argv>`` run; writes its exit code, stderr and weights."""
+    import contextlib
+    import io
+    import json
+
+    from spikformer.cli import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
+    if fault:
+        globals()[fault](rank)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps({"code": code, "stderr": stderr.getvalue()}))
+
+
+def run_cli_ranks(argv: list[str], result_dir: Path, fault: str | None = None, world_size: int = 2) -> list[dict]:
+    """``spikformer <argv>`` on ``world_size`` processes (gloo); fails the test if they have not all ended
+    within ``RUN_TIMEOUT`` (a hang). Returns each rank's exit code and stderr."""
+    import json
+    import time
+
+    result_dir.mkdir(parents=True, exist_ok=True)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    context = mp.start_processes(cli_rank, args=(world_size, free_port(), argv, str(result_dir), fault),
+                                 nprocs=world_size, join=False, start_method=method)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {world_size} processes did not end within {RUN_TIMEOUT} s: a hang")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [json.loads((result_dir / f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+@pytest.fixture(scope="module")
+def pretraining_on_two_processes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain_ddp")
+    try:
+        results = run_cli_ranks(pretrain_argv(out / "run", "data.batch_size=2"), out / "ranks")
+    finally:
+        torch.use_deterministic_algorithms(False)  # train.deterministic sets a process-wide flag
+    assert [r["code"] for r in results] == [0, 0], results
+    return out / "run"
+
+
+def test_pretraining_on_two_processes_matches_one_process_on_the_same_global_batch(tmp_path,
+                                                                                   pretraining_on_two_processes):
+    from spikformer.cli import main
+
+    single = tmp_path / "single"
+    try:
+        assert main(pretrain_argv(single, "data.batch_size=8")) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ddp_state, ddp_meta = read_checkpoint(pretraining_on_two_processes / "last.safetensors")
+    single_state, _ = read_checkpoint(single / "last.safetensors")
+    weights = [k for k in single_state if k.startswith("model.")]
+    assert any(k.startswith("model.decoder.") for k in weights) and any(k.startswith("model.encoder.") for k in weights)
+    torch.manual_seed(0)  # train.seed: the initial weights, to show that the runs moved well past the tolerance
+    initial = build_masked_model(load_config(PRETRAIN, PRETRAIN_COMMON)).state_dict()
+    moved = max(float((single_state[f"model.{k}"] - v).abs().max()) for k, v in initial.items()
+                if v.is_floating_point())
+    assert moved > 1e-2
+    for key in weights:  # encoder and decoder, to float tolerance
+        torch.testing.assert_close(ddp_state[key], single_state[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert ddp_meta["position"]["step"] == 4 and set(ddp_meta["rng_ranks"]) == {"1"}
+    ddp_rows = read_metrics(pretraining_on_two_processes / "metrics.csv")
+    single_rows = read_metrics(single / "metrics.csv")
+    assert [row["epoch"] for row in ddp_rows] == ["0", "1"]
+    for ddp, one in zip(ddp_rows, single_rows):
+        for column in ("train_loss", "val_loss"):
+            assert float(ddp[column]) == pytest.approx(float(one[column]), rel=1e-5), column
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process_with_exit_1(tmp_path):
+    results = run_cli_ranks(pretrain_argv(tmp_path / "run", "data.batch_size=2"), tmp_path / "ranks",
+                            fault="nan_on_rank1_at_third_micro_batch")
+    assert [r["code"] for r in results] == [1, 1]
+    # epoch 1, micro-batch 3 is the first of optimizer step 2; both processes stop before its backward pass
+    assert "error: non-finite loss (nan) at epoch 1, batch 3 (optimizer step 2)" in results[1]["stderr"]
+    assert "error: non-finite loss on another process (here " in results[0]["stderr"]
+    assert "at epoch 1, batch 3 (optimizer step 2)" in results[0]["stderr"]
+    assert all("Traceback" not in r["stderr"] for r in results)
+
+
+def test_sigterm_to_one_process_saves_and_stops_every_process_and_the_resume_logs_an_uninterrupted_run(
+        tmp_path, pretraining_on_two_processes):
+    out = tmp_path / "run"
+    argv = pretrain_argv(out, "data.batch_size=2")
+    try:
+        stopped = run_cli_ranks(argv, tmp_path / "stopped", fault="sigterm_to_rank1_after_step_3")
+        saved = read_checkpoint(out / "last.safetensors")[1]["position"]
+        resumed = run_cli_ranks([*argv, "--resume", "auto"], tmp_path / "resumed")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [r["code"] for r in stopped] == [128 + signal.SIGTERM] * 2, stopped
+    assert all("interrupted by SIGTERM; state saved to" in r["stderr"] for r in stopped)
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 2, 3)  # mid-epoch 2, right after that step
+    assert [r["code"] for r in resumed] == [0, 0], resumed
+
+    final, _ = read_checkpoint(out / "last.safetensors")
+    expected, _ = read_checkpoint(pretraining_on_two_processes / "last.safetensors")
+    different = [key for key in expected if not torch.equal(final[key], expected[key])]
+    assert sorted(final) == sorted(expected) and not different, different[:5]  # weights, optimizer, both RNGs
+    # Each process got its own partial sums of the interrupted epoch back: the logged loss is the same.
+    rows, expected_rows = read_metrics(out / "metrics.csv"), read_metrics(pretraining_on_two_processes / "metrics.csv")
+    assert [(r["epoch"], r["train_loss"], r["val_loss"]) for r in rows] == \
+        [(r["epoch"], r["train_loss"], r["val_loss"]) for r in expected_rows]
+
+
+def torchrun(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+            "-m", "spikformer", *argv]
+
+
+@pytest.mark.slow  # the spawned runs above cover the same pre-training; this proves the issue's command line
+def test_torchrun_launches_the_pretrain_command(tmp_path, pretraining_on_two_processes):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(torchrun(pretrain_argv(tmp_path / "run", "data.batch_size=2")), capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tensors, _ = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    expected, _ = read_checkpoint(pretraining_on_two_processes / "last.safetensors")
+    assert all(torch.equal(tensors[key], expected[key]) for key in expected if key.startswith("model."))
+
+
+@pytest.mark.slow  # test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright covers the mechanism
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_torchrun_outright_leaves_no_worker_behind(tmp_path):
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(torchrun(pretrain_argv(out, "data.batch_size=2", "train.epochs=100000")),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    workers: list[int] = []
+    try:
+        for line in launcher.stdout:  # rank 0 prints a summary after each epoch
+            if line.startswith("epoch 2/"):
+                break
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(p) == launcher.pid]
+        assert len(workers) == 2
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(worker_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(worker_alive(w) for w in workers), "workers outlived torchrun"
+        rest = launcher.stdout.read()  # the workers shared torchrun's output
+        assert rest.count("training interrupted by SIGTERM; state saved to") == 2, rest[-3000:]
+    finally:
+        launcher.kill()
+        for worker in workers:
+            if worker_alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
+def parent_of(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright():
+    import time
+
+    from spikformer.train.distributed import stop_with_parent
+
+    read_end, write_end = os.pipe()
+    launcher = os.fork()
+    if launcher == 0:  # the launcher starts its worker as torchrun does: in a session of its own
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.write(write_end, f"{os.getpid()} {stop_with_parent()}\n".encode())
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    worker, supported = os.read(read_end, 100).decode().split()
+    worker = int(worker)
+    try:
+        assert supported == "True"
+        os.kill(launcher, signal.SIGKILL)  # the launcher cannot pass anything on
+        os.waitpid(launcher, 0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and worker_alive(worker):
+            time.sleep(0.05)
+        assert not worker_alive(worker), "the worker outlived its launcher"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        if worker_alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def worker_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be collected
+
+
+def test_partial_epoch_sums_resume_per_rank_or_all_on_rank_0_for_another_number_of_processes():
+    from spikformer.train.loop import own_epoch_sums
+    from spikformer.train.state import Position
+
+    ranks = [{"loss": 1.0, "count": 4.0, "time": 2.0}, {"loss": 3.0, "count": 4.0, "time": 5.0}]
+    saved = Position(1, 4, 6, epoch_sums=ranks[0], rank_epoch_sums=ranks)
+    assert [own_epoch_sums(saved, rank, 2) for rank in (0, 1)] == saved.rank_epoch_sums  # each its own
+    # Resumed on one process or on three: rank 0 carries the whole partial epoch (with its own time), the rest none.
+    assert own_epoch_sums(saved, 0, 1) == {"loss": 4.0, "count": 8.0, "time": 2.0}
+    assert [own_epoch_sums(saved, rank, 3) for rank in (1, 2)] == [{}, {}]
+    single = Position(1, 4, 6, epoch_sums={"loss": 1.0, "count": 4.0})  # a one-process (or older) checkpoint
+    assert own_epoch_sums(single, 0, 2) == {"loss": 1.0, "count": 4.0} and own_epoch_sums(single, 1, 2) == {}

@@ -40,3 +40,24 @@ def test_small_spikformer_learns_the_digits(tmp_path):
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         losses = [float(row["train_loss"]) for row in csv.DictReader(handle)]
     assert len(losses) == 5 and losses[-1] < 0.6 * losses[0]  # the training loss fell steadily
+
+
+def test_trainer_takes_a_ready_model_and_ready_datasets(tmp_path):
+    # Any classifier module and any (image, label) datasets, with the config's optimizer, schedule and run folder.
+    from torch import nn
+
+    from spikformer.checkpoint import load_checkpoint
+    from spikformer.data.digits import DigitsDataset
+
+    train, val = DigitsDataset("train", img_size=8), DigitsDataset("val", img_size=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    config = load_config(None, ["train.epochs=3", "optim.lr=1e-2", "optim.warmup_epochs=0", "data.batch_size=32",
+                                "train.progress=false", "train.tensorboard=false", f"train.out_dir={tmp_path}"])
+    trainer = Trainer(config, model=model, train_dataset=train, val_dataset=val)
+    assert trainer.model is model and trainer.train_set is train and trainer.val_set is val
+    result = trainer.fit()
+    assert result["best_top1"] >= ACCURACY_BAR
+    fresh = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    load_checkpoint(fresh, tmp_path / "best.safetensors")  # the module's own keys, loaded back into the same module
+    test = evaluate(fresh, build_loader(val, 128, train=False), torch.device("cpu"))
+    assert test["top1"] == result["best_top1"]

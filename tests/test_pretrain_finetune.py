@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,41 @@ def test_pretraining_rejects_options_it_would_ignore():
 
     with pytest.raises(ConfigError, match="layer_decay is for fine-tuning"):
         Pretrainer(load_config("configs/digits_v2_pretrain.yaml", ["optim.layer_decay=0.75"]))
+
+
+def test_pretraining_honours_nan_policy_freeze_bn_and_tensorboard(tmp_path, monkeypatch, capsys):
+    # The options the run loop owns mean the same in pre-training as in training.
+    from spikformer.ssl.pretrain import MaskedPretrainingTask, Pretrainer
+
+    step, calls = MaskedPretrainingTask.step, []
+
+    def nan_at_call_2(self, loop, batch):
+        loss, stats = step(self, loop, batch)
+        calls.append(1)
+        return (loss * float("nan"), stats) if len(calls) == 2 else (loss, stats)
+
+    monkeypatch.setattr(MaskedPretrainingTask, "step", nan_at_call_2)
+    scalars = []
+
+    class SummaryWriter:  # stands in for TensorBoard's (an optional dependency): records what it is given
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            scalars.append((Path(self.log_dir).name, key, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    config = load_config("configs/digits_v2_pretrain.yaml", [
+        *TINY, *TINY_SSL, "ssl.num_visualize=0", "train.nan_policy=skip", "train.freeze_bn=true",
+        "train.tensorboard=true", f"train.out_dir={tmp_path}"])
+    trainer = Pretrainer(config)
+    running = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running_" in k}
+    trainer.fit()
+    assert "non-finite loss (nan) at epoch 1, batch 2 (optimizer step 2); step skipped" in capsys.readouterr().out
+    assert trainer.position.step == trainer.steps_per_epoch - 1
+    state = trainer.model.state_dict()
+    assert running and all(torch.equal(state[k], v) for k, v in running.items())  # BatchNorm statistics frozen
+    assert ("tensorboard", "train_loss", 1) in scalars and ("tensorboard", "val_loss", 1) in scalars

@@ -84,10 +84,21 @@ def uninterrupted(tmp_path):
 def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path, uninterrupted, capsys):
     data, reference = uninterrupted
     out = tmp_path / "killed"
-    process = start_cli(train_argv(data, out))
+    killed_at = kill_mid_epoch(start_cli(train_argv(data, out)), out, batches_per_epoch=10)
+
+    capsys.readouterr()
+    assert main(train_argv(data, out, "--resume", "auto")) == 0
+    assert f"resumed from {out / 'last.safetensors'} at epoch {killed_at['epoch']}, batch {killed_at['batch']}" \
+        in capsys.readouterr().out
+    assert_same_run(out, reference, EPOCHS, ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"))
+
+
+def kill_mid_epoch(process: multiprocessing.Process, out: Path, batches_per_epoch: int) -> dict:
+    """SIGKILL ``process`` as soon as its ``last.safetensors`` lies mid-epoch after a finished epoch; check that
+    every finished epoch was logged; return the checkpoint's position."""
     try:
         seen = None
-        while process.is_alive():  # kill as soon as a checkpoint lies mid-epoch after a finished epoch
+        while process.is_alive():
             seen = position(out / "last.safetensors")
             if seen and seen["epoch"] >= 1 and seen["batch"] > 0:
                 os.kill(process.pid, signal.SIGKILL)
@@ -99,26 +110,55 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path
             process.kill()
     assert process.exitcode == -signal.SIGKILL, f"the run ended before it could be killed: {seen}"
     killed_at = position(out / "last.safetensors")
-    assert killed_at["epoch"] >= 1 and 0 < killed_at["batch"] < 10
+    assert killed_at["epoch"] >= 1 and 0 < killed_at["batch"] < batches_per_epoch
     done = [int(row["epoch"]) for row in metrics_rows(out / "metrics.csv")]
     assert done[: killed_at["epoch"]] == list(range(killed_at["epoch"]))  # every finished epoch was logged
+    return killed_at
 
-    capsys.readouterr()
-    assert main(train_argv(data, out, "--resume", "auto")) == 0
-    assert f"resumed from {out / 'last.safetensors'} at epoch {killed_at['epoch']}, batch {killed_at['batch']}" \
-        in capsys.readouterr().out
 
+def assert_same_run(out: Path, reference: Path, epochs: int, columns: tuple[str, ...]) -> None:
+    """``out`` ended where ``reference`` did, bit for bit (weights, EMA, optimizer, RNG), and logged each epoch
+    once, with the same numbers."""
     final, meta = read_checkpoint(out / "last.safetensors")
     expected, expected_meta = read_checkpoint(reference / "last.safetensors")
-    assert meta["position"]["epoch"] == EPOCHS and meta["position"]["step"] == expected_meta["position"]["step"]
+    assert meta["position"]["epoch"] == epochs and meta["position"]["step"] == expected_meta["position"]["step"]
     assert sorted(final) == sorted(expected)
     different = [key for key in expected if not torch.equal(final[key], expected[key])]
-    assert not different, f"differs from the uninterrupted run: {different[:5]}"  # weights, EMA, optimizer, RNG
+    assert not different, f"differs from the uninterrupted run: {different[:5]}"
     rows, expected_rows = metrics_rows(out / "metrics.csv"), metrics_rows(reference / "metrics.csv")
-    assert [row["epoch"] for row in rows] == [str(e) for e in range(EPOCHS)]  # each epoch logged exactly once
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(epochs)]  # each epoch logged exactly once
     for row, expected_row in zip(rows, expected_rows):
-        for column in ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+        for column in columns:
             assert row[column] == expected_row[column], (row["epoch"], column)
+
+
+# Masked pre-training of the shipped config, shrunk: 8 micro-batches of 8 images, 4 optimizer steps per epoch.
+# Random shifts (torch), stochastic depth (torch) and the per-sample masks all have to come back exactly.
+PRETRAIN = RECIPE.parent / "digits_v2_pretrain.yaml"
+
+
+def pretrain_argv(out_dir: Path, *extra: str) -> list[str]:
+    """``spikformer pretrain`` of the shrunk config; ``extra`` (options, overrides) goes last and wins."""
+    return ["pretrain", "--config", str(PRETRAIN), "model.embed_dim=16", "model.num_heads=2",
+            "model.depth=1", "model.img_size=16", "model.drop_path_rate=0.1", "ssl.decoder_dim=16",
+            "ssl.decoder_heads=2", "ssl.decoder_depth=1", "ssl.num_visualize=0", "data.train_fraction=0.05",
+            "data.batch_size=8", "data.eval_batch_size=180", "train.accum_steps=2", "train.epochs=3",
+            "train.save_every_steps=1", "train.deterministic=true", "train.threads=1", "train.progress=false",
+            f"train.out_dir={out_dir}", *extra]
+
+
+def test_pretraining_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, capsys):
+    reference = tmp_path / "uninterrupted"
+    try:
+        assert main(pretrain_argv(reference)) == 0
+        out = tmp_path / "killed"
+        killed_at = kill_mid_epoch(start_cli(pretrain_argv(out)), out, batches_per_epoch=8)
+        capsys.readouterr()
+        assert main(pretrain_argv(out, "--resume", "auto")) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert f"at epoch {killed_at['epoch']}, batch {killed_at['batch']}" in capsys.readouterr().out
+    assert_same_run(out, reference, 3, ("lr", "train_loss", "val_loss"))
 
 
 
@@ -149,3 +189,29 @@ def test_with_workers_a_sample_is_augmented_the_same_however_the_epoch_is_split_
     resumed = epoch(num_workers=2, start_batch=4)
     assert len(resumed) == len(full) - 4 and all(torch.equal(a, b) for a, b in zip(full[4:], resumed))
     assert not torch.equal(epoch(num_workers=1, number=4)[0], full[0])  # another epoch, other draws
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (the CLI does not catch it)."""
+
+
+@pytest.mark.parametrize("kill", ["before the checkpoint", "after the checkpoint"])
+def test_a_kill_at_the_end_of_a_pretraining_epoch_loses_no_metrics_row(tmp_path, monkeypatch, kill):
+    from spikformer.train.loop import RunLoop
+
+    save_last = RunLoop.save_last
+
+    def killed_at_the_end_of_epoch_2(self, metrics):
+        if metrics.get("epoch") == 1 and kill == "before the checkpoint":
+            raise Killed
+        save_last(self, metrics)
+        if metrics.get("epoch") == 1:
+            raise Killed
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(RunLoop, "save_last", killed_at_the_end_of_epoch_2)
+    with pytest.raises(Killed):
+        main(pretrain_argv(out, "train.deterministic=false"))
+    monkeypatch.undo()
+    assert main(pretrain_argv(out, "train.deterministic=false", "--resume", "auto")) == 0
+    assert [row["epoch"] for row in metrics_rows(out / "metrics.csv")] == ["0", "1", "2"]

@@ -137,6 +137,28 @@ def test_sigint_mid_epoch_saves_that_step_returns_130_and_the_run_resumes_exactl
             assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_sigterm_during_the_last_pretraining_validation_saves_and_exits_143(tmp_path, monkeypatch, capsys):
+    from test_resume import pretrain_argv
+
+    from spikformer.ssl.pretrain import MaskedPretrainingTask
+
+    validate = MaskedPretrainingTask.validate
+
+    def signalled_in_the_last_validation(self, loop):
+        if loop.position.epoch == loop.total_epochs:
+            signal.raise_signal(signal.SIGTERM)
+        return validate(self, loop)
+
+    monkeypatch.setattr(MaskedPretrainingTask, "validate", signalled_in_the_last_validation)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(pretrain_argv(tmp_path / "run", "train.deterministic=false")) == 128 + signal.SIGTERM
+    assert "spikformer pretrain: training interrupted by SIGTERM; state saved to" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert position(tmp_path / "run" / "last.safetensors")["epoch"] == 3  # the last epoch, validated and saved
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+
+
 def write_config(path: Path, overrides: list[str]) -> Path:
     raw: dict = {}
     for item in overrides:

@@ -175,6 +175,8 @@ def test_masked_model_reconstructs_every_patch_and_trains_end_to_end(encoder_tok
     assert model.encoder.patch_embed.stages[0].conv.weight.grad.abs().sum() > 0  # through the spiking stem
     if encoder_tokens == "visible":  # the decoder fills the hidden positions with its mask token
         assert model.decoder.mask_token.grad.abs().sum() > 0
+    # Every parameter reaches the loss: DDP stops at its second step on one that does not.
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
     reconstruction = model.reconstruct(images, mask)
     visible = ~hidden_pixels(mask, 4).expand_as(images)
     assert torch.equal(reconstruction[visible], images[visible])  # visible patches are shown as they were

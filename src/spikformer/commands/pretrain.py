@@ -6,28 +6,19 @@ Writes the run folder (see ``spikformer.ssl.pretrain``); fine-tune the result wi
 
 from __future__ import annotations
 
-from . import add_config_arguments
+from .train import add_run_arguments, fit_run
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("pretrain", help="masked self-supervised pre-training (no labels)")
-    add_config_arguments(parser)
-    parser.add_argument("--resume", metavar="auto|PATH", help="continue a run (same as train.resume=...)")
-    parser.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    add_run_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..config import load_config
     from ..ssl.pretrain import Pretrainer
 
-    overrides = list(args.overrides)
-    if args.resume:
-        overrides.append(f"train.resume={args.resume}")
-    if args.overwrite:
-        overrides.append("train.overwrite=true")
-    config = load_config(args.config, overrides)
-    result = Pretrainer(config).fit()
+    _, result = fit_run(Pretrainer, args)
     print(f"encoder saved to {result['encoder']}; fine-tune it with "
           f"spikformer train --config CONFIG model.pretrained={result['encoder']}")
     return 0

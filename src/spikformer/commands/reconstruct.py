@@ -41,6 +41,8 @@ def run(args) -> int:
     config = resolve_config(config)
     config.model.pretrained = None
     model = build_masked_model(config)
+    if "decoder.mask_token" not in model.state_dict():  # saved before the unused mask token was left out
+        state.pop("decoder.mask_token", None)
     match_state_dict(model, state, strict=True, source=str(args.checkpoint))
     dataset = build_dataset(config, args.split)
     images = torch.stack([dataset[i][0] for i in range(min(args.num, len(dataset)))])

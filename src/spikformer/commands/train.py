@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+
 from . import add_config_arguments
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train (or fine-tune) a model from a YAML config")
-    add_config_arguments(parser)
-    parser.add_argument("--resume", metavar="auto|PATH", help="continue a run (same as train.resume=...)")
-    parser.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    add_run_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The config, its overrides, ``--resume`` and ``--overwrite``: what every run command takes."""
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="auto|PATH", help="continue a run (same as train.resume=...)")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+
+
+def fit_run(run_class, args):
+    """Load the config ``args`` describe, build ``run_class(config)`` and fit it; returns ``(config, result)``."""
     from ..config import load_config
-    from ..train import Trainer
     from ..train.distributed import shutdown_distributed
 
     overrides = list(args.overrides)
@@ -25,9 +32,15 @@ def run(args) -> int:
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
     try:
-        result = Trainer(config).fit()
+        return config, run_class(config).fit()
     finally:
         shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
+
+
+def run(args) -> int:
+    from ..train import Trainer
+
+    config, result = fit_run(Trainer, args)
     print(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
           f"{config.train.out_dir}")
     return 0

@@ -33,16 +33,20 @@ def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
 
 class ReconstructionDecoder(nn.Module):
     """Token features ``[B, N, D]`` (or of the visible tokens, ``[B, N_vis, D]``) and the mask ``[B, N]`` ->
-    pixels of every patch ``[B, N, P]`` (``P = patch * patch * channels``; the loss reads the masked ones)."""
+    pixels of every patch ``[B, N, P]`` (``P = patch * patch * channels``; the loss reads the masked ones).
+
+    ``fills_hidden``: it receives visible tokens only and holds the mask token that fills the hidden positions.
+    Without it there is no mask token: a parameter that never reaches the loss would stop DDP at its second step.
+    """
 
     def __init__(self, encoder_dim: int, grid: tuple[int, int], patch_pixels: int, dim: int = 256,
-                 depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0) -> None:
+                 depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, fills_hidden: bool = True) -> None:
         super().__init__()
         self.grid = grid
         # The encoder's output is a sum of spikes whose scale grows with depth: normalise it first.
         self.encoder_norm = nn.LayerNorm(encoder_dim)
         self.embed = nn.Linear(encoder_dim, dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if fills_hidden else None
         self.register_buffer("position", sincos_position_embedding(grid, dim), persistent=False)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, num_heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu",
@@ -51,7 +55,8 @@ class ReconstructionDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.predict = nn.Linear(dim, patch_pixels)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
         self.apply(_init_weights)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -60,6 +65,9 @@ class ReconstructionDecoder(nn.Module):
             raise ValueError(f"mask has {N} patches but the decoder was built for a {self.grid} grid")
         tokens = self.embed(self.encoder_norm(features))  # [B, N or N_vis, d]
         if tokens.shape[1] != N:  # visible tokens only: hidden positions get the mask token
+            if self.mask_token is None:
+                raise ValueError("this decoder was built for all tokens (fills_hidden=False) but received "
+                                 f"{tokens.shape[1]} of {N}")
             visible_tokens = tokens
             tokens = self.mask_token.expand(B, N, -1).to(visible_tokens.dtype).clone()  # [B, N, d]
             tokens[~mask] = visible_tokens.reshape(-1, visible_tokens.shape[-1])

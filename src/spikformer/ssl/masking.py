@@ -67,3 +67,14 @@ def masked_stem_forward(stem: nn.Module, x: torch.Tensor, mask: torch.Tensor,
     finally:
         for handle in handles:
             handle.remove()
+
+
+def sample_masks(indices: torch.Tensor, grid: tuple[int, int], ratio: float, seed: int, epoch: int
+                 ) -> torch.Tensor:
+    """One mask per sample ``[B, h, w]``, a function of (``seed``, ``epoch``, the sample's dataset index)
+    alone: the same whichever process, batch or resumed run draws it."""
+    masks = []
+    for index in indices.tolist():
+        generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 2_147_483_647 + index) % 2**63)
+        masks.append(random_patch_mask(1, grid, ratio, generator=generator))
+    return torch.cat(masks)

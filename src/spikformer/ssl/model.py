@@ -63,7 +63,7 @@ class MaskedSpikformer(nn.Module):
                                  persistent=False)
         self.decoder = ReconstructionDecoder(
             encoder.embed_dim, self.grid, self.patch_size**2 * encoder.in_chans, decoder_dim, decoder_depth,
-            decoder_heads,
+            decoder_heads, fills_hidden=encoder_tokens == "visible",
         )
 
     def random_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None

@@ -12,6 +12,8 @@ processes, so one recipe reaches the same batch on 8 GPUs without accumulation o
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal this process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,37 @@ def init_distributed(device_type: str) -> DistInfo:
     if world_size <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun, in a session of its own
+        stop_with_parent()
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
     return DistInfo(rank, local_rank, world_size)
+
+
+def stop_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent dies (Linux; False elsewhere).
+
+    torchrun starts each worker in a session of its own, so a launcher killed outright (SIGKILL, an OOM kill)
+    takes no worker with it and they would wait on each other forever. With this, every worker gets SIGTERM:
+    the run loop saves and stops as it does for a SIGTERM sent by a scheduler (the kernel may repeat the signal
+    as each thread of the dead launcher exits; the loop's handler ignores the repeats)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signum)
+    return True
 
 
 def shutdown_distributed() -> None:
@@ -57,25 +86,25 @@ def shutdown_distributed() -> None:
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
     """Sum a few scalars over all ranks (identity in a world of one)."""
+    return _all_reduce(values, device, info, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
+    """The largest of a few scalars over all ranks (identity in a world of one): a flag raised on any rank."""
+    return _all_reduce(values, device, info, dist.ReduceOp.MAX)
+
+
+def _all_reduce(values: list[float], device: torch.device, info: DistInfo, op) -> list[float]:
     if not info.enabled:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()
 
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def all_ranks_true(flag: bool, device: torch.device, info: DistInfo) -> bool:
-    """True when ``flag`` holds on every rank; ranks must agree before a collective such as a backward pass."""
-    if not info.enabled:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return bool(tensor.item())
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
@@ -104,3 +133,4 @@ def gradient_accumulation_steps(batch_size: int, world_size: int, accum_steps: i
                           f"with data.batch_size={batch_size} on {world_size} processes (that needs {derived}); "
                           f"leave train.accum_steps at 1 when data.global_batch_size is set")
     return derived
+

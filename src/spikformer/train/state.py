@@ -36,6 +36,8 @@ class Position:
     best_epoch: int = -1
     # Running sums of the epoch in progress, so its logged training loss/accuracy survive a resume.
     epoch_sums: dict[str, float] = field(default_factory=dict)
+    # In a distributed run, every rank's own ``epoch_sums`` (rank order): each rank resumes its own.
+    rank_epoch_sums: list[dict[str, float]] = field(default_factory=list)
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,572 @@
+"""The run loop every training run shares: config -> data + model -> epochs -> run folder.
+
+``RunLoop`` owns what does not depend on the method: device and process group, seeding, loaders and the
+global-batch rule (gradient accumulation with DDP's ``no_sync`` on the micro-batches that do not step), AMP,
+``torch.compile``, the non-finite policy, periodic and signal-triggered saves, exact resume (every rank gets
+its own random state and its own partial sums of the epoch back), metrics, TensorBoard and messages.
+
+A ``Task`` plugs the method in: it builds the datasets and the model, computes one micro-batch's loss and
+statistics, validates, says what "best" means and writes its own outputs. Supervised classification
+(``train/trainer.py``) and masked pre-training (``ssl/pretrain.py``) are the two tasks.
+
+Every rank takes the same path: whether a loss is finite is agreed across ranks before every backward pass, and
+whether a stop was asked for (a signal may reach one rank only) after every optimizer step and every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import Config, config_to_dict, format_config, save_config
+from ..data import build_dataset, build_loader
+from ..errors import ConfigError
+from ..models import resolve_config
+from .distributed import (
+    all_reduce_max,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    gradient_accumulation_steps,
+    init_distributed,
+)
+from .engine import autocast_dtype, resolve_device
+from .optim import build_optimizer, build_scheduler, set_schedule_position
+from .state import Position, capture_rng, load_training_state, save_training_state
+
+RUN_FILES = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors")
+MAX_CONSECUTIVE_SKIPS = 10
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was saved to ``last.safetensors``."""
+
+    def __init__(self, signum: int, path: Path) -> None:
+        super().__init__(f"training interrupted by {signal.Signals(signum).name}; state saved to {path} "
+                         f"(continue with train.resume=auto)")
+        self.signum = signum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+class Task:
+    """What a run trains and how it is judged. Subclasses fill in the methods that raise here."""
+
+    #: progress-bar label and ``metrics.csv`` columns of this task
+    label = "epoch"
+    metric_columns: tuple[str, ...] = ("epoch", "lr", "train_loss", "epoch_seconds", "train_images_per_s")
+
+    def build_datasets(self, config: Config) -> tuple[Dataset, Dataset]:
+        return build_dataset(config, "train"), build_dataset(config, "val")
+
+    def wrap_datasets(self, train: Dataset, val: Dataset) -> tuple[Dataset, Dataset]:
+        """The datasets the loaders read (e.g. with each sample's index); default: as they are."""
+        return train, val
+
+    def check_data(self, loop: RunLoop) -> None:
+        """Called once the datasets exist and before the model is built."""
+
+    def build_model(self, config: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def initialise(self, loop: RunLoop, model: nn.Module) -> None:
+        """Called with the model before it moves to the device (e.g. to load pre-trained weights)."""
+
+    def setup(self, loop: RunLoop) -> None:
+        """Called once the model, optimizer and DDP wrapper exist (e.g. to build a loss)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch's first micro-batch (also a resumed one)."""
+
+    def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch (on the device) -> the mean loss (a graph to backward) and statistics to sum over
+        the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``)."""
+        raise NotImplementedError
+
+    def epoch_stats(self, sums: dict[str, float]) -> dict[str, float]:
+        """The epoch's logged training metrics from its summed statistics (reduced over ranks)."""
+        return {"train_loss": sums["loss"] / max(sums["count"], 1)}
+
+    def progress(self, sums: dict[str, float]) -> dict[str, str]:
+        """The progress bar's figures of the epoch so far."""
+        return {"loss": f"{sums['loss'] / max(sums['count'], 1):.4f}"}
+
+    def validate(self, loop: RunLoop) -> dict[str, float]:
+        raise NotImplementedError
+
+    def score(self, metrics: dict[str, Any]) -> float | None:
+        """Higher is better; the epoch with the highest score is the run's best. None: no best is kept."""
+        return None
+
+    def save_outputs(self, loop: RunLoop, metrics: dict[str, Any], improved: bool) -> None:
+        """Write this task's own files after an epoch (only on the main process)."""
+
+    def finish(self, loop: RunLoop) -> None:
+        """After the last epoch (every rank)."""
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        """The epoch's training part of its one-line summary."""
+        return f"train loss {metrics['train_loss']:.4f}"
+
+    def validation_summary(self, metrics: dict[str, Any]) -> str:
+        """The validation part ("" in an epoch without validation)."""
+        return ""
+
+    def result(self, loop: RunLoop, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metrics
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to overwrite an earlier run unless asked; ``overwrite`` clears its files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if existing and resume is None:
+        if not overwrite:
+            raise ConfigError(
+                f"run folder {out_dir} already holds a run ({', '.join(existing)}); continue it with "
+                f"train.resume=auto, or start over with train.overwrite=true (deletes its checkpoints)"
+            )
+        for name in existing:
+            (out_dir / name).unlink()
+        shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create the run folder train.out_dir={out_dir}: {error.strerror or error}; "
+                          f"choose a writable train.out_dir") from None
+
+
+class RunLoop:
+    """One run of ``task`` as ``config`` describes it. ``model``, ``train_dataset`` and ``val_dataset``, when
+    given, replace what the task would build from the config's names."""
+
+    def __init__(self, config: Config, task: Task, *, model: nn.Module | None = None,
+                 train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> None:
+        # The architecture is resolved once, here; an unset class count is taken from the dataset (check_data).
+        self.config = config = resolve_config(config, leave_num_classes_open=True)
+        self.task = task
+        cfg = config.train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device(f"cuda:{self.dist.local_rank}")
+        self.is_main = self.dist.is_main
+        self.out_dir = Path(cfg.out_dir)
+        if cfg.sync_bn and self.dist.enabled and self.device.type == "cpu":
+            raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); set "
+                              "train.sync_bn=false for CPU runs")
+        # Every rank builds the same initial model (DDP also broadcasts rank 0's, but the EMA copy is taken
+        # before that); random numbers drawn while training differ per rank (seeded at the end).
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.train_set, self.val_set = self.build_datasets(train_dataset, val_dataset)
+        task.check_data(self)
+        data = config.data
+        cuda = self.device.type == "cuda"
+        train_source, val_source = task.wrap_datasets(self.train_set, self.val_set)
+        self.train_loader = build_loader(train_source, data.batch_size, True, cfg.seed, data.num_workers,
+                                         self.dist.rank, self.dist.world_size, cuda)
+        self.val_loader = build_loader(val_source, data.eval_batch_size or data.batch_size, False, cfg.seed,
+                                       data.num_workers, self.dist.rank, self.dist.world_size, cuda)
+        self.accum_steps = gradient_accumulation_steps(data.batch_size, self.dist.world_size, cfg.accum_steps,
+                                                       data.global_batch_size)
+        self.global_batch_size = data.batch_size * self.dist.world_size * self.accum_steps
+        self.batches_per_epoch = self.train_loader.sampler.batches_per_epoch()
+        self.steps_per_epoch = self.batches_per_epoch // self.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the training split ({len(self.train_set)} samples) is smaller than one optimizer "
+                              f"step's batch ({self.global_batch_size} = data.batch_size {data.batch_size} x "
+                              f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps); lower "
+                              f"data.batch_size or data.global_batch_size")
+
+        self.model = model if model is not None else task.build_model(config)
+        if isinstance(getattr(self.model, "num_classes", None), int):
+            config.model.num_classes = self.model.num_classes  # the saved description is complete
+        task.initialise(self, self.model)
+        self.model.to(self.device)
+        if cfg.sync_bn and self.dist.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.ema = None
+        if cfg.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, cfg.epochs, self.steps_per_epoch)
+        self.amp_dtype = autocast_dtype(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if cuda else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.position = Position()
+        self.signal_received: int | None = None  # this process's, set by the handler
+        self.stop_signal: int | None = None  # agreed by every rank: the loop acts on this one only
+        self.consecutive_skips = 0
+        self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
+        task.setup(self)
+        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
+
+    def build_datasets(self, train: Dataset | None, val: Dataset | None) -> tuple[Dataset, Dataset]:
+        if train is not None and val is not None:
+            return train, val
+        # With data.download, rank 0 fetches the files while the other ranks wait, then they read them.
+        staggered = self.config.data.download and self.dist.enabled
+        if staggered and not self.is_main:
+            barrier(self.dist)
+        built_train, built_val = self.task.build_datasets(self.config)
+        if staggered and self.is_main:
+            barrier(self.dist)
+        return (train if train is not None else built_train), (val if val is not None else built_val)
+
+    def resume_path(self) -> Path | None:
+        resume = self.config.train.resume
+        if resume is None:
+            return None
+        path = self.out_dir / "last.safetensors" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            return None  # nothing to resume yet: start fresh
+        if not path.exists():
+            raise ConfigError(f"train.resume={resume}: no such checkpoint")
+        return path
+
+    # --- the run -----------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Run the configured epochs; return the task's result (the last metrics and what it adds)."""
+        cfg = self.config.train
+        if self.is_main:
+            prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite)
+        barrier(self.dist)
+        path = self.resume_path()
+        if path is not None:
+            self.resume(path)
+        if self.is_main:
+            save_config(self.config, self.out_dir / "config.yaml")
+            self.log(format_config(self.config))
+            self.log(f"global batch {self.global_batch_size} = data.batch_size {self.config.data.batch_size} x "
+                     f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps; "
+                     f"{self.steps_per_epoch} optimizer steps per epoch")
+        writer = self.tensorboard_writer()
+        handlers = self.install_signal_handlers()
+        metrics: dict[str, Any] = {}
+        try:
+            while self.position.epoch < self.total_epochs:
+                epoch = self.position.epoch
+                train_stats = self.train_one_epoch(epoch)
+                self.position = Position(epoch + 1, 0, self.position.step, self.position.best_top1,
+                                         self.position.best_epoch)
+                metrics = {"epoch": epoch, **train_stats}
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == self.total_epochs:
+                    metrics.update(self.validate())
+                score = self.task.score(metrics)
+                improved = score is not None and score > self.position.best_top1
+                if improved:
+                    self.position.best_top1, self.position.best_epoch = score, epoch
+                if improved or score is None:
+                    self.check_finite_weights()
+                if self.is_main:
+                    self.task.save_outputs(self, metrics, improved)
+                # The log row first: a crash between the two repeats the epoch, and the resume drops the row.
+                self.write_metrics(metrics, writer)
+                self.save_last(metrics)
+                self.log(self.epoch_summary(metrics))
+                # A signal during evaluation or saving (on any rank): the state is saved, stop everywhere.
+                if self.agree_on_stop() is not None:
+                    raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
+            self.task.finish(self)
+        finally:
+            self.restore_signal_handlers(handlers)
+            if writer is not None:
+                writer.close()
+        return self.task.result(self, metrics)
+
+    def resume(self, path: Path) -> None:
+        cfg = self.config.train
+        self.position = load_training_state(path, model=self.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
+                                            rank=self.dist.rank, reseed=cfg.seed + self.dist.rank)
+        self.position.epoch_sums = own_epoch_sums(self.position, self.dist.rank, self.dist.world_size)
+        self.log(f"resumed from {path} at epoch {self.position.epoch}, batch {self.position.batch}")
+        if self.is_main:
+            trim_metrics(self.out_dir / "metrics.csv", self.position.epoch)
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch from ``self.position.batch`` on; return its logged training metrics (reduced over
+        ranks). Gradients of ``accum_steps`` micro-batches are summed before each optimizer step; DDP
+        all-reduces them once, on the last micro-batch of each group."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config.train
+        start = self.position.batch
+        self.train_loader.sampler.set_epoch(epoch, start)
+        if self.scheduler.t_in_epochs:
+            set_schedule_position(self.scheduler, epoch, self.position.step)
+        self.task.set_epoch(epoch)
+        self.train_model.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
+        # Micro-batches past the last whole accumulation group are left out, like a dropped last batch.
+        batches = self.steps_per_epoch * self.accum_steps
+        sums = {"loss": 0.0, "count": 0.0, "time": 0.0, **self.position.epoch_sums}
+        bar = tqdm(self.train_loader, total=batches, initial=start, leave=False,
+                   disable=not (cfg.progress and self.is_main),
+                   desc=f"{self.task.label} {epoch + 1}/{self.total_epochs}", dynamic_ncols=True)
+        tick = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch_index, batch in enumerate(bar, start=start):
+            if batch_index >= batches:
+                break
+            batch = [item.to(self.device, non_blocking=True) for item in batch]
+            last_of_group = (batch_index + 1) % self.accum_steps == 0
+            # Non-final micro-batches skip DDP's gradient all-reduce; the final one reduces the summed gradient.
+            sync = last_of_group or not self.dist.enabled
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                loss, stats = self.task.step(self, batch)
+                # Every rank must take the same path: a rank skipping backward would leave the others waiting.
+                if not self.agree_on_step(loss):
+                    # Counted across epochs, so that a diverged run with short epochs still stops.
+                    self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
+                                                                    self.consecutive_skips)
+                    continue
+                self.consecutive_skips = 0
+                self.scaler.scale(loss / self.accum_steps).backward()
+            if last_of_group:
+                self.optimizer_step()
+            sums["loss"] += float(loss.detach()) * stats["count"]
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+            now = time.perf_counter()
+            sums["time"] += now - tick
+            tick = now
+            bar.set_postfix(**self.task.progress(sums), img_s=f"{sums['count'] / max(sums['time'], 1e-9):.1f}")
+            done = batch_index + 1
+            if last_of_group:
+                self.position.batch, self.position.epoch_sums = done, dict(sums)
+                periodic = cfg.save_every_steps and self.position.step % cfg.save_every_steps == 0
+                if periodic and done < batches:
+                    self.save_last({})
+                if self.agree_on_stop() is not None:  # after every optimizer step: a signal to any rank
+                    self.save_last({})
+                    raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
+        bar.close()
+        keys = sorted(k for k in sums if k != "time")  # the same order on every rank
+        reduced = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], self.device, self.dist)))
+        seconds = sums["time"]
+        return {**self.task.epoch_stats(reduced), "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_seconds": seconds, "train_images_per_s": reduced["count"] / max(seconds, 1e-9)}
+
+    def agree_on_step(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank."""
+        (bad,) = all_reduce_max([0.0 if torch.isfinite(loss) else 1.0], self.device, self.dist)
+        return not bad
+
+    def agree_on_stop(self) -> int | None:
+        """The signal any rank received (the same answer on every rank), or None."""
+        (signum,) = all_reduce_max([float(self.signal_received or 0)], self.device, self.dist)
+        if signum:
+            self.stop_signal = int(signum)
+        return self.stop_signal
+
+    def optimizer_step(self) -> None:
+        clip = self.config.optim.clip_grad
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.position.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.position.step)
+        if not self.scheduler.t_in_epochs:
+            set_schedule_position(self.scheduler, self.position.epoch, self.position.step)
+
+    def handle_non_finite(self, loss: torch.Tensor, epoch: int, batch_index: int, skips: int) -> int:
+        where = f"epoch {epoch + 1}, batch {batch_index + 1} (optimizer step {self.position.step + 1})"
+        value = float(loss.detach())
+        what = f"non-finite loss ({value})" if not math.isfinite(value) else \
+            f"non-finite loss on another process (here {value:.4g})"
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.train.nan_policy == "skip" and skips + 1 < MAX_CONSECUTIVE_SKIPS:
+            self.log(f"warning: {what} at {where}; step skipped")
+            return skips + 1
+        raise NonFiniteLossError(
+            f"{what} at {where}; training stopped and the last good checkpoint in {self.out_dir} was kept. "
+            f"Lower optim.lr, set optim.clip_grad, or set train.nan_policy=skip."
+        )
+
+    def validate(self) -> dict[str, float]:
+        return self.task.validate(self)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to validate and keep: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # --- outputs -----------------------------------------------------------------------------------
+
+    def check_finite_weights(self) -> None:
+        """Refuse to save weights that an optimizer step made NaN/Inf (a finite loss can still give an
+        overflowing update), so that saved files always hold the last good state."""
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after optimizer step "
+                f"{self.position.step} (epoch {self.position.epoch + 1}); training stopped and the last good "
+                f"checkpoint in {self.out_dir} was kept. Lower optim.lr or set optim.clip_grad."
+            )
+
+    def save_last(self, metrics: dict[str, Any]) -> None:
+        self.check_finite_weights()
+        # Every rank's random state and partial sums of the epoch, so each resumes its own.
+        per_rank = gather_objects((capture_rng(), dict(self.position.epoch_sums)), self.dist)
+        if self.dist.enabled:
+            self.position.rank_epoch_sums = [sums for _, sums in per_rank]
+        if self.is_main:
+            save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
+                                scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
+                                position=self.position, config=config_to_dict(self.config), metrics=metrics,
+                                rng_states=[rng for rng, _ in per_rank])
+        barrier(self.dist)
+
+    def write_metrics(self, metrics: dict[str, Any], writer) -> None:
+        if not self.is_main:
+            return
+        path = self.out_dir / "metrics.csv"
+        columns = list(self.task.metric_columns)
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            out = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            if new:
+                out.writeheader()
+            out.writerow({k: metrics.get(k, "") for k in columns})
+        if writer is not None:
+            for key, value in metrics.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    writer.add_scalar(key, value, metrics["epoch"] + 1)
+
+    def tensorboard_writer(self):
+        if not (self.is_main and self.config.train.tensorboard):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def epoch_summary(self, m: dict[str, Any]) -> str:
+        text = (f"epoch {m['epoch'] + 1}/{self.total_epochs}  lr {m['lr']:.2e}  {self.task.summary(m)}  "
+                f"{m['train_images_per_s']:.1f} img/s")
+        validation = self.task.validation_summary(m)
+        return f"{text}  | {validation}" if validation else text
+
+    def log(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    # --- signals -----------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT/SIGTERM (to any rank) finish the current step, save ``last.safetensors`` and stop the run."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        parent = os.getppid()
+
+        def request_stop(signum, frame):
+            if self.signal_received is not None:
+                # A second signal stops at once, unless the launcher has died: the kernel then repeats the
+                # parent-death signal (``stop_with_parent``) as each of its threads exits, asking nothing new.
+                if os.getppid() == parent:
+                    raise KeyboardInterrupt
+                return
+            self.signal_received = signum
+            if self.is_main:  # another rank's signal is announced when the ranks agree on it
+                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step ...", flush=True)
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
+
+    @staticmethod
+    def restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def own_epoch_sums(position: Position, rank: int, world_size: int) -> dict[str, float]:
+    """This rank's partial sums of the interrupted epoch. A checkpoint of another number of processes (or one
+    written before the sums were kept per rank) gives rank 0 all of them and the other ranks none, so that
+    their sum over ranks is still the epoch's."""
+    per_rank = position.rank_epoch_sums
+    if world_size > 1 and len(per_rank) == world_size:
+        return dict(per_rank[rank])
+    if rank != 0:
+        return {}
+    if len(per_rank) <= 1:
+        return dict(position.epoch_sums)
+    total = dict(per_rank[0])  # rank 0's own time: the logged seconds are rank 0's
+    for sums in per_rank[1:]:
+        for key, value in sums.items():
+            if key != "time":
+                total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Put every BatchNorm in eval mode: it normalises with, and no longer updates, its running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def trim_metrics(path: Path, epochs_done: int) -> None:
+    """Drop the rows of epochs at or after ``epochs_done`` from ``metrics.csv`` (a resumed run redoes them)."""
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
+    if len(kept) < len(rows):
+        with path.open("w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+
+
+def finite_only(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
