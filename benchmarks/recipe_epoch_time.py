@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spikformer.config import load_config
+from spikformer.config import load_config, setting_choices
 from spikformer.data import model_input
 from spikformer.models import build_model, resolve_config
 from spikformer.train.engine import autocast, autocast_dtype, resolve_device
@@ -98,17 +98,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 at 32x32, 1 at 224)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps (the median is used)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
+    parser.add_argument("--amp", choices=setting_choices("train", "amp"),  # from the config: cannot drift
                         help="override the recipes' train.amp (CPUs without native bfloat16 want off)")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     device = resolve_device(args.device)
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),

@@ -197,6 +197,7 @@ def test_mixing_gives_soft_targets_and_stops_at_the_off_epoch():
     mixed, targets = mixing(images, labels)
     assert targets.shape == (6, 4) and torch.allclose(targets.sum(1), torch.ones(6))
     assert not torch.equal(mixed, images) and targets.max() < 0.925 + 1e-6  # pairs mixed (lam < 1)
+    assert targets.min() >= 0.025 - 1e-6  # mixed targets are smoothed too: no class falls to 0
     mixing.set_epoch(3)
     unmixed, smoothed = mixing(images, labels)
     assert torch.equal(unmixed, images)

@@ -35,7 +35,7 @@ from spikformer.data.transforms import (
 )
 from spikformer.errors import ConfigError
 from spikformer.models import resolve_config
-from spikformer.train import engine
+from spikformer.train import Trainer, engine
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CIFAR_RECIPE = CONFIGS / "cifar10_4_384.yaml"
@@ -153,6 +153,19 @@ def test_cifar_randaugment_draws_one_of_the_originals_five_ops_at_half_probabili
         assert within((values > 0).sum(), len(values), 0.5)
 
 
+# timm's RandAugment list with the "inc1" (increasing magnitude) ops, which the ImageNet recipe leaves in place
+TIMM_INCREASING_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                       "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                       "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"]
+
+
+def test_imagenet_randaugment_is_timms_15_increasing_ops_two_per_image_bicubic(tmp_path):
+    augment = recipe_rand_augment(IMAGENET_RECIPE, tmp_path)
+    assert [op.name for op in augment.ops] == TIMM_INCREASING_OPS and augment.num_layers == 2  # rand-m9-mstd0.5-inc1
+    assert all(op.prob == 0.5 and op.magnitude == 9 and op.magnitude_std == 0.5 for op in augment.ops)
+    assert all(op.kwargs["resample"] == Image.BICUBIC for op in augment.ops)
+
+
 def on_line(pixels: np.ndarray, a: np.ndarray, b: np.ndarray, tolerance: float = 2.0) -> np.ndarray:
     """Whether each RGB pixel lies on the line through colours ``a`` and ``b`` (up to rounding)."""
     direction = (b - a) / np.linalg.norm(b - a)
@@ -246,16 +259,27 @@ def test_dvs_mixing_mixes_half_of_the_batches():
 # --- the original CIFAR10-DVS augmentation --------------------------------------------------------------------------
 
 
+def torchvision_op(frames: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    """The original's op on all the frames, written out with torchvision: shear ``degrees(m)`` for ``m`` radians,
+    translation by whole pixels, rotation in degrees; nearest interpolation, zero fill."""
+    nearest = InterpolationMode.NEAREST
+    if op == "rotate":
+        return TF.rotate(frames, magnitude, interpolation=nearest, fill=0.0)
+    shear = [math.degrees(magnitude), 0.0] if op == "shear_x" else [0.0, 0.0]
+    translate = {"translate_x": [int(magnitude), 0], "translate_y": [0, int(magnitude)]}.get(op, [0, 0])
+    return TF.affine(frames, angle=0.0, translate=translate, scale=1.0, shear=shear, interpolation=nearest, fill=0.0)
+
+
 @pytest.mark.parametrize("op", ["shear_x", "translate_x", "translate_y", "rotate"])
 def test_event_ops_equal_torchvisions_nearest_zero_filled_transforms(op):
     augment = EventAugmentWide()
     frames = torch.poisson(torch.full((3, 2, 20, 24), 1.5))
+    moved = 0
     for magnitude in torch.linspace(-augment.maximum(op), augment.maximum(op), augment.bins).tolist():
-        if op == "rotate":
-            expected = TF.rotate(frames, magnitude, interpolation=InterpolationMode.NEAREST, fill=0.0)
-        else:
-            expected = augment.geometric(frames, op, magnitude)  # torchvision's affine on all the frames
-        assert torch.equal(augment.apply(frames, op, magnitude), expected)
+        out = augment.apply(frames, op, magnitude)
+        assert torch.equal(out, torchvision_op(frames, op, magnitude))
+        moved += not torch.equal(out, frames)
+    assert moved > augment.bins // 2  # not both identities: most magnitudes move the frames
 
 
 def test_event_augmentation_draws_each_op_uniformly_with_31_signed_magnitudes():
@@ -280,14 +304,22 @@ def test_event_augmentation_treats_all_frames_alike_and_keeps_counts_integer():
         assert (out >= 0).all() and torch.equal(out, out.round()) and out.sum() <= frames.sum()
 
 
-def test_cutout_erases_one_square_of_up_to_11_percent():
+def test_cutout_erases_one_square_of_0_1_to_11_percent_every_time():
     augment = EventAugmentWide()
     frames = torch.ones(2, 2, 128, 128)
+    pixels = 128 * 128
+    areas = []
     for _ in range(200):
-        zero = (augment.apply(frames, "cutout", 0.0) == 0)[0, 0]
+        out = augment.apply(frames, "cutout", 0.0)
+        zero = (out == 0)[0, 0]
         side = int(zero.any(1).sum())
+        assert side > 0  # p = 1: every cutout erases
         assert side == int(zero.any(0).sum()) and zero.sum() == side * side  # a square
-        assert 0.001 * 128 * 128 - 2 * 128 <= side * side <= 0.11 * 128 * 128 + 2 * 128
+        assert torch.equal(out == 0, zero.expand_as(out))  # the same square in every frame and polarity
+        # torchvision rounds the side of an area drawn uniformly from 0.1-11% of the frame
+        assert (math.sqrt(0.001 * pixels) - 0.5) ** 2 <= side * side <= (math.sqrt(0.11 * pixels) + 0.5) ** 2
+        areas.append(side * side / pixels)
+    assert min(areas) < 0.01 and max(areas) > 0.08  # the whole range is drawn (each side fails with p < 1e-7)
 
 
 def test_recipe_augmentation_flips_then_applies_one_op(tmp_path):
@@ -342,3 +374,16 @@ def test_gpu_fp16_is_float16_on_cuda_and_auto_on_a_cpu(monkeypatch):
         monkeypatch.setattr(engine, "cpu_has_native_bfloat16", lambda native=native: native)
         cpu = torch.device("cpu")
         assert engine.autocast_dtype(cpu, "gpu_fp16") is engine.autocast_dtype(cpu, "auto")
+
+
+@pytest.mark.parametrize("amp, scaled", [("fp16", True), ("gpu_fp16", False)])  # gpu_fp16 on a CPU: no float16
+def test_a_float16_autocast_trains_with_a_loss_scaler(amp, scaled, tmp_path):
+    # With the test above: the recipes' gpu_fp16 on CUDA is float16 autocast, and float16 brings the GradScaler.
+    write_cifar10(tmp_path / "cifar", per_batch=2, test=2)
+    config = load_config(CIFAR_RECIPE, [
+        f"train.amp={amp}", f"data.root={tmp_path / 'cifar'}", f"train.out_dir={tmp_path / 'run'}", "data.batch_size=4",
+        "model.embed_dim=16", "model.depth=1", "model.num_heads=2", "data.num_workers=0", "train.progress=false",
+        "train.tensorboard=false", "train.threads=1"])
+    trainer = Trainer(config)
+    assert (trainer.amp_dtype is torch.float16) == scaled and trainer.scaler.is_enabled() == scaled
+    assert math.isfinite(trainer.train_one_epoch(0)["train_loss"])  # two steps through the scaler (or around it)

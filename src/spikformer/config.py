@@ -255,6 +255,13 @@ def section_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
+def setting_choices(section: str, key: str) -> tuple[str, ...]:
+    """The values a string setting accepts (e.g. ``("train", "amp")``), for CLIs that offer the same choices."""
+    if (section, key) not in _CHOICES:
+        raise KeyError(f"{section}.{key} is not a setting with a fixed set of values")
+    return _CHOICES[(section, key)]
+
+
 def _section_class(section: str) -> type:
     return typing.get_type_hints(Config)[section]
 

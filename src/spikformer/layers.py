@@ -204,11 +204,18 @@ class SpikingSelfAttention(nn.Module):
         T, B, N, D = x.shape
         return x.view(T, B, N, self.num_heads, D // self.num_heads).transpose(2, 3)  # [T, B, h, N, d]
 
+    def pool_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Q and K operands the spike product receives, from the Q and K neurons' spikes ``[T, B, N, D]``:
+        max-pooled over tokens when ``qk_pool`` is set, else unchanged. One place, so that the analysis tools
+        (SOP counts, attention maps) see exactly what the forward multiplies."""
+        if self.qk_pool:
+            return token_max_pool(q, self.qk_pool), token_max_pool(k, self.qk_pool)
+        return q, k
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, D = x.shape
         q, k, v = self.q(x), self.k(x), self.v(x)
-        if self.qk_pool:
-            q, k = token_max_pool(q, self.qk_pool), token_max_pool(k, self.qk_pool)
+        q, k = self.pool_qk(q, k)
         q, k, v = (self.split_heads(t) for t in (q, k, v))
         out = spike_attention(q, k, v)  # [T, B, h, N, d], integers
         out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)

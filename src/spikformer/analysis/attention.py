@@ -17,7 +17,8 @@ def attention_blocks(model: nn.Module) -> list[tuple[str, SpikingSelfAttention]]
 def attention_map(model: nn.Module, inputs: torch.Tensor, block: int = 0, head: int = 0) -> torch.Tensor:
     """``Q K^T`` of head ``head`` in SSA block ``block`` (counting from 0) for the first sample of ``inputs``:
     ``[T, N, N]`` integers, entry ``(t, i, j)`` the number of channels in which query token ``i`` and key
-    token ``j`` both spike at step ``t``. SSA has no softmax; this is the map before it multiplies ``V``."""
+    token ``j`` both spike at step ``t``. SSA has no softmax; this is the map before it multiplies ``V``. For a
+block with ``qk_pool`` the spikes are the max-pooled Q and K, the operands the forward multiplies."""
     blocks = attention_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no SpikingSelfAttention block to draw an attention map of")
@@ -31,7 +32,7 @@ def attention_map(model: nn.Module, inputs: torch.Tensor, block: int = 0, head: 
 
     def keep(part: str):
         def hook(module, args, output):
-            captured[part] = ssa.split_heads(output)[:, 0, head]  # [T, N, d] of the first sample
+            captured[part] = output
 
         return hook
 
@@ -44,5 +45,6 @@ def attention_map(model: nn.Module, inputs: torch.Tensor, block: int = 0, head: 
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    q, k = captured["q"].float(), captured["k"].float()
+    # The operands the forward multiplies: after the token max-pool of the qk_pool variant, if any.
+    q, k = (ssa.split_heads(t)[:, 0, head].float() for t in ssa.pool_qk(captured["q"], captured["k"]))  # [T, N, d]
     return q @ k.transpose(-2, -1)  # [T, N, N]

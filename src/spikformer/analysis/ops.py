@@ -24,7 +24,9 @@ their SOPs are the exact number of such coincidences (a count ``n`` counting as 
 ``sum(A @ B)`` for non-negative ``A``, ``B``, and their ``firing_rate`` is that count divided by
 ``steps * flops`` (for two independent binary operands, the product of their rates). They are counted in the
 order the model evaluates them: ``Q (K^T V)`` when ``N > d`` (``N`` tokens, ``d`` channels per head), else
-``(Q K^T) V``; ``attention_order`` forces one.
+``(Q K^T) V``; ``attention_order`` forces one. With ``qk_pool`` (the DVS128 Gesture variant) the operands are
+the max-pooled Q and K the product actually receives, still 0/1 spikes, so the products are counted from the
+pooled spikes (the Q and K neurons' own firing rates, recorded elsewhere, stay those of their outputs).
 """
 
 from __future__ import annotations
@@ -171,7 +173,9 @@ class OpCounter:
             parts = self._qkv.pop(name, {})
             if len(parts) < 3:
                 return
-            q, k, v = (module.split_heads(parts[p]) for p in "qkv")  # [T, B, h, N, d]
+            # The operands the product receives: Q and K after the variant's token max-pool, if any.
+            q, k = module.pool_qk(parts["q"], parts["k"])
+            q, k, v = (module.split_heads(t) for t in (q, k, parts["v"]))  # [T, B, h, N, d]
             T, B, h, N, d = q.shape
             kv_first = self.attention_order == "kv_first" or (self.attention_order == "as_computed" and N > d)
             prefix = f"{name}." if name else ""
