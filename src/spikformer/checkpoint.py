@@ -313,12 +313,18 @@ def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _unpickler_detail(message: str) -> str:
     """The informative sentence of torch's weights-only error (its message is mostly advice to load unsafely,
-    which we do not give)."""
+    which we do not give), e.g. "Trying to load unsupported GLOBAL posix.system ..." or "Unsupported operand"."""
     marker = "WeightsUnpickler error:"
     if marker in message:
-        rest = message.split(marker, 1)[1].strip()
-        return _without_unsafe_advice(rest.split("\n")[0].split(". Please")[0].strip()) or "unpickling failed"
-    return _without_unsafe_advice(message.splitlines()[0][:300] if message else "") or "unpickling failed"
+        message = message.split(marker, 1)[1]
+    for line in message.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Weights only load failed", "Check the documentation", "Please file")):
+            continue
+        detail = _without_unsafe_advice(line[:300])
+        if detail:
+            return detail
+    return "unpickling failed"
 
 
 _UNSAFE_ADVICE = re.compile(r"weights_only|This file can still be loaded|safe_globals|add_safe_globals|"
