@@ -195,10 +195,10 @@ def read_checkpoint_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     header = _bounded_json(text, path, "header")
     if not isinstance(header, dict):
         raise _unreadable(path, "the header is not a JSON object")
-    _check_tensor_entries(path, header, size - SAFETENSORS_MAGIC_OFFSET - header_size)
     extra = header.get("__metadata__") or {}
     if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
         raise _unreadable(path, "the header's metadata does not map names to strings")
+    _check_tensor_entries(path, header, size - SAFETENSORS_MAGIC_OFFSET - header_size)
     if FORMAT_NAME not in extra:
         return header, {}  # a plain safetensors weight file (e.g. exported by another tool)
     metadata = _bounded_json(extra[FORMAT_NAME].encode(), path, "metadata")
