@@ -421,7 +421,7 @@ def test_a_stored_width_that_the_weights_do_not_have_fails_before_allocating(tmp
     built = []
     real = models.build_model
     monkeypatch.setattr(models, "build_model", lambda cfg: built.append(torch.empty(0).device) or real(cfg))
-    with pytest.raises(CheckpointError, match=r"stored.safetensors does not fit the model(.|\n)*shape mismatches: patch_embed"):
+    with pytest.raises(CheckpointError, match=r"stored.safetensors does not fit the model(.|\n)*shape mismatches"):
         load_model_from_checkpoint(path)
     assert [d.type for d in built] == ["meta"]  # only the meta-device model was ever built
 

@@ -26,8 +26,9 @@ from ..errors import ConfigError
 from ..train.distributed import all_reduce_sum, barrier, init_distributed
 from ..train.engine import autocast, autocast_dtype, resolve_device
 from ..train.optim import build_optimizer, build_scheduler, set_schedule_position
+from ..train.run_folder import check_resume_matches, lock_run_folder, prepare_run_folder  # run_folder hook
 from ..train.state import Position, load_training_state, save_training_state
-from ..train.trainer import NonFiniteLossError, TrainingInterrupted, prepare_run_folder, seed_everything
+from ..train.trainer import NonFiniteLossError, TrainingInterrupted, seed_everything
 from .figure import render_reconstructions
 from .model import MaskedSpikformer, build_masked_model
 
@@ -109,12 +110,17 @@ class Pretrainer:
 
     def fit(self) -> dict[str, Any]:
         """Pre-train for the configured epochs; return the last metrics and the encoder checkpoint's path."""
+        with lock_run_folder(self.out_dir, self.is_main):  # run_folder hook: one run writes a folder at a time
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config.train
         if self.is_main:
-            prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite)
+            prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite, config_to_dict(self.config))  # run_folder hook
         barrier(self.dist)
         resume = self.resume_path()
         if resume is not None:
+            check_resume_matches(resume, config_to_dict(self.config))  # run_folder hook: same settings, or exit 2
             self.position = load_training_state(resume, model=self.model, optimizer=self.optimizer,
                                                 scheduler=self.scheduler, scaler=self.scaler, ema=None)
             self.log(f"resumed from {resume} at epoch {self.position.epoch}, batch {self.position.batch}")

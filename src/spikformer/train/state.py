@@ -153,7 +153,10 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         ema.module.load_state_dict(ema_state or model_state)
     optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
     if scheduler is not None and meta.get("scheduler"):
+        # train.epochs may change on resume (run_folder.SAFE_ON_RESUME): the schedule keeps the new length.
+        length = {key: getattr(scheduler, key) for key in ("t_initial",) if hasattr(scheduler, key)}
         scheduler.load_state_dict(meta["scheduler"])
+        scheduler.__dict__.update(length)
     if scaler is not None and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     position = Position(**{**meta["position"], "best_top1": float(meta["position"]["best_top1"])})
