@@ -155,7 +155,10 @@ class CifarDataset(Dataset):
             if data is None or batch_labels is None:
                 raise DatasetError(f"{folder / name} lacks the keys 'data' and {layout.label_key!r} of a "
                                    f"{layout.folder} pickle (it has {sorted(batch)[:6]}); is this the right dataset?")
-            data = np.asarray(data)
+            try:
+                data = np.asarray(data)
+            except (ValueError, TypeError):  # ragged nested lists
+                data = np.asarray(None)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE):
                 raise DatasetError(f"{folder / name}: 'data' should be uint8 rows of 3072 pixels, got "
                                    f"{data.dtype} {list(data.shape)}")

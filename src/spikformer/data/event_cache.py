@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +95,11 @@ class DiskFrameCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 return stored["frames"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        except Exception as error:  # noqa: BLE001 - NumPy and zipfile fail on damaged files in many ways
             # Truncated, CRC-damaged or not ours: recompute and overwrite, so that later runs do not meet it again.
-            frame_cache_notice(f"{path} is unreadable ({type(error).__name__}: {str(error)[:120]}); recomputing it")
+            # (Only the first sentence of the error: NumPy's goes on to suggest loading pickles.)
+            detail = str(error).split(". ")[0].splitlines()[0][:120] if str(error) else ""
+            frame_cache_notice(f"{path} is unreadable ({type(error).__name__}: {detail}); recomputing it")
             return None
 
     def put(self, key: str, frames: np.ndarray) -> None:
