@@ -439,3 +439,37 @@ def test_a_refused_pickle_never_repeats_torchs_advice_to_load_it_unsafely(tmp_pa
     assert message.startswith(f"refused to load {path}") and "posix.system" in message
     assert "weights_only" not in message and "trusted source" not in message
     assert not (tmp_path / "ran").exists()
+
+
+def corrupt_training_state(tmp_path: Path, spoil) -> tuple[Path, dict]:
+    from spikformer.config import Config
+    from spikformer.train.optim import build_optimizer, build_scheduler
+    from spikformer.train.state import Position, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    parts = {"model": model, "optimizer": build_optimizer(model, Config().optim)}
+    parts["scheduler"] = build_scheduler(parts["optimizer"], Config().optim, 2, 4)
+    path = tmp_path / "last.safetensors"
+    save_training_state(path, **parts, scaler=None, ema=None, position=Position(1, 0, 4),
+                        config=config_to_dict(Config()))
+    tensors, meta = read_checkpoint(path)
+    spoil(tensors, meta)
+    write_checkpoint(path, tensors, {k: v for k, v in meta.items() if k not in ("format", "version", "tensor_sha256")})
+    return path, parts
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda tensors, meta: meta.pop("position"),
+    lambda tensors, meta: meta.pop("optimizer"),
+    lambda tensors, meta: meta["position"].update(epoch="three", unknown=1),
+    lambda tensors, meta: tensors.update({"rng.torch": torch.zeros(7, dtype=torch.uint8)}),
+    lambda tensors, meta: meta["rng"].update(python=[3, [1, 2], None]),
+    lambda tensors, meta: meta["optimizer"].update(param_groups="all"),
+], ids=["no position", "no optimizer", "odd position", "rng size", "python rng", "param groups"])
+def test_corrupt_training_metadata_on_resume_is_one_line_naming_the_file(tmp_path, spoil):
+    from spikformer.train.state import load_training_state
+
+    path, parts = corrupt_training_state(tmp_path, spoil)
+    with pytest.raises(CheckpointError, match=r"last.safetensors: its training state is incomplete or corrupt") as info:
+        load_training_state(path, **parts, scaler=None, ema=None)
+    assert "\n" not in str(info.value)
