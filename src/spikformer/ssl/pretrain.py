@@ -249,7 +249,7 @@ class Pretrainer:
         barrier(self.dist)
 
     def save_encoder(self, metrics: dict[str, Any]) -> None:
-        """The encoder alone, under ``model.*`` like any weight file, with a config that rebuilds it."""
+        """The encoder alone, a plain state dict like any weights file, with a config that rebuilds it."""
         if not self.is_main:
             return
         config = dataclasses.replace(self.config, model=dataclasses.replace(
