@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import pickle
+import re
 import resource
 import signal
 import sys
@@ -247,3 +249,227 @@ def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact(tmp_path):
     assert path.read_bytes() == before and leftovers(tmp_path) == []
     state, _ = read_model_state(path)
     assert state["head.weight"].shape == (10, 16)
+
+
+# --- a checkpoint is data, not instructions -----------------------------------------------------------
+
+
+def raw_safetensors(path: Path, header: dict, data: bytes = b"") -> Path:
+    """A file in the safetensors layout with exactly this header (which may lie about the data)."""
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+def test_a_weights_file_is_a_plain_state_dict_that_safetensors_and_timm_read_directly(tmp_path):
+    import timm
+    from safetensors.torch import load_file
+
+    model = tiny_model()
+    config = config_to_dict(load_config(None, [f"model.{k}={v}" for k, v in TINY.items()]))
+    save_model(tmp_path / "best.safetensors", model, config)
+    state = load_file(str(tmp_path / "best.safetensors"))
+    assert set(state) == set(model.state_dict())  # no "model." prefix
+    fresh = tiny_model()
+    fresh.load_state_dict(state, strict=True)
+    via_timm = timm.create_model("spikformer_cifar_4_256", checkpoint_path=str(tmp_path / "best.safetensors"),
+                                 **TINY)
+    for key, value in model.state_dict().items():
+        assert torch.equal(via_timm.state_dict()[key], value), key
+    _, metadata = read_checkpoint(tmp_path / "best.safetensors")
+    assert metadata["config"]["model"]["embed_dim"] == 16  # the config travels in the metadata
+
+
+def test_a_weights_file_written_before_the_plain_layout_still_loads(tmp_path):
+    model = tiny_model()
+    config = config_to_dict(load_config(None, [f"model.{k}={v}" for k, v in TINY.items()]))
+    # Version 1 weights files: every key under "model.", no layout, no checksum.
+    write_checkpoint(tmp_path / "old.safetensors", {f"model.{k}": v for k, v in model.state_dict().items()},
+                     {"config": config, "kind": "weights"})
+    state, _ = read_model_state(tmp_path / "old.safetensors")
+    assert set(state) == set(model.state_dict())
+    loaded, _ = load_model_from_checkpoint(tmp_path / "old.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_with_flipped_tensor_bytes_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "best.safetensors"
+    save_model(path, tiny_model())
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40  # one bit of the last tensor's bytes: still a well-formed file
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"best.safetensors is corrupt: its tensor bytes do not match"):
+        load_checkpoint(tiny_model(), path)
+
+
+def test_a_header_that_does_not_fit_the_file_is_refused_before_any_tensor_is_read(tmp_path, monkeypatch):
+    # A sparse 2 GiB file whose head looks like safetensors: its one tensor claims more bytes than there are.
+    path = raw_safetensors(tmp_path / "big.safetensors",
+                           {"w": {"dtype": "F32", "shape": [2**30], "data_offsets": [0, 2**32]}})
+    with path.open("r+b") as handle:
+        handle.truncate(2**31)
+
+    def never(*args, **kwargs):
+        raise AssertionError("tensor bytes were read before the header was validated")
+
+    monkeypatch.setattr(Path, "read_bytes", never)
+    monkeypatch.setattr(ckpt, "safetensors_load_file", never, raising=False)
+    with pytest.raises(CheckpointError, match=r"big.safetensors is not a readable safetensors checkpoint.*offsets"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"w": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}, "unknown dtype"),
+    ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, "invalid shape"),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, "does not match its 4 bytes"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "v": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "overlap or leave gaps"),
+    ({"w": "F32"}, "not described by dtype, shape and data_offsets"),
+    ({"__metadata__": {"spikformer": 5}}, "does not map names to strings"),
+])
+def test_a_header_that_lies_about_its_tensors_is_refused_with_one_line(tmp_path, header, message):
+    path = raw_safetensors(tmp_path / "lie.safetensors", header, b"\0" * 4)
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_checkpoint(path)
+    assert "\n" not in str(info.value) and "lie.safetensors" in str(info.value)
+
+
+def test_deeply_nested_metadata_json_is_refused_not_a_recursion_error(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = raw_safetensors(tmp_path / "deep.safetensors", {"__metadata__": {"spikformer": deep}})
+    with pytest.raises(CheckpointError, match=r"deep.safetensors: the checkpoint's metadata JSON nests 100000 levels"):
+        read_checkpoint(path)
+
+
+def test_a_fifo_or_device_is_refused_at_once_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "ckpt.safetensors"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("open() hung")))
+    signal.alarm(10)
+    try:
+        for path in (fifo, Path("/dev/zero")):
+            for load in (read_checkpoint, lambda p: load_checkpoint(tiny_model(), p)):
+                with pytest.raises(CheckpointError, match="is not a regular file"):
+                    load(path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_weights_stored_as_integers_or_booleans_are_refused_not_cast(tmp_path, dtype):
+    state = tiny_model().state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].to(dtype)
+    write_checkpoint(tmp_path / "forged.safetensors", state, {"layout": "state_dict"})
+    with pytest.raises(CheckpointError, match=rf"wrong kind of dtype: {re.escape(name)} \({dtype}"):
+        load_checkpoint(tiny_model(), tmp_path / "forged.safetensors")
+
+
+def stored(tmp_path, **sections) -> Path:
+    config = config_to_dict(load_config(None, [f"model.{k}={v}" for k, v in TINY.items()]))
+    for section, values in sections.items():
+        config[section].update(values)
+    save_model(tmp_path / "stored.safetensors", tiny_model(), config)
+    return tmp_path / "stored.safetensors"
+
+
+def test_a_stored_config_cannot_choose_where_to_write_or_how_many_workers_to_start(tmp_path):
+    path = stored(tmp_path, data={"cache_dir": str(tmp_path / "planted"), "num_workers": 32, "download": True},
+                  train={"out_dir": "/etc", "resume": "/etc/passwd", "threads": 512})
+    _, config = load_model_from_checkpoint(path)
+    assert config.data.cache_dir is None and config.data.download is False
+    assert config.train.out_dir == "runs/default" and config.train.resume is None and config.train.threads is None
+    assert config.data.num_workers == ckpt.local_worker_limit() <= 8
+    # The user's own choices, given as overrides, win.
+    _, config = load_model_from_checkpoint(path, [f"data.cache_dir={tmp_path / 'mine'}", "data.num_workers=3"])
+    assert config.data.cache_dir == str(tmp_path / "mine") and config.data.num_workers == 3
+
+
+def test_eval_of_a_checkpoint_starts_no_more_workers_than_the_machine_allows(tmp_path, monkeypatch, capsys):
+    import spikformer.data as data
+    from spikformer.cli import main
+
+    path = stored(tmp_path, data={"num_workers": 32, "cache_dir": str(tmp_path / "planted")},
+                  model={"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10})
+    save_model(path, tiny_model(img_size=8, patch_size=4, in_chans=1, num_classes=10),
+               read_checkpoint(path)[1]["config"])
+    asked = []
+    real = data.build_loader
+    monkeypatch.setattr(data, "build_loader", lambda *a, **k: asked.append(k["num_workers"]) or real(
+        *a, **{**k, "num_workers": 0}))
+    assert main(["eval", "--checkpoint", str(path), "train.progress=false"]) == 0
+    assert asked == [ckpt.local_worker_limit()]
+    assert not (tmp_path / "planted").exists()
+
+
+@pytest.mark.parametrize("key, value", [("model.T", 10**9), ("model.embed_dim", 10**6), ("model.depth", 10**5),
+                                        ("data.eval_batch_size", 10**8)])
+def test_sizes_a_stored_config_asks_for_are_bounded_with_one_line(tmp_path, key, value):
+    section, name = key.split(".")
+    path = stored(tmp_path, **{section: {name: value}})
+    with pytest.raises(CheckpointError, match=rf"asks for {re.escape(key)}={value}, more than the .* override"
+                                              rf" {re.escape(key)}=N") as info:
+        load_model_from_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_stored_width_that_the_weights_do_not_have_fails_before_allocating(tmp_path, monkeypatch):
+    path = stored(tmp_path, model={"embed_dim": 64})  # weights of width 16 under a config of width 64
+    import spikformer.models as models
+
+    built = []
+    real = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda cfg: built.append(torch.empty(0).device) or real(cfg))
+    with pytest.raises(CheckpointError, match=r"stored.safetensors does not fit the model(.|\n)*shape mismatches"):
+        load_model_from_checkpoint(path)
+    assert [d.type for d in built] == ["meta"]  # only the meta-device model was ever built
+
+
+def test_a_refused_pickle_never_repeats_torchs_advice_to_load_it_unsafely(tmp_path):
+    class RunsShell:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"state_dict": {}, "x": RunsShell()}, protocol=2))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tiny_model(), path)
+    message = str(info.value)
+    assert message.startswith(f"refused to load {path}") and "posix.system" in message
+    assert "weights_only" not in message and "trusted source" not in message
+    assert not (tmp_path / "ran").exists()
+
+
+def corrupt_training_state(tmp_path: Path, spoil) -> tuple[Path, dict]:
+    from spikformer.config import Config
+    from spikformer.train.optim import build_optimizer, build_scheduler
+    from spikformer.train.state import Position, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    parts = {"model": model, "optimizer": build_optimizer(model, Config().optim)}
+    parts["scheduler"] = build_scheduler(parts["optimizer"], Config().optim, 2, 4)
+    path = tmp_path / "last.safetensors"
+    save_training_state(path, **parts, scaler=None, ema=None, position=Position(1, 0, 4),
+                        config=config_to_dict(Config()))
+    tensors, meta = read_checkpoint(path)
+    spoil(tensors, meta)
+    write_checkpoint(path, tensors, {k: v for k, v in meta.items() if k not in ("format", "version", "tensor_sha256")})
+    return path, parts
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda tensors, meta: meta.pop("position"),
+    lambda tensors, meta: meta.pop("optimizer"),
+    lambda tensors, meta: meta["position"].update(epoch="three", unknown=1),
+    lambda tensors, meta: tensors.update({"rng.torch": torch.zeros(7, dtype=torch.uint8)}),
+    lambda tensors, meta: meta["rng"].update(python=[3, [1, 2], None]),
+    lambda tensors, meta: meta["optimizer"].update(param_groups="all"),
+], ids=["no position", "no optimizer", "odd position", "rng size", "python rng", "param groups"])
+def test_corrupt_training_metadata_on_resume_is_one_line_naming_the_file(tmp_path, spoil):
+    from spikformer.train.state import load_training_state
+
+    path, parts = corrupt_training_state(tmp_path, spoil)
+    with pytest.raises(CheckpointError, match=r"last.safetensors: its training state is incomplete or corrupt") as info:
+        load_training_state(path, **parts, scaler=None, ema=None)
+    assert "\n" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -174,3 +175,58 @@ def test_a_device_that_is_not_here_is_a_config_error():
     with pytest.raises(ConfigError, match="CUDA is not available here; use train.device=cpu"):
         resolve_device("cuda:0")
 
+
+
+# --- bounded input -------------------------------------------------------------------------------------
+
+
+def billion_laughs(levels: int = 9) -> str:
+    lines = ["model:", "  stem_options:", "    l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for level in range(1, levels):
+        lines.append(f"    l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_laughs_config_is_refused_quickly_with_one_line(tmp_path):
+    path = tmp_path / "laughs.yaml"
+    path.write_text(billion_laughs())  # 1.1 KB that expands to 9**9 = 387 million strings
+    assert path.stat().st_size < 1500
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"laughs.yaml' is refused: the YAML expands to more than") as info:
+        load_config(path)
+    assert time.perf_counter() - start < 2.0
+    assert "\n" not in str(info.value)
+
+
+def test_a_billion_laughs_override_is_refused_too():
+    inline = "{a: &a [x, x, x, x, x, x, x, x, x, x], " + ", ".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(7)) + "}"
+    with pytest.raises(ConfigError, match=r"override 'model.stem_options=.*expands to more than"):
+        load_config(None, [f"model.stem_options={inline}"])
+
+
+def test_too_many_aliases_or_too_deep_a_document_is_refused(tmp_path):
+    many = tmp_path / "many.yaml"
+    many.write_text("x: &x 1\nmodel:\n  stem_options:\n    l: [" + ", ".join(["*x"] * 150) + "]\n")
+    with pytest.raises(ConfigError, match="more than 100 aliases"):
+        load_config(many)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model:\n  stem_options:\n    a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nests more than 50 levels"):
+        load_config(deep)
+
+
+def test_a_config_with_a_few_aliases_still_loads(tmp_path):
+    path = tmp_path / "aliases.yaml"
+    path.write_text("optim:\n  lr: &rate 1.0e-3\n  warmup_lr: *rate\ntrain:\n  epochs: &n 4\n  log_interval: *n\n")
+    config = load_config(path)
+    assert config.optim.warmup_lr == config.optim.lr == 1e-3 and config.train.log_interval == 4
+
+
+def test_an_error_quoting_a_huge_value_is_cut_to_a_sane_length(capsys):
+    from spikformer.cli import MAX_MESSAGE_CHARS, main
+
+    assert main(["train", "--config", "configs/digits.yaml", "model.T=" + "9" * 100 + "x" * 1_000_000]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spikformer train: error: model.T must be an integer")
+    assert len(err) < MAX_MESSAGE_CHARS + 200 and "more characters cut" in err

@@ -221,7 +221,8 @@ def test_weights_made_non_finite_by_a_step_are_never_saved(tmp_path):
     assert position(tmp_path / "last.safetensors")["epoch"] == 1
     for name in ("last.safetensors", "best.safetensors"):
         tensors, _ = read_checkpoint(tmp_path / name)
-        assert torch.isfinite(tensors["model.head.bias"]).all(), name
+        bias = tensors["model.head.bias" if name == "last.safetensors" else "head.bias"]  # best: a plain state dict
+        assert torch.isfinite(bias).all(), name
 
 
 # --- run folders ---------------------------------------------------------------------------------------
@@ -252,13 +253,93 @@ def test_an_out_dir_that_is_a_file_or_unwritable_is_a_config_error(tmp_path):
 def test_resuming_with_another_model_lists_what_does_not_fit(tmp_path):
     Trainer(load_config(None, tiny(tmp_path, "train.epochs=1"))).fit()
     wider = load_config(None, tiny(tmp_path, "model.embed_dim=32", "train.resume=auto"))
-    with pytest.raises(CheckpointError, match=r"(?s)last.safetensors does not fit the model.*shape mismatches: "
-                                              r"patch_embed.stages.0.conv.weight: checkpoint \[2, 1, 3, 3\]"):
+    with pytest.raises(ConfigError, match=r"cannot resume from .*last.safetensors: the run was started with other "
+                                          r"settings \(model.embed_dim 16 -> 32\)"):
         Trainer(wider).fit()
+    # Whatever the configs say, the weights are checked too (a checkpoint whose config lacks a key).
+    from spikformer.checkpoint import match_state_dict, read_model_state
+
+    state, _ = read_model_state(tmp_path / "last.safetensors")
+    with pytest.raises(CheckpointError, match=r"(?s)does not fit the model.*shape mismatches: "
+                                              r"patch_embed.stages.0.conv.weight: checkpoint \[2, 1, 3, 3\]"):
+        match_state_dict(Trainer(wider).model, state)
 
 
 def test_metrics_of_an_interrupted_run_are_not_duplicated_on_resume(tmp_path):
-    Trainer(load_config(None, tiny(tmp_path, "train.epochs=1"))).fit()
+    first = Trainer(load_config(None, tiny(tmp_path, "train.epochs=2")))
+    first.total_epochs = 1  # stops after epoch 1 of 2, as an interrupted run does
+    first.fit()
     Trainer(load_config(None, tiny(tmp_path, "train.epochs=2", "train.resume=auto"))).fit()
     with (tmp_path / "metrics.csv").open() as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+
+
+def finished_run(tmp_path: Path, *extra: str) -> list[str]:
+    config_file = write_config(tmp_path / "tiny.yaml", tiny(tmp_path / "run", "train.epochs=1"))
+    argv = ["train", "--config", str(config_file), *extra]
+    assert main(argv) == 0
+    return argv
+
+
+def test_a_best_checkpoint_without_last_is_never_overwritten_by_a_fresh_start(tmp_path, capsys):
+    argv = finished_run(tmp_path)
+    run = tmp_path / "run"
+    (run / "last.safetensors").unlink()  # deleted, or a kill before the first save of a later run
+    best = (run / "best.safetensors").read_bytes()
+    rows = (run / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (config.yaml, metrics.csv, best.safetensors" in err
+    assert "no last.safetensors to continue from" in err and "--overwrite" in err
+    assert (run / "best.safetensors").read_bytes() == best and (run / "metrics.csv").read_text() == rows
+
+
+@pytest.mark.parametrize("change, named", [
+    ("optim.lr=5e-3", "optim.lr 0.001 -> 0.005"), ("optim.weight_decay=0.5", "optim.weight_decay 0.06 -> 0.5"),
+    ("data.batch_size=8", "data.batch_size 16 -> 8"), ("model.T=3", "model.T 2 -> 3"),
+    ("train.seed=7", "train.seed 0 -> 7"), ("data.train_fraction=0.1", "data.train_fraction 0.05 -> 0.1"),
+    ("data.shift=0", "data.shift 2 -> 0"), ("optim.name=sgd", "optim.name 'adamw' -> 'sgd'"),
+])
+def test_resuming_with_other_settings_exits_2_naming_the_difference(tmp_path, capsys, change, named):
+    argv = finished_run(tmp_path)
+    last = (tmp_path / "run" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--resume", "auto", change]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume from {tmp_path / 'run' / 'last.safetensors'}: the run was started with other settings " \
+           f"({named})" in err and "model.pretrained=" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == last
+
+
+def test_safe_keys_may_change_on_resume_and_config_yaml_records_them(tmp_path, capsys):
+    argv = finished_run(tmp_path)
+    assert main([*argv, "--resume", "auto", "train.epochs=2", "train.log_interval=3", "data.num_workers=0",
+                 "train.device=cpu"]) == 0
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["train"]["epochs"] == 2 and recorded["train"]["log_interval"] == 3
+    assert position(tmp_path / "run" / "last.safetensors")["epoch"] == 2
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first_ones_pid(tmp_path, capsys):
+    from spikformer.train.run_folder import RunFolderLock
+
+    config_file = write_config(tmp_path / "tiny.yaml", tiny(tmp_path / "run", "train.epochs=1"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from spikformer.train.run_folder import RunFolderLock; "
+        f"RunFolderLock({str(tmp_path / 'run')!r}).acquire(); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for resume in ([], ["--resume", "auto"]):
+            assert main(["train", "--config", str(config_file), *resume]) == 2
+            err = capsys.readouterr().err
+            assert f"is in use by another run (process {holder.pid} " in err
+        assert not (tmp_path / "run" / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed without releasing: the kernel dropped its lock, and the next run takes over.
+    assert main(["train", "--config", str(config_file)]) == 0
+    assert RunFolderLock(tmp_path / "run").acquire().release() is None

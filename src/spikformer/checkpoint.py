@@ -1,8 +1,17 @@
 """Checkpoints: this project's own safe format, the original code's ``.pth`` files, and atomic writes.
 
-Own format: one ``.safetensors`` file. Tensors are namespaced (``model.*``, ``ema.*``, ``optim.*``,
-``rng.*``); everything else (the resolved config, epoch, step, metrics, scheduler state ...) is a JSON
-document stored in the safetensors header under the key ``spikformer``. Reading it never runs code.
+Own format: one ``.safetensors`` file. A weights file (``best.safetensors``, an exported encoder) holds a plain
+state dict, keys exactly as ``model.state_dict()`` names them, so ``safetensors.torch.load_file`` +
+``load_state_dict`` and timm's ``checkpoint_path=`` read it directly. A training state (``last.safetensors``)
+namespaces its tensors (``model.*``, ``ema.*``, ``optim.*``, ``rng.*``). Everything else (the resolved config,
+epoch, step, metrics, scheduler state ...) is a JSON document stored in the safetensors header under the key
+``spikformer``, with a SHA-256 of the tensor bytes that is checked on load. Weight files written before the
+plain layout (keys under ``model.``) still load.
+
+A file is data, never instructions: its header is validated before any tensor byte is read, the JSON is parsed
+with a bounded nesting depth, only regular files are opened, weights must have the model's kind of dtype, and a
+config stored in a checkpoint may not choose where to write, how many processes to start or how much memory to
+allocate (``stored_config``).
 
 Legacy ``.pth``/``.pth.tar`` files (the original research code, timm's saver) are read with
 ``torch.load(weights_only=True)``; the only extra type allowed is ``argparse.Namespace``, which timm's saver
@@ -12,9 +21,13 @@ stores as ``args``. A file that needs anything else to unpickle is refused, and 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 import pickle
+import re
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,7 +35,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
+from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
@@ -30,8 +43,14 @@ from .errors import CheckpointError, ConfigError
 from .models.official import checkpoint_filter_fn
 
 FORMAT_NAME = "spikformer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights files hold a plain state dict ("layout": "state_dict") and a tensor checksum
 SAFETENSORS_MAGIC_OFFSET = 8  # the header length (u64) comes first, then a JSON header starting with "{"
+MAX_HEADER_BYTES = 64 * 2**20  # the JSON header of a real checkpoint is kilobytes; safetensors allows 100 MB
+MAX_JSON_DEPTH = 32  # our metadata nests 5 deep; a deeper document is hostile (json recursion)
+# Bytes per element of each safetensors dtype (the header must agree with the data it describes).
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+WEIGHTS_LAYOUT = "state_dict"
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -48,11 +67,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the process's umask (0644 under the usual 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -70,14 +97,16 @@ def _fsync_directory(directory: Path) -> None:
 
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Save ``tensors`` and a JSON-serialisable ``metadata`` mapping as one safetensors file, atomically."""
-    document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **metadata}
+    payload = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+    document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **metadata,
+                "tensor_sha256": tensor_checksum(payload)}
     try:
         header = json.dumps(document)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {error}") from None
-    payload = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
     try:
-        atomic_write_bytes(path, safetensors_save(payload, metadata={FORMAT_NAME: header}))
+        # "format": "pt" is what timm and the Hugging Face tools write and look for.
+        atomic_write_bytes(path, safetensors_save(payload, metadata={FORMAT_NAME: header, "format": "pt"}))
     except OSError as error:  # still an OSError (the machine, not the input), with what to do about it
         raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror or error}); the "
                       f"previous file, if any, is intact. Free disk space or choose a writable "
@@ -86,9 +115,20 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadat
 
 def save_model(path: str | Path, model: nn.Module, config: dict[str, Any] | None = None,
                **metadata: Any) -> None:
-    """Save a model's weights (and its config, so the file alone can rebuild it)."""
-    tensors = {f"model.{k}": v for k, v in unwrap_model(model).state_dict().items()}
-    write_checkpoint(path, tensors, {"config": config, **metadata})
+    """Save a model's weights as a plain state dict (and its config, so the file alone can rebuild it)."""
+    write_checkpoint(path, dict(unwrap_model(model).state_dict()),
+                     {"layout": WEIGHTS_LAYOUT, "config": config, **metadata})
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{str(value.dtype)}|{list(value.shape)}|".encode())
+        if value.numel():
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -107,6 +147,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def is_safetensors(path: str | Path) -> bool:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as handle:
             head = handle.read(SAFETENSORS_MAGIC_OFFSET + 1)
     except OSError:
@@ -115,37 +157,132 @@ def is_safetensors(path: str | Path) -> bool:
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an own-format checkpoint: ``(tensors, metadata)``."""
+    """Read an own-format checkpoint: ``(tensors, metadata)``. The header is validated first (sizes, dtypes,
+    offsets against the file's length), so no tensor byte is read from a file whose structure is wrong; the
+    tensor checksum, when the file carries one, is verified."""
     path = Path(path)
-    _check_file(path)
+    header, metadata = read_checkpoint_header(path)
     try:
-        data = path.read_bytes()
-        tensors = safetensors_load(data)
-        header_size = int.from_bytes(data[:SAFETENSORS_MAGIC_OFFSET], "little")
-        header = json.loads(data[SAFETENSORS_MAGIC_OFFSET:SAFETENSORS_MAGIC_OFFSET + header_size])
-        header = header.get("__metadata__") or {}
-    except (SafetensorError, ValueError, OSError) as error:
+        tensors = safetensors_load_file(str(path))
+    except (SafetensorError, ValueError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): "
-                              f"{error}") from None
-    if FORMAT_NAME in header:
-        try:
-            metadata = json.loads(header[FORMAT_NAME])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: the checkpoint's metadata is not valid JSON") from None
-        if not isinstance(metadata, dict):
-            raise CheckpointError(f"{path}: the checkpoint's metadata is not a JSON object")
-    else:
-        metadata = {}  # a plain safetensors weight file (e.g. exported by another tool)
+                              f"{_first_line(error)}") from None
+    expected = metadata.get("tensor_sha256")
+    if expected is not None and tensor_checksum(tensors) != expected:
+        raise CheckpointError(f"{path} is corrupt: its tensor bytes do not match the checksum stored in it "
+                              f"(damaged on disk or in transfer); copy or download it again")
     return tensors, metadata
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of an own checkpoint, read from its header alone (no tensor is loaded)."""
+    return read_checkpoint_header(Path(path))[1]
+
+
+def read_checkpoint_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tensor entries, metadata)`` of a safetensors file, checked against the file before any tensor is
+    read: a length that fits the file, a bounded JSON, known dtypes, and offsets that tile the data exactly."""
+    size = _check_file(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(SAFETENSORS_MAGIC_OFFSET)
+            header_size = int.from_bytes(head, "little") if len(head) == SAFETENSORS_MAGIC_OFFSET else -1
+            if not 2 <= header_size <= min(MAX_HEADER_BYTES, size - SAFETENSORS_MAGIC_OFFSET):
+                raise _unreadable(path, f"its header length {header_size} does not fit a {size}-byte file")
+            text = handle.read(header_size)
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be read: {error.strerror or error}") from None
+    header = _bounded_json(text, path, "header")
+    if not isinstance(header, dict):
+        raise _unreadable(path, "the header is not a JSON object")
+    extra = header.get("__metadata__") or {}
+    if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
+        raise _unreadable(path, "the header's metadata does not map names to strings")
+    _check_tensor_entries(path, header, size - SAFETENSORS_MAGIC_OFFSET - header_size)
+    if FORMAT_NAME not in extra:
+        return header, {}  # a plain safetensors weight file (e.g. exported by another tool)
+    metadata = _bounded_json(extra[FORMAT_NAME].encode(), path, "metadata")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: the checkpoint's metadata is not a JSON object")
+    return header, metadata
+
+
+def _check_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name[:80]!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _unreadable(path, f"{where} is not described by dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise _unreadable(path, f"{where} has the unknown dtype {str(dtype)[:20]!r}")
+        if (not isinstance(shape, list) or len(shape) > 16
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise _unreadable(path, f"{where} has an invalid shape {str(shape)[:60]}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise _unreadable(path, f"{where} has data offsets {str(offsets)[:60]} outside the file's "
+                                    f"{data_bytes} data bytes")
+        if math.prod(shape) * SAFETENSORS_DTYPES[dtype] != offsets[1] - offsets[0]:
+            raise _unreadable(path, f"{where}: shape {shape} of {dtype} does not match its "
+                                    f"{offsets[1] - offsets[0]} bytes")
+        spans.append(offsets)
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise _unreadable(path, "its tensors overlap or leave gaps in the data")
+        position = end
+    if position != data_bytes:
+        raise _unreadable(path, f"its header describes {position} data bytes but the file holds {data_bytes}")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _bounded_json(text: bytes, path: Path, what: str) -> Any:
+    """``json.loads`` that refuses a document nested deeper than ``MAX_JSON_DEPTH`` (before parsing it, so a
+    hostile ``[[[[...`` never reaches the recursive parser)."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", text)):
+        depth += 1 if match.group() in b"[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise CheckpointError(f"{path}: the checkpoint's {what} JSON nests {deepest} levels deep (at most "
+                              f"{MAX_JSON_DEPTH}); the file is corrupt or hostile")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise _unreadable(path, f"its {what} is not valid JSON") from None
+
+
+def _unreadable(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {detail}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def _check_file(path: Path) -> int:
+    """The size of ``path``, a regular, non-empty file (checked with ``stat``, so a FIFO is never opened)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise CheckpointError(f"checkpoint {str(path)!r} is a directory; pass a file such as {path}/best.safetensors")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file (a FIFO, device or socket); pass "
+                              f"the checkpoint file itself")
+    if info.st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    return info.st_size
 
 
 def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -166,7 +303,7 @@ def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint?): "
                               f"{detail}") from None
     except Exception as error:  # noqa: BLE001 - arbitrary bytes make torch.load fail in arbitrary ways
-        detail = str(error).splitlines()[0] if str(error) else ""
+        detail = _without_unsafe_advice(_first_line(error))
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or not a checkpoint?): "
                               f"{type(error).__name__} {detail}".rstrip()) from None
     if not isinstance(obj, dict):
@@ -176,12 +313,29 @@ def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _unpickler_detail(message: str) -> str:
     """The informative sentence of torch's weights-only error (its message is mostly advice to load unsafely,
-    which we do not give)."""
+    which we do not give), e.g. "Trying to load unsupported GLOBAL posix.system ..." or "Unsupported operand"."""
     marker = "WeightsUnpickler error:"
     if marker in message:
-        rest = message.split(marker, 1)[1].strip()
-        return rest.split("\n")[0].split(". Please")[0].strip() or "unpickling failed"
-    return message.splitlines()[0] if message else "unpickling failed"
+        message = message.split(marker, 1)[1]
+    for line in message.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Weights only load failed", "Check the documentation", "Please file")):
+            continue
+        detail = _without_unsafe_advice(line[:300])
+        if detail:
+            return detail
+    return "unpickling failed"
+
+
+_UNSAFE_ADVICE = re.compile(r"weights_only|This file can still be loaded|safe_globals|add_safe_globals|"
+                            r"trust the source|arbitrary code", re.IGNORECASE)
+
+
+def _without_unsafe_advice(text: str) -> str:
+    """``text`` without torch's sentences that suggest loading the file unsafely (``weights_only=False``,
+    allow-listing its globals): for a file we refused, that advice is the attack."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    return " ".join(sentence for sentence in sentences if not _UNSAFE_ADVICE.search(sentence)).strip()
 
 
 def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
@@ -201,7 +355,9 @@ def read_model_state(path: str | Path, use_ema: bool = False) -> tuple[dict[str,
     if is_safetensors(path):
         tensors, metadata = read_checkpoint(path)
         prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
-        if any(key.startswith(prefix) for key in tensors):
+        if metadata.get("layout") == WEIGHTS_LAYOUT:
+            state = tensors  # a plain state dict
+        elif any(key.startswith(prefix) for key in tensors):  # a training state, or a weights file before v2
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         else:
             state = tensors
@@ -214,6 +370,23 @@ def read_model_state(path: str | Path, use_ema: bool = False) -> tuple[dict[str,
 def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
                      source: str = "checkpoint", ignore: tuple[str, ...] = ()) -> None:
     """Load ``state`` into ``model``; on a mismatch raise ``CheckpointError`` naming keys and shapes."""
+    expected = model.state_dict()
+    check_state_fits(model, state, strict, source, ignore)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating-point" if dtype.is_floating_point else "integer"
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
+                     source: str = "checkpoint", ignore: tuple[str, ...] = ()) -> None:
+    """Raise ``CheckpointError`` unless ``state`` fits ``model``: names, shapes, and the kind of dtype (float
+    weights stored as int64 or bool would be cast silently and evaluate garbage). Works on a ``meta`` model."""
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state and not k.startswith(ignore))
     unexpected = sorted(k for k in state if k not in expected)
@@ -229,7 +402,12 @@ def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], strict: b
         lines.append("  Build the same variant and overrides the checkpoint was trained with (its config is "
                      "stored in own checkpoints), or pass strict=False to load the matching part.")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    wrong_kind = [f"{k} ({state[k].dtype}, the model has {expected[k].dtype})" for k in expected
+                  if k in state and _dtype_kind(state[k].dtype) != _dtype_kind(expected[k].dtype)]
+    if wrong_kind:
+        shown = ", ".join(wrong_kind[:4]) + (f", ... ({len(wrong_kind)} in all)" if len(wrong_kind) > 4 else "")
+        raise CheckpointError(f"{source}: tensors of the wrong kind of dtype: {shown}; the file was not written "
+                              f"from this model's weights (corrupt or forged)")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, use_ema: bool = False
@@ -240,23 +418,79 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, use
     return metadata
 
 
-def load_model_from_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                               use_ema: bool = True):
-    """Rebuild the model an own checkpoint describes and load its weights: ``(model, config)``.
-    ``overrides`` (``section.key=value``) change the stored config, e.g. ``model.T=8``."""
-    from .config import apply_overrides, config_from_dict
-    from .models import build_model
+# A config stored in a checkpoint describes a model; it does not get to pick this machine's paths, process
+# count or memory. Keys a file may not set (reset to these values unless an override sets them here):
+LOCAL_ONLY = {("data", "cache_dir"): None, ("train", "out_dir"): "runs/default", ("train", "resume"): None,
+              ("model", "pretrained"): None, ("data", "download"): False, ("train", "threads"): None,
+              ("train", "compile"): False, ("train", "tensorboard"): False}
+# Sizes a file may state, at most (an override may choose larger ones). Above them a model or a batch would
+# take more memory than any machine has, far beyond every published Spikformer (T <= 16, width <= 768).
+STORED_SIZE_LIMITS = {("model", "T"): 256, ("model", "embed_dim"): 4096, ("model", "depth"): 64,
+                      ("model", "img_size"): 1024, ("model", "num_heads"): 64, ("model", "num_classes"): 100_000,
+                      ("model", "in_chans"): 16, ("model", "patch_size"): 256, ("model", "mlp_ratio"): 16,
+                      ("data", "batch_size"): 4096, ("data", "eval_batch_size"): 4096, ("ssl", "T"): 256,
+                      ("ssl", "decoder_dim"): 4096, ("ssl", "decoder_depth"): 64, ("ssl", "decoder_heads"): 64,
+                      ("ssl", "num_visualize"): 64}
 
-    state, metadata = read_model_state(path, use_ema=use_ema)
-    if not metadata.get("config"):
+
+def local_worker_limit() -> int:
+    """The most loader workers a checkpoint's config may start here: this machine's cores, at most 8."""
+    return max(0, min(8, os.cpu_count() or 1))
+
+
+def stored_config(path: str | Path, metadata: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()):
+    """The validated ``Config`` stored in a checkpoint, made safe to act on here: ``LOCAL_ONLY`` keys reset,
+    ``data.num_workers`` capped at ``local_worker_limit()``, sizes beyond ``STORED_SIZE_LIMITS`` refused.
+    ``overrides`` are this user's choices and win over all of it."""
+    from .config import apply_overrides, config_from_dict, parse_override
+
+    raw = metadata.get("config")
+    if not raw:
         raise CheckpointError(f"{path} carries no config (an official or plain weight file): build the model "
                               f"with spikformer.create_model(...) and use spikformer.load_checkpoint(model, path)")
+    if isinstance(raw, dict) and all(isinstance(v, dict | None) for v in raw.values()):
+        raw = _bounded_locally(path, raw, {parse_override(text)[:2] for text in overrides})
+    # (anything else is refused by apply_overrides below, with the file named)
     try:
-        config = config_from_dict(apply_overrides(metadata["config"], list(overrides)))
+        config = config_from_dict(apply_overrides(raw, list(overrides)))
     except ConfigError as error:
         raise ConfigError(f"{path}: {error} (in the config stored in the checkpoint, overrides applied; a "
                           f"section.key=value override can change it)") from None
     config.model.pretrained = None
+    return config
+
+
+def _bounded_locally(path: str | Path, raw: dict[str, Any], chosen: set[tuple[str, str]]) -> dict[str, Any]:
+    raw = {name: dict(values or {}) for name, values in raw.items()}
+    for (section, key), value in LOCAL_ONLY.items():
+        if section in raw:
+            raw[section].pop(key, None)
+            if value is not None:
+                raw[section][key] = value
+    for (section, key), limit in STORED_SIZE_LIMITS.items():
+        value = raw.get(section, {}).get(key)
+        if (section, key) not in chosen and isinstance(value, int | float) and value > limit:
+            raise CheckpointError(f"{path}: its stored config asks for {section}.{key}={str(value)[:30]}, more "
+                                  f"than the {limit} a checkpoint may ask for; choose it yourself with the "
+                                  f"override {section}.{key}=N if you mean it")
+    workers = raw.get("data", {}).get("num_workers")
+    if ("data", "num_workers") not in chosen and isinstance(workers, int) and workers > local_worker_limit():
+        raw["data"]["num_workers"] = local_worker_limit()
+    return raw
+
+
+def load_model_from_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                               use_ema: bool = True):
+    """Rebuild the model an own checkpoint describes and load its weights: ``(model, config)``.
+    ``overrides`` (``section.key=value``) change the stored config, e.g. ``model.T=8``."""
+    from .models import build_model
+
+    state, metadata = read_model_state(path, use_ema=use_ema)
+    config = stored_config(path, metadata, overrides)
+    # The weights, not the config's word, say how big the model is: check the config's model against them
+    # on the meta device (no memory) before building it for real.
+    with torch.device("meta"):
+        check_state_fits(build_model(config.model), state, strict=True, source=str(path))
     model = build_model(config.model)
     match_state_dict(model, state, strict=True, source=str(path))
     return model, config

@@ -16,6 +16,16 @@ import sys
 
 from .errors import SpikformerError
 
+MAX_MESSAGE_CHARS = 2000  # an error quoting a huge value (a 70 MB line) is cut to this
+
+
+def shorten(error: BaseException | str) -> str:
+    """The message of ``error``, cut to ``MAX_MESSAGE_CHARS`` characters (saying how much was cut)."""
+    text = str(error)
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]} ... ({len(text) - MAX_MESSAGE_CHARS} more characters cut)"
+
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
 COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "demo", "analyze", "energy_table", "frames",
             "export")
@@ -42,16 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpikformerError as error:
-        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        print(f"spikformer {args.command}: error: {shorten(error)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
-        print(f"spikformer {args.command}: {stop}", file=sys.stderr)
+        print(f"spikformer {args.command}: {shorten(stop)}", file=sys.stderr)
         return 128 + stop.signum
     except NonFiniteLossError as error:
-        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        print(f"spikformer {args.command}: error: {shorten(error)}", file=sys.stderr)
         return 1
     except OSError as error:  # the machine, not the input: a full disk, a vanished file, a permission
-        print(f"spikformer {args.command}: error: {error}", file=sys.stderr)
+        print(f"spikformer {args.command}: error: {shorten(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"spikformer {args.command}: interrupted", file=sys.stderr)

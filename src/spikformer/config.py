@@ -481,7 +481,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"override {text!r}: the key must be section.key with section one of "
                           f"{', '.join(section_names())} (e.g. model.embed_dim=64)")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = yaml.load(value_text, Loader=_BoundedSafeLoader) if value_text.strip() else None
+    except YAMLInputTooLarge as error:
+        raise ConfigError(f"override {text[:80]!r}: {error}") from None
     except yaml.YAMLError:
         value = value_text
     if isinstance(value, str) and _FLOAT_WITHOUT_DOT.match(value.strip()):
@@ -504,9 +506,56 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-class _StrictSafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only: no tags that build Python objects) that also refuses a key
-    given twice in one mapping, which would otherwise silently drop the first value."""
+# Bounds of a YAML document. A config has a few dozen keys, uses an alias or two, and nests 3-4 levels; a
+# "billion laughs" file (aliases of lists of aliases) is a 1 KB document that expands to billions of nodes, which
+# validation, error messages and yaml.safe_dump would all walk.
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000  # counted with every alias expanded
+MAX_YAML_DEPTH = 50
+
+
+class YAMLInputTooLarge(yaml.YAMLError):
+    """A YAML document beyond the bounds above."""
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only) that refuses documents with more than ``MAX_YAML_ALIASES``
+    aliases, more than ``MAX_YAML_NODES`` nodes once the aliases are expanded, or deeper than
+    ``MAX_YAML_DEPTH``, before any Python object is built from them."""
+
+    def compose_node(self, parent, index):
+        self._aliases = getattr(self, "_aliases", 0) + self.check_event(yaml.AliasEvent)
+        if self._aliases > MAX_YAML_ALIASES:
+            raise YAMLInputTooLarge(f"the YAML uses more than {MAX_YAML_ALIASES} aliases (*name); a config needs "
+                                    f"a few at most (refused as a possible 'billion laughs' document)")
+        self._depth = getattr(self, "_depth", 0) + 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise YAMLInputTooLarge(f"the YAML nests more than {MAX_YAML_DEPTH} levels deep")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def expanded(item) -> int:  # the node count with aliases expanded, each shared node counted once
+            if id(item) not in sizes:
+                children = item.value if isinstance(item, yaml.SequenceNode) else (
+                    [part for pair in item.value for part in pair] if isinstance(item, yaml.MappingNode) else [])
+                sizes[id(item)] = min(1 + sum(expanded(child) for child in children), MAX_YAML_NODES + 1)
+            return sizes[id(item)]
+
+        if node is not None and expanded(node) > MAX_YAML_NODES:
+            raise YAMLInputTooLarge(f"the YAML expands to more than {MAX_YAML_NODES} values once its aliases are "
+                                    f"resolved (refused as a 'billion laughs' document)")
+        return node
+
+
+class _StrictSafeLoader(_BoundedSafeLoader):
+    """PyYAML's safe loader (plain data only: no tags that build Python objects), bounded, that also refuses a
+    key given twice in one mapping, which would otherwise silently drop the first value."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -538,6 +587,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
                               f"({error.problem.strip()}, {error.problem_mark}); configs hold plain values "
                               f"only") from None
         raise ConfigError(f"config file {str(path)!r}: {error}") from None
+    except YAMLInputTooLarge as error:
+        raise ConfigError(f"config file {str(path)!r} is refused: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
     except UnicodeDecodeError:

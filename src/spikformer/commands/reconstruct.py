@@ -22,8 +22,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from ..checkpoint import match_state_dict, read_checkpoint
-    from ..config import apply_overrides, config_from_dict
+    from ..checkpoint import match_state_dict, read_checkpoint, stored_config
     from ..data import build_dataset
     from ..errors import CheckpointError, ConfigError
     from ..models import resolve_config
@@ -37,9 +36,7 @@ def run(args) -> int:
     if not metadata.get("config") or not any(k.startswith("decoder.") for k in state):
         raise CheckpointError(f"{args.checkpoint} holds no decoder: pass the last.safetensors of a "
                               f"`spikformer pretrain` run (encoder.safetensors keeps the encoder only)")
-    config = config_from_dict(apply_overrides(metadata["config"], list(args.overrides)))
-    config = resolve_config(config)
-    config.model.pretrained = None
+    config = resolve_config(stored_config(args.checkpoint, metadata, args.overrides))  # the file's word, bounded
     model = build_masked_model(config)
     if "decoder.mask_token" not in model.state_dict():  # saved before the unused mask token was left out
         state.pop("decoder.mask_token", None)

@@ -22,6 +22,8 @@ from .digits import take_fraction_per_class
 from .registry import model_input, register_dataset
 from .transforms import image_transform, pil_mode
 
+MAX_PICKLED_ELEMENTS = 2**28  # CIFAR's largest array (the CIFAR-100 train data) holds 153.6 million bytes
+
 # The original CIFAR recipe normalises both CIFAR-10 and CIFAR-100 with CIFAR-10's statistics (SPEC §2).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -65,7 +67,21 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module == "numpy.core.multiarray":  # the name NumPy 1.x wrote; NumPy 2 keeps it as numpy._core
             module = "numpy._core.multiarray" if hasattr(np, "_core") else module
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _bounded_reconstruct(found) if name == "_reconstruct" else found
+
+
+def _bounded_reconstruct(reconstruct):
+    """NumPy's ``_reconstruct(cls, shape, dtype)`` allocates the shape it is given: a pickle may declare
+    terabytes. Refuse shapes beyond any CIFAR array before allocating."""
+
+    def checked(cls, shape, dtype):
+        dims = list(shape) if isinstance(shape, tuple | list) else [shape]
+        if not all(isinstance(d, int) and d >= 0 for d in dims) or np.prod(dims, dtype=object) > MAX_PICKLED_ELEMENTS:
+            raise pickle.UnpicklingError(f"an array declares the shape {str(shape)[:60]}, larger than any CIFAR array")
+        return reconstruct(cls, shape, dtype)
+
+    return checked
 
 
 def read_pickle(path: Path) -> dict[str, Any]:
@@ -74,12 +90,30 @@ def read_pickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             obj = _ArrayUnpickler(handle, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
-        raise DatasetError(f"{path} is not a CIFAR pickle ({type(error).__name__}: {error}); re-extract the "
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as error:
+        detail = str(error).splitlines()[0][:200] if str(error) else ""
+        raise DatasetError(f"{path} is not a CIFAR pickle ({type(error).__name__}: {detail}); re-extract the "
                            f"'python version' archive") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read {path}: {error.strerror or error}") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path} holds a {type(obj).__name__}, not the dict of a CIFAR pickle")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def class_numbers(values: Any, path: Path, key: str) -> np.ndarray:
+    """``values`` as an int64 vector of class numbers; anything else (strings, floats, booleans, nested or
+    scalar values) is refused, never truncated or cast."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        array = None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        what = f"{array.dtype} {list(array.shape)}" if array is not None else type(values).__name__
+        raise DatasetError(f"{path}: {key!r} should be a list of integer class numbers, got {what}; is this a "
+                           f"CIFAR pickle?")
+    return array.astype(np.int64)
 
 
 def find_folder(root: str | Path | None, layout: CifarLayout, name: str) -> Path:
@@ -121,14 +155,18 @@ class CifarDataset(Dataset):
             if data is None or batch_labels is None:
                 raise DatasetError(f"{folder / name} lacks the keys 'data' and {layout.label_key!r} of a "
                                    f"{layout.folder} pickle (it has {sorted(batch)[:6]}); is this the right dataset?")
-            data = np.asarray(data)
+            try:
+                data = np.asarray(data)
+            except (ValueError, TypeError):  # ragged nested lists
+                data = np.asarray(None)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE):
                 raise DatasetError(f"{folder / name}: 'data' should be uint8 rows of 3072 pixels, got "
                                    f"{data.dtype} {list(data.shape)}")
+            batch_labels = class_numbers(batch_labels, folder / name, layout.label_key)
             if len(batch_labels) != len(data):
                 raise DatasetError(f"{folder / name}: {len(data)} images but {len(batch_labels)} labels")
             images.append(data.reshape(-1, *IMAGE_SHAPE).transpose(0, 2, 3, 1))
-            labels.append(np.asarray(batch_labels, dtype=np.int64))
+            labels.append(batch_labels)
         self.images = np.ascontiguousarray(np.concatenate(images))
         self.labels = np.concatenate(labels)
         if self.labels.size and not 0 <= self.labels.min() <= self.labels.max() < layout.num_classes:
@@ -136,6 +174,9 @@ class CifarDataset(Dataset):
         self.num_classes = layout.num_classes
         meta_path = folder / layout.meta_file
         names = read_pickle(meta_path).get(layout.names_key, []) if meta_path.is_file() else []
+        if not isinstance(names, list | tuple):
+            raise DatasetError(f"{meta_path}: {layout.names_key!r} should be a list of class names, got a "
+                               f"{type(names).__name__}")
         self.classes = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
         self.transform = transform
         self.mode = mode

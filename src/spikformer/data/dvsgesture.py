@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import numpy.lib.recfunctions  # noqa: F401 - np.lib.recfunctions for the reader
 
 from ..errors import DatasetError
 from .digits import take_fraction_per_class
@@ -39,11 +40,39 @@ def open_tonic_dvsgesture(save_to: str, train: bool):
         def _check_exists(self) -> bool:
             return True  # never download: the files are where data.root says
 
+        def __getitem__(self, index):
+            # tonic's reader, with the raw array checked first: tonic casts x and y to int16, which would wrap
+            # a corrupt 70000 into an in-range 4464 without a word.
+            path = self.data[index]
+            events = check_gesture_array(np.load(path, allow_pickle=False), path)
+            events[:, 3] *= 1000  # ms -> us, as tonic does
+            events = np.lib.recfunctions.unstructured_to_structured(events, self.dtype)
+            return events, self.targets[index]
+
     try:
         return DVSGesture(save_to, train=train)
     except ValueError as error:  # tonic parses userNN_<lighting> folders and <label>.npy names as numbers
         raise DatasetError(f"{Path(save_to) / FOLDER}: a folder or file name does not follow the release's naming "
                            f"({error}); expected {LAYOUT}") from None
+
+
+def check_gesture_array(events: np.ndarray, path) -> np.ndarray:
+    """A recording as the release stores it: ``[N, 4]`` finite numbers (x, y, polarity, t in ms) with x and y
+    on the 128x128 sensor. Anything else is refused with ``DatasetError`` naming the file."""
+    if events.ndim != 2 or events.shape[1] != 4 or events.dtype.kind not in "iuf":
+        raise DatasetError(f"{path}: expected an [N, 4] array of numbers (x, y, p, t), got {events.dtype} "
+                           f"{list(events.shape)}; extract it again from the release archive")
+    if events.dtype.kind == "f" and not np.isfinite(events).all():
+        raise DatasetError(f"{path}: the recording holds NaN or infinite values; extract it again from the release "
+                           f"archive")
+    if len(events):
+        W, H = SENSOR_SIZE[0], SENSOR_SIZE[1]
+        x, y = events[:, 0], events[:, 1]
+        if x.min() < 0 or y.min() < 0 or x.max() >= W or y.max() >= H:
+            raise DatasetError(f"{path}: event coordinates x in [{x.min():g}, {x.max():g}], y in [{y.min():g}, "
+                               f"{y.max():g}] fall outside the {W}x{H} sensor; the file is corrupt or belongs to "
+                               f"another dataset")
+    return events
 
 
 def dvsgesture_files(root: str | None, split: str) -> TonicFiles:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,30 @@ import numpy as np
 from ..errors import DatasetError
 
 CACHE_FORMAT = 1  # bump when the framing code changes what a cached file holds
+logger = logging.getLogger(__name__)
+
+
+def frame_cache_notice(text: str) -> None:
+    """One line saying that a cached file was bad and is being rebuilt."""
+    logger.warning("frame cache: %s", text)
+
+
+def cached_frames_problem(frames: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    """What is wrong with cached ``frames`` for the expected ``shape`` (event counts: non-negative integers),
+    or ``None``. A float array (where NaN could hide) is wrong by its dtype."""
+    if not isinstance(frames, np.ndarray) or frames.dtype.kind not in "iu":
+        return f"are {getattr(frames, 'dtype', type(frames).__name__)}, not integer event counts"
+    if frames.shape != tuple(shape):
+        return f"have the shape {list(frames.shape)} instead of {list(shape)}"
+    if frames.size and frames.min() < 0:
+        return "hold negative event counts"
+    return None
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0o022)  # read and put back: the mode open() gives new files here
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def cache_folder_name(dataset: str, params: dict[str, Any]) -> str:
@@ -60,6 +85,9 @@ class DiskFrameCache:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
+    def describe(self, key: str) -> str:
+        return f"cache file {self.path(key)}:"
+
     def get(self, key: str) -> np.ndarray | None:
         path = self.path(key)
         if not path.exists():
@@ -67,8 +95,12 @@ class DiskFrameCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 return stored["frames"]
-        except (OSError, ValueError, KeyError, EOFError):
-            return None  # unreadable (e.g. a disk error mid-write by another tool): recompute and overwrite
+        except Exception as error:  # noqa: BLE001 - NumPy and zipfile fail on damaged files in many ways
+            # Truncated, CRC-damaged or not ours: recompute and overwrite, so that later runs do not meet it again.
+            # (Only the first sentence of the error: NumPy's goes on to suggest loading pickles.)
+            detail = str(error).split(". ")[0].splitlines()[0][:120] if str(error) else ""
+            frame_cache_notice(f"{path} is unreadable ({type(error).__name__}: {detail}); recomputing it")
+            return None
 
     def put(self, key: str, frames: np.ndarray) -> None:
         path = self.path(key)
@@ -77,6 +109,7 @@ class DiskFrameCache:
         try:
             with os.fdopen(handle, "wb") as out:
                 np.savez_compressed(out, frames=frames)
+            os.chmod(temp, _new_file_mode())  # mkstemp makes 0600; the cache is shared like any other file
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)

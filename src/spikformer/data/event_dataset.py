@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .event_augment import EventAugmentWide
-from .event_cache import DiskFrameCache, MemoryFrameCache, cache_folder_name
-from .event_frames import integrate_frames, resize_events
+from .event_cache import DiskFrameCache, MemoryFrameCache, cache_folder_name, cached_frames_problem, frame_cache_notice
+from .event_frames import check_events, integrate_frames, resize_events
 from .registry import model_input
 
 DEFAULT_ROLL_AT_128 = 5  # pixels of roll at a 128x128 input, scaled with the input size
@@ -117,6 +117,11 @@ class EventFrameDataset(Dataset):
         """The integer frames ``[T, 2, H, W]`` of recording ``index``, from the cache when they are there."""
         key = self.recordings.keys[index]
         frames = self.cache.get(key)
+        problem = frames is not None and cached_frames_problem(frames, (self.T, 2, *self.size))
+        if problem:
+            describe = getattr(self.cache, "describe", lambda k: f"the cached frames of {k}")
+            frame_cache_notice(f"{describe(key)} {problem}; recomputing them from {self.recordings.describe(index)}")
+            frames = None
         if frames is None:
             frames = self.integrate(index)
             self.cache.put(key, frames)
@@ -126,6 +131,8 @@ class EventFrameDataset(Dataset):
         source = self.recordings.describe(index)
         events = self.recordings.read(index)
         sensor = self.recordings.sensor_size
+        if len(events):
+            check_events(events, sensor, source)  # before resizing, which would round -1 up to 0
         events = resize_events(events, sensor, self.size)
         return integrate_frames(events, (self.size[1], self.size[0], 2), self.T, self.framing, source)
 

@@ -43,6 +43,11 @@ def locate_release(root: str | None, folder: str, dataset: str, layout: str) -> 
     raise DatasetError(f"data.root {path} holds no {folder}/ folder; {dataset} expects {layout}")
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def natural_key(text: str) -> list:
     """Sort key that orders ``x_2`` before ``x_10``."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
@@ -83,11 +88,21 @@ class TonicFiles:
             raise DatasetError(f"the recording {path} disappeared since the dataset was indexed")
         try:
             events, _ = dataset[self._position[str(path)]]
+        except DatasetError:
+            raise
         except ImportError as error:
             raise DatasetError(f"reading {path} needs the {error.name or 'missing'} package: "
                                f"pip install 'spikformer[events]'") from None
         except Exception as error:  # the readers' own errors (RuntimeError, ValueError, OSError ...) name no file
-            raise DatasetError(f"cannot read the {self.dataset} recording {path}: {error}. {self.hint}") from None
+            raise DatasetError(f"cannot read the {self.dataset} recording {path}: {_first_line(error)}. "
+                               f"{self.hint}") from None
+        except BaseException as error:
+            # The aedat decoder (Rust) panics on some corrupt files with pyo3's PanicException, which derives
+            # from BaseException; only that is caught here (KeyboardInterrupt and SystemExit pass).
+            if type(error).__name__ != "PanicException":
+                raise
+            raise DatasetError(f"cannot read the {self.dataset} recording {path}: its decoder failed "
+                               f"({_first_line(error)}). {self.hint}") from None
         return events
 
     def describe(self, index: int) -> str:

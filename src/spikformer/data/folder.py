@@ -113,8 +113,15 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as image:
                 return image.convert(self.mode)  # grey, RGBA, CMYK, palette -> the model's mode
+        except Image.DecompressionBombError as error:
+            raise DatasetError(f"refused image {path}: {str(error).split('. ')[0]}, beyond PIL's decompression-bomb "
+                               f"limit (a corrupt or hostile file); remove or replace it") from None
         except (UnidentifiedImageError, OSError) as error:
             raise DatasetError(f"cannot read image {path} ({error}); remove or replace the file") from None
+        except Exception as error:  # noqa: BLE001 - PIL's decoders fail on hostile bytes with many exception types
+            detail = str(error).splitlines()[0][:200] if str(error) else ""
+            raise DatasetError(f"cannot read image {path} ({type(error).__name__} {detail}".rstrip() +
+                               "); remove or replace the file") from None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]

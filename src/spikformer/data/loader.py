@@ -14,10 +14,13 @@ the same whatever the number of workers and wherever the epoch was resumed.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import SpikformerError
 
 
 class ResumableSampler(Sampler[int]):
@@ -111,7 +114,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, 
         sampler.seeded = True
         dataset = SeededSamples(dataset)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    return OneLineErrorLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
         pin_memory=pin_memory, persistent_workers=False, generator=generator,
         worker_init_fn=_seed_worker if num_workers else None,
@@ -127,3 +130,39 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def debug_enabled() -> bool:
+    """``SPIKFORMER_DEBUG=1`` keeps full tracebacks (of loader workers too) instead of one-line errors."""
+    return os.environ.get("SPIKFORMER_DEBUG", "") not in ("", "0")
+
+
+class OneLineErrorLoader(DataLoader):
+    """A ``DataLoader`` that re-raises a worker's ``DatasetError`` (any ``SpikformerError``) in the parent as the
+    same one-line error the main process would raise; PyTorch would wrap it in the worker's traceback."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        if self.num_workers == 0 or debug_enabled():
+            return iterator
+        return _one_line_errors(iterator)
+
+
+def _one_line_errors(iterator):
+    try:
+        yield from iterator
+    except SpikformerError as error:
+        raise type(error)(worker_error_message(error)) from None
+
+
+def worker_error_message(error: BaseException) -> str:
+    """The worker's own message inside PyTorch's "Caught X in DataLoader worker process N. Original Traceback
+    ... module.X: message" text (the text itself when it is not such a wrapper)."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    cls = type(error)
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    if marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text.strip().splitlines()[-1]

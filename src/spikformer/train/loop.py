@@ -19,7 +19,6 @@ import contextlib
 import csv
 import math
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -44,9 +43,9 @@ from .distributed import (
 )
 from .engine import autocast_dtype, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
+from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder
 from .state import Position, capture_rng, load_training_state, save_training_state
 
-RUN_FILES = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors")
 MAX_CONSECUTIVE_SKIPS = 10
 
 
@@ -140,27 +139,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def prepare_run_folder(out_dir: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to overwrite an earlier run unless asked; ``overwrite`` clears its files."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
-    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
-    if existing and resume is None:
-        if not overwrite:
-            raise ConfigError(
-                f"run folder {out_dir} already holds a run ({', '.join(existing)}); continue it with "
-                f"train.resume=auto, or start over with train.overwrite=true (deletes its checkpoints)"
-            )
-        for name in existing:
-            (out_dir / name).unlink()
-        shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create the run folder train.out_dir={out_dir}: {error.strerror or error}; "
-                          f"choose a writable train.out_dir") from None
 
 
 class RunLoop:
@@ -264,12 +242,18 @@ class RunLoop:
 
     def fit(self) -> dict[str, Any]:
         """Run the configured epochs; return the task's result (the last metrics and what it adds)."""
+        with lock_run_folder(self.out_dir, self.is_main):  # one run writes a folder at a time
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config.train
         if self.is_main:
-            prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite)
+            # Never a fresh start over earlier output without --overwrite, whatever file is missing.
+            prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite, config_to_dict(self.config))
         barrier(self.dist)
         path = self.resume_path()
         if path is not None:
+            check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
         if self.is_main:
             save_config(self.config, self.out_dir / "config.yaml")

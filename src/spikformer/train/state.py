@@ -150,20 +150,29 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
                               f"run with model.pretrained={path} instead")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     match_state_dict(unwrap_model(model), model_state, strict=True, source=str(path))  # names what differs
-    if ema is not None:
-        ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
-        ema.module.load_state_dict(ema_state or model_state)
-    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
-    if scheduler is not None and meta.get("scheduler"):
-        scheduler.load_state_dict(meta["scheduler"])
-    if scaler is not None and meta.get("scaler"):
-        scaler.load_state_dict(meta["scaler"])
-    position = Position(**{**meta["position"], "best_top1": float(meta["position"]["best_top1"])})
-    if not restore_rank_rng(tensors, meta, rank) and reseed is not None:
-        seed = reseed + 1_000_003 * position.step
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+    try:
+        if ema is not None:
+            ema_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+            ema.module.load_state_dict(ema_state or model_state)
+        optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+        if scheduler is not None and meta.get("scheduler"):
+            # train.epochs may change on resume (run_folder.SAFE_ON_RESUME): the schedule keeps the new length.
+            length = {key: getattr(scheduler, key) for key in ("t_initial",) if hasattr(scheduler, key)}
+            scheduler.load_state_dict(meta["scheduler"])
+            scheduler.__dict__.update(length)
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        position = Position(**{**meta["position"], "best_top1": float(meta["position"]["best_top1"])})
+        if not restore_rank_rng(tensors, meta, rank) and reseed is not None:
+            seed = reseed + 1_000_003 * position.step
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        # Metadata is data from a file: a missing position or optimizer, RNG states of the wrong size ...
+        detail = str(error).splitlines()[0][:160] if str(error) else ""
+        raise CheckpointError(f"{path}: its training state is incomplete or corrupt ({type(error).__name__} "
+                              f"{detail}); resume from another checkpoint, or start over with --overwrite") from None
     return position
 
 

@@ -26,7 +26,6 @@ from ..models import build_model
 from .engine import autocast, evaluate, topk_correct
 from .loop import (  # noqa: F401  (re-exported: the names other modules import from here)
     MAX_CONSECUTIVE_SKIPS,
-    RUN_FILES,
     NonFiniteLossError,
     RunLoop,
     Task,

@@ -1,0 +1,138 @@
+"""Run folders: one run at a time, earlier output never reused for a fresh start, resume only with the same
+settings (``spikformer.train.run_folder``; the trainer-level cases are in test_robustness_faults.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from spikformer.config import Config, config_to_dict, load_config
+from spikformer.errors import ConfigError
+from spikformer.train.optim import build_optimizer, build_scheduler
+from spikformer.train.run_folder import (
+    LOCK_FILE,
+    RUN_OUTPUTS,
+    SAFE_ON_RESUME,
+    RunFolderLock,
+    lock_run_folder,
+    prepare_run_folder,
+    resume_differences,
+)
+from spikformer.train.state import Position, load_training_state, save_training_state
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_folder_in_use_is_refused_naming_the_holders_pid_and_free_again_after_release(tmp_path):
+    first = RunFolderLock(tmp_path / "run").acquire()
+    assert (tmp_path / "run" / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    with pytest.raises(ConfigError, match=rf"run folder .*run is in use by another run \(process {os.getpid()} "):
+        RunFolderLock(tmp_path / "run").acquire()
+    first.release()
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    with lock_run_folder(tmp_path / "run"):
+        assert (tmp_path / "run" / LOCK_FILE).exists()
+    with lock_run_folder(tmp_path / "run", enabled=False):  # ranks > 0 take no lock
+        assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    (tmp_path / LOCK_FILE).write_text(f"{dead_pid()} somehost\n")
+    lock = RunFolderLock(tmp_path).acquire()
+    assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    lock.release()
+
+
+def test_temporary_files_of_an_interrupted_checkpoint_write_are_removed_when_a_run_takes_the_folder(tmp_path):
+    orphans = [tmp_path / ".last.safetensors.k3j_x9.tmp", tmp_path / ".best.safetensors.a1.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    with lock_run_folder(tmp_path):
+        assert not any(orphan.exists() for orphan in orphans)
+    assert (tmp_path / "notes.tmp").exists()
+
+
+@pytest.mark.parametrize("left", [["best.safetensors"], ["metrics.csv"], ["encoder.safetensors"], ["tensorboard"],
+                                  ["config.yaml", "best.safetensors"]])
+@pytest.mark.parametrize("resume", [None, "auto"])
+def test_a_fresh_start_is_refused_whatever_earlier_output_is_left(tmp_path, left, resume):
+    for name in left:
+        (tmp_path / name).mkdir() if name == "tensorboard" else (tmp_path / name).write_text("earlier")
+    with pytest.raises(ConfigError, match=rf"already holds a run \({', '.join(left)}\);.*--overwrite"):
+        prepare_run_folder(tmp_path, resume, overwrite=False)
+    assert prepare_run_folder(tmp_path, resume, overwrite=True) is None
+    assert not any((tmp_path / name).exists() for name in RUN_OUTPUTS)
+
+
+def test_a_run_killed_before_its_first_checkpoint_may_start_again(tmp_path):
+    config = config_to_dict(Config())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert prepare_run_folder(tmp_path, "auto", overwrite=False, config=config) is None
+    other = config_to_dict(load_config(None, ["optim.lr=1e-2"]))
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml\)"):
+        prepare_run_folder(tmp_path, "auto", overwrite=False, config=other)
+
+
+def test_resume_auto_continues_last_and_an_explicit_checkpoint_must_exist(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(b"x")
+    (run / "best.safetensors").write_bytes(b"x")
+    assert prepare_run_folder(run, "auto", overwrite=False) == run / "last.safetensors"
+    assert prepare_run_folder(run, str(run / "last.safetensors"), overwrite=False) == run / "last.safetensors"
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        prepare_run_folder(run, str(run / "gone.safetensors"), overwrite=False)
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="continues another folder's run"):
+        prepare_run_folder(run, str(tmp_path / "elsewhere.safetensors"), overwrite=False)
+
+
+def test_every_key_outside_the_safe_list_must_match_on_resume():
+    base = config_to_dict(Config())
+    for section, values in base.items():
+        for key, value in values.items():
+            changed = {s: dict(v) for s, v in base.items()}
+            changed[section][key] = "something else" if value != "something else" else "x"
+            differences = resume_differences(base, changed)
+            if f"{section}.{key}" in SAFE_ON_RESUME:
+                assert differences == [], key
+            else:
+                assert len(differences) == 1 and differences[0].startswith(f"{section}.{key} "), key
+
+
+def test_the_safe_list_names_only_real_keys():
+    keys = {f"{s}.{k}" for s, values in config_to_dict(Config()).items() for k in values}
+    assert set(SAFE_ON_RESUME) <= keys
+
+
+def test_a_key_the_checkpoint_does_not_know_is_not_compared():
+    saved = config_to_dict(Config())
+    del saved["model"]["stem"]
+    current = config_to_dict(load_config(None, ["model.stem=sps"]))
+    assert resume_differences(saved, current) == []
+
+
+def test_a_longer_run_on_resume_lays_its_schedule_over_the_new_length(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    config = Config()
+    optimizer = build_optimizer(model, config.optim)
+    short = build_scheduler(optimizer, config.optim, epochs=2, steps_per_epoch=10)
+    save_training_state(tmp_path / "last.safetensors", model=model, optimizer=optimizer, scheduler=short,
+                        scaler=None, ema=None, position=Position(epoch=1, step=10), config=config_to_dict(config))
+    optimizer = build_optimizer(model, config.optim)
+    longer = build_scheduler(optimizer, config.optim, epochs=4, steps_per_epoch=10)
+    load_training_state(tmp_path / "last.safetensors", model=model, optimizer=optimizer, scheduler=longer,
+                        scaler=None, ema=None)
+    assert longer.t_initial == 40
+    fresh = build_scheduler(build_optimizer(model, config.optim), config.optim, epochs=4, steps_per_epoch=10)
+    assert longer._get_lr(15) == fresh._get_lr(15)
