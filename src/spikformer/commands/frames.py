@@ -6,9 +6,12 @@ Usage: ``spikformer frames --config configs/digits_dvs.yaml --index 3 --out fram
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from . import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 COLUMNS = 8
 
@@ -42,7 +45,7 @@ def run(args) -> int:
     title = (f"{config.data.name} {args.split} #{args.index}: {name} — {int(frames.sum())} events in "
              f"{frames.shape[0]} frames by {config.data.event_framing}")
     render_frame_grid(frames.numpy(), args.out, title)
-    print(f"wrote {args.out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
+    log.info(f"wrote {args.out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
     return 0
 
 
