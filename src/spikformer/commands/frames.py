@@ -50,12 +50,14 @@ def run(args) -> int:
 
 
 def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
-    """Save frames ``[T, 2, H, W]`` (OFF, ON counts) as a grid of panels, ``COLUMNS`` per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save frames ``[T, 2, H, W]`` (OFF, ON counts) as a grid of panels, ``COLUMNS`` per row (on a Figure with
+    its own Agg canvas: matplotlib's global backend is left alone)."""
     import numpy as np
+
+    from ..extras import require
+
+    Figure = require("matplotlib.figure", "spikformer frames").Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "spikformer frames").FigureCanvasAgg
 
     T = frames.shape[0]
     cols = min(T, COLUMNS)
@@ -68,7 +70,9 @@ def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
     rgb[..., 1] -= 0.45 * (on + off)
     rgb[..., 2] -= off
     rgb = np.clip(rgb, 0, 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < T:
@@ -79,4 +83,3 @@ def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
