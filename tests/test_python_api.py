@@ -118,6 +118,14 @@ def test_the_onnx_check_without_onnxruntime_names_the_export_extra(monkeypatch, 
         onnx_max_difference(torch.nn.Identity(), tmp_path / "m.onnx", torch.zeros(1))
 
 
+def test_the_logging_extra_writes_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    assert main(["train", "--config", "digits", *TINY, "model.T=2", "data.train_fraction=0.05",
+                 "train.tensorboard=true", f"train.out_dir={out}"]) == 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
 # --- matplotlib's global state ------------------------------------------------------------------------------
 
 
