@@ -45,8 +45,8 @@ def run(args) -> int:
     for name, rate in report.firing_rates.items():
         log.info(f"  {name:<36} {rate:6.3f}")
     log.info(f"\nper test image: {report.sops / 1e6:.2f}M synaptic operations, energy {report.energy_mj * 1e3:.2f} uJ "
-          f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj * 1e3:.2f} uJ, "
-          f"{report.ann_energy_mj / report.energy_mj:.1f}x more")
+             f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj * 1e3:.2f} uJ, "
+             f"{report.ann_energy_mj / report.energy_mj:.1f}x more")
     log.info(f"\ntest accuracy: {result['top1']:.1f}%  ({result['count']} test images, T={model.T})")
     log.info(f"wall time: {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
     return 0

@@ -128,7 +128,7 @@ def run(args) -> int:
     note = ("energy = E_AC x SOPs + 1.596 mJ (the paper's constant: the 512-wide first conv's MACs at 224x224, T=4)"
             if args.paper_constant else "energy = E_MAC x MACs of MAC layers + E_AC x SOPs")
     log.info(f"\nper sample; {note}; E_MAC={energy_model.e_mac_pj} pJ, E_AC={energy_model.e_ac_pj} pJ; "
-          f"ANN = the same network, every layer once as MACs. Paper energy: V1 paper, trained weights.")
+             f"ANN = the same network, every layer once as MACs. Paper energy: V1 paper, trained weights.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([row.to_dict() for row in rows], indent=2))

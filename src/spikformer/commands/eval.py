@@ -40,7 +40,7 @@ def run(args) -> int:
     result = {"checkpoint": str(args.checkpoint), "model": config.model.name, "T": model.T,
               "split": args.split, **result}
     log.info(f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
-          f"({result['count']} samples, T={model.T})")
+             f"({result['count']} samples, T={model.T})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
