@@ -165,6 +165,23 @@ def _source_tree(destination: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the source files")
+def test_the_sdist_carries_the_configs_as_plain_files(tmp_path):
+    import tarfile
+
+    tree = _source_tree(tmp_path / "src-tree")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    name = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
+                           "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path / "dist")], cwd=tree, env=env,
+                          capture_output=True, text=True, check=True, timeout=300).stdout.split()[-1]
+    with tarfile.open(tmp_path / "dist" / name) as sdist:
+        members = {Path(m.name).relative_to(Path(m.name).parts[0]).as_posix(): m for m in sdist.getmembers()}
+    packaged = sorted(p for p in members if p.startswith("src/spikformer/configs/") and p.endswith(".yaml"))
+    assert [Path(p).stem for p in packaged] == config_names()
+    assert all(members[p].isfile() for p in packaged)  # the link is resolved: a wheel built from it has them too
+    assert "LICENSE" in members
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the source files")
 def test_a_wheel_installed_elsewhere_runs_version_models_and_demo_in_an_empty_folder(tmp_path):
     tree = _source_tree(tmp_path / "src-tree")
     wheels = tmp_path / "wheels"
