@@ -74,6 +74,11 @@ def test_configs_command_lists_each_name_with_a_one_line_description(capsys):
     assert all(0 < len(text) <= 100 for text in rows.values())
 
 
+def test_the_readme_names_every_packaged_config():
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in config_names() if f"`{name}`" not in readme] == []
+
+
 def test_configs_command_prints_one_config_to_start_from(capsys):
     assert main(["configs", "digits"]) == 0
     assert capsys.readouterr().out == (ROOT / "configs" / "digits.yaml").read_text()
