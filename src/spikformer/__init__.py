@@ -1,5 +1,10 @@
 """Spiking Transformers: Spikformer V1 and V2 models, training, spike analysis and export.
 
+The Python API in one import (docs/tutorial.md walks through it)::
+
+    from spikformer import Trainer, load_config
+    result = Trainer(load_config("digits", ["train.epochs=1"])).fit()
+
 The public names load on first use (PEP 562), so ``import spikformer.config`` (or any other leaf module)
 loads that module alone, not the models, torch kernels and timm registrations behind ``spikformer.create_model``.
 """
@@ -9,24 +14,49 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The one version source: pyproject.toml reads it (setuptools dynamic version), `spikformer --version` prints it.
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "load_checkpoint": ".checkpoint", "save_model": ".checkpoint",
-    "Spikformer": ".models", "create_model": ".models", "list_models": ".models",
+    "measure_energy": ".analysis", "measure_firing_rates": ".analysis",
+    "load_checkpoint": ".checkpoint", "load_model_from_checkpoint": ".checkpoint", "save_model": ".checkpoint",
+    "Config": ".config", "config_from_dict": ".config", "load_config": ".config", "save_config": ".config",
+    "config_names": ".config_files", "config_path": ".config_files",
+    "build_dataset": ".data", "build_loader": ".data",
+    "CheckpointError": ".errors", "ConfigError": ".errors", "DatasetError": ".errors",
+    "SpikformerError": ".errors",
+    "export_nir": ".export", "export_onnx": ".export",
+    "Spikformer": ".models", "build_model": ".models", "create_model": ".models", "list_models": ".models",
+    "resolve_config": ".models",
     "from_pretrained": ".models.hub",
     "LIF": ".neurons", "LIFParams": ".neurons", "lif_multistep": ".neurons", "ParametricLIF": ".neurons",
     "SpikingNeuron": ".neurons", "register_neuron": ".neurons",
+    "Pretrainer": ".ssl.pretrain",
+    "Trainer": ".train", "evaluate": ".train",
 }
-__all__ = ["LIF", "LIFParams", "ParametricLIF", "Spikformer", "SpikingNeuron", "create_model", "from_pretrained",
-           "lif_multistep", "list_models", "load_checkpoint", "register_neuron", "save_model"]
+__all__ = [
+    "__version__", "CheckpointError", "Config", "ConfigError", "DatasetError", "LIF", "LIFParams", "ParametricLIF",
+    "Pretrainer", "Spikformer", "SpikformerError", "SpikingNeuron", "Trainer", "build_dataset", "build_loader",
+    "build_model", "config_from_dict", "config_names", "config_path", "create_model", "evaluate", "export_nir",
+    "export_onnx", "from_pretrained", "lif_multistep", "list_models", "load_checkpoint", "load_config",
+    "load_model_from_checkpoint", "measure_energy", "measure_firing_rates", "register_neuron", "resolve_config",
+    "save_config", "save_model",
+]
 
 if TYPE_CHECKING:
-    from .checkpoint import load_checkpoint, save_model
-    from .models import Spikformer, create_model, list_models
+    from .analysis import measure_energy, measure_firing_rates
+    from .checkpoint import load_checkpoint, load_model_from_checkpoint, save_model
+    from .config import Config, config_from_dict, load_config, save_config
+    from .config_files import config_names, config_path
+    from .data import build_dataset, build_loader
+    from .errors import CheckpointError, ConfigError, DatasetError, SpikformerError
+    from .export import export_nir, export_onnx
+    from .models import Spikformer, build_model, create_model, list_models, resolve_config
     from .models.hub import from_pretrained
     from .neurons import LIF, LIFParams, ParametricLIF, SpikingNeuron, lif_multistep, register_neuron
+    from .ssl.pretrain import Pretrainer
+    from .train import Trainer, evaluate
 
 
 def __getattr__(name: str) -> Any:

@@ -599,8 +599,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read ``path`` (or start from the defaults), apply ``section.key=value`` overrides, validate."""
-    raw = read_yaml(path) if path is not None else {}
+    """Read ``path`` (a file, or the name of a packaged config such as ``digits``; or start from the defaults),
+    apply ``section.key=value`` overrides, validate."""
+    from .config_files import config_path
+
+    raw = read_yaml(config_path(path)) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     return config_from_dict(apply_overrides(raw, list(overrides)))

@@ -19,3 +19,8 @@ class DatasetError(SpikformerError):
 
 class CheckpointError(SpikformerError):
     """A checkpoint is unreadable, unsafe, or does not fit the model."""
+
+
+class MissingExtraError(SpikformerError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it. An ``ImportError``
+    too, so that code which treats a missing package as optional keeps working."""

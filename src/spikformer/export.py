@@ -94,7 +94,9 @@ def export_onnx(model: nn.Module, path: str | Path, frames: bool | None = None, 
 
 def onnx_max_difference(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
     """Largest absolute difference between PyTorch's eval logits and onnxruntime's for input ``x``."""
-    import onnxruntime
+    from .extras import require
+
+    onnxruntime = require("onnxruntime", "checking an ONNX export")
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})

@@ -20,11 +20,10 @@ _ROLE_COLOURS = {
 
 
 def _figure(width: float, height: float):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("figures need matplotlib: pip install 'spikformer[analysis]'") from None
+    from ..extras import require
+
+    Figure = require("matplotlib.figure", "figures").Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "figures").FigureCanvasAgg
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig

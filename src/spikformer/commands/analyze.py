@@ -13,9 +13,12 @@ input first (``--no-calibrate`` keeps the initial ones) so that their firing rat
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from . import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 DATA_CHOICES = ("auto", "random", "train", "val")
 
@@ -152,11 +155,11 @@ def run(args) -> int:
     report = measure_energy(model, batches, energy_model, name=name, keep_spikes=[raster_layer],
                             progress=config.train.progress)
 
-    print(report.format_table())
-    print("\nfiring rate of each spiking layer (spikes per neuron per time step):")
+    log.info(report.format_table())
+    log.info("\nfiring rate of each spiking layer (spikes per neuron per time step):")
     for layer, rate in report.firing_rates.items():
         steps = " ".join(f"{r:.3f}" for r in report.firing_rates_per_step[layer])
-        print(f"  {layer:<36} {rate:6.3f}   per step: {steps}")
+        log.info(f"  {layer:<36} {rate:6.3f}   per step: {steps}")
 
     out = Path(args.out or f"runs/analyze/{name}")
     report.write_csv(out / "layers.csv")
@@ -180,5 +183,5 @@ def run(args) -> int:
             frame = image[0] if image.ndim == 4 else image[0].sum(0)  # events: all steps summed
             written.append(plot_attention_map(scores, out / "attention.png", frame,
                                               title=f"Q K^T, block {args.attn_block}, head {args.attn_head}"))
-    print("\nwrote " + ", ".join(map(str, written)))
+    log.info("\nwrote " + ", ".join(map(str, written)))
     return 0

@@ -7,15 +7,18 @@ energy per image (and the same network's energy as an ANN, see docs/energy.md), 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from . import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train and evaluate on the embedded digits (make demo)")
     add_config_arguments(parser, required=False)
-    parser.set_defaults(func=run, config="configs/digits.yaml")
+    parser.set_defaults(func=run, config="digits")  # the packaged config: works outside a clone
 
 
 def run(args) -> int:
@@ -39,12 +42,12 @@ def run(args) -> int:
     loader = build_loader(build_dataset(resolve_config(config), "val"), 128, train=False)
     result = evaluate(model, loader, torch.device("cpu"))
     report = measure_energy(model, loader, name=config.model.name)
-    print("\nfiring rate per spiking layer (spikes per neuron per time step, test set):")
+    log.info("\nfiring rate per spiking layer (spikes per neuron per time step, test set):")
     for name, rate in report.firing_rates.items():
-        print(f"  {name:<36} {rate:6.3f}")
-    print(f"\nper test image: {report.sops / 1e6:.2f}M synaptic operations, energy {report.energy_mj * 1e3:.2f} uJ "
-          f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj * 1e3:.2f} uJ, "
-          f"{report.ann_energy_mj / report.energy_mj:.1f}x more")
-    print(f"\ntest accuracy: {result['top1']:.1f}%  ({result['count']} test images, T={model.T})")
-    print(f"wall time: {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
+        log.info(f"  {name:<36} {rate:6.3f}")
+    log.info(f"\nper test image: {report.sops / 1e6:.2f}M synaptic operations, energy {report.energy_mj * 1e3:.2f} uJ "
+             f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj * 1e3:.2f} uJ, "
+             f"{report.ann_energy_mj / report.energy_mj:.1f}x more")
+    log.info(f"\ntest accuracy: {result['top1']:.1f}%  ({result['count']} test images, T={model.T})")
+    log.info(f"wall time: {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")
     return 0

@@ -15,9 +15,12 @@ the architecture only. Checkpoints run on their dataset's validation split (``--
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .analyze import add_energy_arguments, energy_model_from_args
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -121,11 +124,11 @@ def run(args) -> int:
         raise ConfigError("--checkpoint rows use the checkpoints' own configs; drop --models and the overrides")
     energy_model = energy_model_from_args(args)
     rows = _checkpoint_rows(args, energy_model) if args.checkpoint else _variant_rows(args, energy_model)
-    print(format_energy_table(rows, markdown=args.markdown))
+    log.info(format_energy_table(rows, markdown=args.markdown))
     note = ("energy = E_AC x SOPs + 1.596 mJ (the paper's constant: the 512-wide first conv's MACs at 224x224, T=4)"
             if args.paper_constant else "energy = E_MAC x MACs of MAC layers + E_AC x SOPs")
-    print(f"\nper sample; {note}; E_MAC={energy_model.e_mac_pj} pJ, E_AC={energy_model.e_ac_pj} pJ; "
-          f"ANN = the same network, every layer once as MACs. Paper energy: V1 paper, trained weights.")
+    log.info(f"\nper sample; {note}; E_MAC={energy_model.e_mac_pj} pJ, E_AC={energy_model.e_ac_pj} pJ; "
+             f"ANN = the same network, every layer once as MACs. Paper energy: V1 paper, trained weights.")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps([row.to_dict() for row in rows], indent=2))

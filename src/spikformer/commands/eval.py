@@ -9,7 +9,10 @@ points at the data).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -40,8 +43,8 @@ def run(args) -> int:
                       progress=config.train.progress)
     result = {"checkpoint": str(args.checkpoint), "model": config.model.name, "T": model.T,
               "split": args.split, **result}
-    print(f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
-          f"({result['count']} samples, T={model.T})")
+    log.info(f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+             f"({result['count']} samples, T={model.T})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -7,7 +7,10 @@ cannot). Overrides change the model, e.g. ``model.T=8`` or ``model.embed_dim=64`
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".onnx": "onnx", ".nir": "nir", ".h5": "nir", ".hdf5": "nir"}
 
@@ -44,12 +47,12 @@ def run(args) -> int:
             check = f"; onnxruntime matches PyTorch to {diff:.1e}"
         except ImportError:
             check = " (install onnxruntime to check it)"
-        print(f"wrote {path} (ONNX, T={model.T}, BatchNorm folded){check}")
+        log.info(f"wrote {path} (ONNX, T={model.T}, BatchNorm folded){check}")
     else:
         graph = export_nir(model, args.out, partial=args.partial, dt=args.dt)
         stop = graph.metadata.get("truncated_at")
         what = f"up to {stop}, which NIR cannot express" if stop else "complete"
-        print(f"wrote {args.out} (NIR, {len(graph.nodes)} nodes, {what})")
+        log.info(f"wrote {args.out} (NIR, {len(graph.nodes)} nodes, {what})")
     return 0
 
 

@@ -6,9 +6,12 @@ Usage: ``spikformer frames --config configs/digits_dvs.yaml --index 3 --out fram
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from . import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 COLUMNS = 8
 
@@ -43,17 +46,19 @@ def run(args) -> int:
     title = (f"{config.data.name} {args.split} #{args.index}: {name} — {int(frames.sum())} events in "
              f"{frames.shape[0]} frames by {config.data.event_framing}")
     render_frame_grid(frames.numpy(), args.out, title)
-    print(f"wrote {args.out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
+    log.info(f"wrote {args.out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
     return 0
 
 
 def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
-    """Save frames ``[T, 2, H, W]`` (OFF, ON counts) as a grid of panels, ``COLUMNS`` per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Save frames ``[T, 2, H, W]`` (OFF, ON counts) as a grid of panels, ``COLUMNS`` per row (on a Figure with
+    its own Agg canvas: matplotlib's global backend is left alone)."""
     import numpy as np
+
+    from ..extras import require
+
+    Figure = require("matplotlib.figure", "spikformer frames").Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "spikformer frames").FigureCanvasAgg
 
     T = frames.shape[0]
     cols = min(T, COLUMNS)
@@ -66,7 +71,9 @@ def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
     rgb[..., 1] -= 0.45 * (on + off)
     rgb[..., 2] -= off
     rgb = np.clip(rgb, 0, 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.75 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(1.6 * cols, 1.75 * rows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < T:
@@ -77,4 +84,3 @@ def render_frame_grid(frames, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("models", help="list the registered model variants")
@@ -15,11 +19,11 @@ def run(args) -> int:
     from ..models import create_model, get_variant, list_models
 
     names = list_models(args.pattern)
-    print(f"{'name':<28}{'params':>14}  {'input':<16}{'T':>3}  paper top-1")
+    log.info(f"{'name':<28}{'params':>14}  {'input':<16}{'T':>3}  paper top-1")
     for name in names:
         variant = get_variant(name)
         with torch.device("meta"):  # counts parameters without allocating them
             params = sum(p.numel() for p in create_model(name).parameters())
         size = f"{variant.in_chans}x{variant.img_size}x{variant.img_size}"
-        print(f"{name:<28}{params:>14,}  {size:<16}{variant.T:>3}  {variant.paper_accuracy}")
+        log.info(f"{name:<28}{params:>14,}  {size:<16}{variant.T:>3}  {variant.paper_accuracy}")
     return 0

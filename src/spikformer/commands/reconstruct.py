@@ -4,7 +4,10 @@ pre-training figure (input | mask | reconstruction) for images of the checkpoint
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -45,5 +48,5 @@ def run(args) -> int:
     images = torch.stack([dataset[i][0] for i in range(min(args.num, len(dataset)))])
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name("reconstructions.png")
     render_reconstructions(model, images, out, torch.Generator().manual_seed(args.seed))
-    print(f"wrote {out} ({len(images)} images, {model.mask_ratio:.0%} of the patches hidden)")
+    log.info(f"wrote {out} ({len(images)} images, {model.mask_ratio:.0%} of the patches hidden)")
     return 0

@@ -14,7 +14,6 @@ global is patched, so timm's own table is untouched for other code.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from PIL import Image
@@ -29,6 +28,7 @@ from timm.data.auto_augment import posterize as timm_posterize
 from timm.data.transforms import str_to_pil_interp
 
 from ..errors import ConfigError
+from ..registry import did_you_mean
 
 # The original CIFAR code's own RandAugment list (SPEC §2): one colour op (Equalize) and four geometric ones; no
 # posterize, solarize, colour, contrast, brightness or sharpness.
@@ -63,8 +63,7 @@ def use_pillow9_posterize(transform):
 def check_op_names(ops: Sequence[str]) -> None:
     unknown = [name for name in ops if name not in NAME_TO_OP]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(NAME_TO_OP), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], NAME_TO_OP)
         raise ConfigError(f"data.rand_augment_ops: unknown op {unknown[0]!r}{hint}; timm's ops are "
                           f"{', '.join(sorted(NAME_TO_OP))}")
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DatasetError
 from .digits import take_fraction_per_class
 from .event_dataset import EventRecordings, build_event_dataset
-from .event_files import TonicFiles, locate_release, tonic_module
+from .event_files import TonicFiles, locate_release, refuse_download, tonic_module
 from .registry import register_dataset
 
 FOLDER = "CIFAR10DVS"
@@ -86,6 +86,7 @@ def cifar10dvs_recordings(root: str | None, split: str, train_fraction: float = 
 @register_dataset("cifar10dvs")
 def build_cifar10dvs(config, split: str):
     data = config.data
+    refuse_download(data.download, "cifar10dvs", LAYOUT)
     recordings = cifar10dvs_recordings(data.root, split, data.train_fraction)
     return build_event_dataset(config, split, recordings, default_flip=0.5,
                                default_cache_root=Path(data.root).expanduser() / "cache")

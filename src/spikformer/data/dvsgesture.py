@@ -18,7 +18,7 @@ import numpy.lib.recfunctions  # noqa: F401 - np.lib.recfunctions for the reader
 from ..errors import DatasetError
 from .digits import take_fraction_per_class
 from .event_dataset import EventRecordings, build_event_dataset
-from .event_files import TonicFiles, locate_release, natural_key, tonic_module
+from .event_files import TonicFiles, locate_release, natural_key, refuse_download, tonic_module
 from .registry import register_dataset
 
 FOLDER = "DVSGesture"
@@ -104,6 +104,7 @@ def dvsgesture_recordings(root: str | None, split: str, train_fraction: float = 
 @register_dataset("dvs128gesture")
 def build_dvs128gesture(config, split: str):
     data = config.data
+    refuse_download(data.download, "dvs128gesture", LAYOUT)
     recordings = dvsgesture_recordings(data.root, split, data.train_fraction)
     # No default flip: it would turn a right-hand wave into a left-hand wave (classes 1/2, 3-4/5-6).
     return build_event_dataset(config, split, recordings, default_flip=0.0,

@@ -27,6 +27,14 @@ def tonic_module():
     return tonic
 
 
+def refuse_download(download: bool, dataset: str, layout: str) -> None:
+    """``data.download=true`` is refused for the real event datasets, not ignored: we read the extracted layout
+    that the tests cover and do not run tonic's downloader, so the archives are fetched by hand (docs/events.md)."""
+    if download:
+        raise ConfigError(f"data.download=true cannot fetch {dataset}: download its release by hand and extract it "
+                          f"so that data.root holds {layout} (docs/events.md), then set data.download=false")
+
+
 def locate_release(root: str | None, folder: str, dataset: str, layout: str) -> Path:
     """The folder that holds ``folder/`` (tonic's ``save_to``), given ``data.root`` pointing at it or at
     ``folder`` itself."""
