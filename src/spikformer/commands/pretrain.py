@@ -6,7 +6,11 @@ Writes the run folder (see ``spikformer.ssl.pretrain``); fine-tune the result wi
 
 from __future__ import annotations
 
+import logging
+
 from .train import add_run_arguments, fit_run
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -19,6 +23,6 @@ def run(args) -> int:
     from ..ssl.pretrain import Pretrainer
 
     _, result = fit_run(Pretrainer, args)
-    print(f"encoder saved to {result['encoder']}; fine-tune it with "
+    log.info(f"encoder saved to {result['encoder']}; fine-tune it with "
           f"spikformer train --config CONFIG model.pretrained={result['encoder']}")
     return 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from . import add_config_arguments
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -41,6 +44,6 @@ def run(args) -> int:
     from ..train import Trainer
 
     config, result = fit_run(Trainer, args)
-    print(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
+    log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
           f"{config.train.out_dir}")
     return 0

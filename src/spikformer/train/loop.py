@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
 import os
 import signal
@@ -46,6 +47,7 @@ from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder
 from .state import Position, capture_rng, load_training_state, save_training_state
 
+log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPS = 10
 
 
@@ -476,8 +478,9 @@ class RunLoop:
         return f"{text}  | {validation}" if validation else text
 
     def log(self, text: str) -> None:
+        """The run's messages: rank 0's, through the ``spikformer`` logger (the CLI shows them on the console)."""
         if self.is_main:
-            print(text, flush=True)
+            log.info(text)
 
     # --- signals -----------------------------------------------------------------------------------
 
@@ -499,7 +502,7 @@ class RunLoop:
                 return
             self.signal_received = signum
             if self.is_main:  # another rank's signal is announced when the ranks agree on it
-                print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step ...", flush=True)
+                log.warning(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step ...")
 
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
