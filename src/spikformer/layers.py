@@ -13,6 +13,7 @@ BatchNorm into the preceding conv or linear layer (``Spikformer.fuse()`` does it
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -21,7 +22,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .neuron import LIF, LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+from .neuron import (
+    HALF_DTYPES,
+    LIF,
+    LIFParams,
+    lif_backward_from_input,
+    lif_forward_no_grad,
+    lif_multistep,
+    resolve_backend,
+)
 
 # --- BatchNorm -> LIF ------------------------------------------------------------------------------
 #
@@ -118,7 +127,9 @@ def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> 
 def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
     cdt = scale.dtype
-    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
+    # bf16 (issue 17): a half-precision y stays in float32 here, as in the kernels, which never round z.
+    out_dtype = cdt if y.dtype in HALF_DTYPES else y.dtype
+    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(out_dtype)
 
 
 def _uses_batch_statistics(norm: _BatchNorm) -> bool:
@@ -152,7 +163,7 @@ class _BatchNormLIF(torch.autograd.Function):
                                         float(p.v_reset))
         else:
             z = _normalize(y, scale, shift)
-            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1).to(y.dtype)
         ctx.save_for_backward(y, mean, invstd, scale, shift)
         ctx.config = (params, backend, steps, weight is not None, bias is not None)
         return spikes
@@ -209,12 +220,12 @@ def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend:
         return lif_multistep(norm(y).view(x.shape), params, name)
     y = _bn_view(x, norm)
     if name == "torch" or torch.compiler.is_compiling():
-        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name).to(x.dtype)
     if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
         if name != "c" or needs_grad or _uses_batch_statistics(norm):
-            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name).to(x.dtype)
         # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
         from .kernels import cpu
 
@@ -449,6 +460,17 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     dtype = exact_spike_product_dtype(q, N, d, out_dtype)
     no_autocast = torch.autocast(q.device.type, enabled=False) if autocast_device else contextlib.nullcontext()
     with no_autocast:
+        # --- bf16 (issue 17): bfloat16 spikes on the CPU. The inner product's sums stay below its inner length
+        # (at most max(N, d)), exact in bfloat16 up to 256, so it reads the spikes as they are; only the outer
+        # product, whose sums reach N * d, runs in float32 (one cast, of one operand, instead of three).
+        if q.dtype == torch.bfloat16 and dtype == torch.float32 and q.device.type == "cpu" and max(N, d) <= 256:
+            as_float = functools.partial(torch.Tensor.to, dtype=torch.float32, memory_format=torch.contiguous_format)
+            if N > d:
+                out = as_float(q) @ (k.transpose(-2, -1) @ v).float()
+            else:
+                out = (q @ k.transpose(-2, -1)).float() @ as_float(v)
+            return out.to(out_dtype)
+        # --- end bf16 ---
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if N > d:
             out = q @ (k.transpose(-2, -1) @ v)

@@ -5,11 +5,12 @@
  * registers; blocks of LIF_BLOCK elements keep the inner loop vectorisable and are split over threads.
  *
  * Arithmetic follows the reference (spikformer.neuron.lif_reference) operation by operation, and the
- * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's: for float32 and
- * float64 directly, for bfloat16 and float16 by rounding to the storage type after every operation, as
- * PyTorch's CPU element-wise kernels do. Those kernels also round a scalar subtrahend (V_reset, V_th) to
- * the storage type but divide by a float scalar (tau); so do we. The backward pass recomputes H from the saved input and follows the
- * reference's autograd order; only the exponential in the sigmoid differs (by about one ulp).
+ * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's. bfloat16 and float16
+ * tensors are read and written in their storage type but computed in float32, exactly as the float32
+ * kernel computes their float32 copy (the oracle upcasts half-precision inputs the same way): the membrane
+ * never rounds to 8 or 11 mantissa bits, and no float32 copy of the input is ever made. PyTorch's CPU
+ * kernels divide by a float scalar (tau); so do we. The backward pass recomputes H from the saved input and
+ * follows the reference's autograd order; only the exponential in the sigmoid differs (by about one ulp).
  */
 #include <math.h>
 #include <pthread.h>
@@ -57,8 +58,6 @@ static inline uint16_t bf16_store(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_round(float f) { return bf16_load(bf16_store(f)); }
-
 /* exp for float without libm calls, so that the loop vectorises (Cephes' expf; about 1 ulp). */
 static inline float lif_expf(float x) {
     x = x < -87.0f ? -87.0f : x;
@@ -79,7 +78,9 @@ static inline float lif_expf(float x) {
 }
 
 /* --- the kernels, once per storage type ----------------------------------------------------------
- * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to STOR precision. */
+ * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to the precision the
+ * arithmetic is done in (the identity everywhere now: half precision computes in float32; kept so that a
+ * storage-precision variant stays a one-line instantiation). */
 
 #define LIF_DEFINE(NAME, STOR, COMP, LOAD, STORE, RND, EXP)                                              \
     static void NAME##_forward(const lif_job *job, int64_t i0, int64_t i1) {                             \
@@ -149,14 +150,13 @@ static inline float lif_expf(float x) {
 #define ID(a) (a)
 LIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
 LIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
-LIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+LIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, ID, lif_expf)
 
 #if defined(__FLT16_MAX__)
 #define LIF_HAS_F16 1
 #define F16_LOAD(a) ((float)(a))
 #define F16_STORE(a) ((_Float16)(a))
-#define F16_RND(a) ((float)(_Float16)(a))
-LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, ID, lif_expf)
 #else
 #define LIF_HAS_F16 0
 #endif
@@ -354,9 +354,9 @@ typedef struct {
 
 BNLIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
 BNLIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
-BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, ID, lif_expf)
 #if LIF_HAS_F16
-BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, ID, lif_expf)
 #endif
 
 /* --- dispatch and threads ------------------------------------------------------------------------ */
@@ -616,4 +616,64 @@ int bn_stats(int dtype, const void *y, double *mean, double *var, int64_t R, int
     for (int64_t c = 0; status == 0 && c < C; ++c) var[c] = sums[c] / count;
     free(sums);
     return status;
+}
+
+
+/* --- 1-bit spike storage ------------------------------------------------------------------------------
+ * A tensor saved for backward that holds only 0 and 1 is kept as one bit per element (element i in bit
+ * i % 8 of byte i / 8, memory order) and expanded again when the backward pass needs it. Packing checks
+ * every element on the way and stops at the first that is neither 0 nor 1 (returning 1: store the tensor
+ * as it is), so offering it a pre-activation costs a few bytes read, not a pass. -0.0 is not packed (it
+ * would come back as +0.0, and a gradient must come back bit for bit). */
+
+#define PACK_DEFINE(NAME, STOR, BITS, ONE_BITS)                                                          \
+    static int NAME##_pack(const STOR *x, uint8_t *out, int64_t n) {                                    \
+        const int64_t bytes = (n + 7) / 8;                                                              \
+        for (int64_t i = 0; i < bytes; ++i) {                                                           \
+            const int64_t k_end = n - 8 * i < 8 ? n - 8 * i : 8;                                        \
+            unsigned bad = 0, b = 0;                                                                    \
+            for (int64_t k = 0; k < k_end; ++k) {                                                       \
+                BITS u;                                                                                 \
+                memcpy(&u, x + 8 * i + k, sizeof u);                                                    \
+                bad |= (u != 0) & (u != (BITS)ONE_BITS);                                                \
+                b |= (unsigned)(u == (BITS)ONE_BITS) << k;                                              \
+            }                                                                                           \
+            if (bad) return 1;                                                                          \
+            out[i] = (uint8_t)b;                                                                        \
+        }                                                                                               \
+        return 0;                                                                                       \
+    }                                                                                                   \
+    static void NAME##_unpack(const uint8_t *in, STOR *x, int64_t n) {                                  \
+        for (int64_t i = 0; i < n; ++i) {                                                               \
+            const BITS u = (BITS)(((in[i >> 3] >> (i & 7)) & 1u) ? (BITS)ONE_BITS : (BITS)0);           \
+            memcpy(x + i, &u, sizeof u);                                                                \
+        }                                                                                               \
+    }
+
+PACK_DEFINE(bits_f32, float, uint32_t, 0x3F800000u)
+PACK_DEFINE(bits_f64, double, uint64_t, 0x3FF0000000000000ull)
+PACK_DEFINE(bits_bf16, uint16_t, uint16_t, 0x3F80u)
+PACK_DEFINE(bits_f16, uint16_t, uint16_t, 0x3C00u)
+
+/* bits[(n + 7) / 8] from x[n] of 0/1 values. Returns 0; 1 if some element is not 0 or 1 (bits is then
+ * partly written and must be ignored); -1 for an unsupported dtype. */
+int spikes_pack(int dtype, const void *x, uint8_t *bits, int64_t n) {
+    switch (dtype) {
+        case LIF_F32: return bits_f32_pack((const float *)x, bits, n);
+        case LIF_F64: return bits_f64_pack((const double *)x, bits, n);
+        case LIF_BF16: return bits_bf16_pack((const uint16_t *)x, bits, n);
+        case LIF_F16: return bits_f16_pack((const uint16_t *)x, bits, n);
+        default: return -1;
+    }
+}
+
+/* x[n] (0.0 or 1.0 in the dtype) from bits written by spikes_pack. Returns 0, or -1 for an unsupported dtype. */
+int spikes_unpack(int dtype, const uint8_t *bits, void *x, int64_t n) {
+    switch (dtype) {
+        case LIF_F32: bits_f32_unpack(bits, (float *)x, n); return 0;
+        case LIF_F64: bits_f64_unpack(bits, (double *)x, n); return 0;
+        case LIF_BF16: bits_bf16_unpack(bits, (uint16_t *)x, n); return 0;
+        case LIF_F16: bits_f16_unpack(bits, (uint16_t *)x, n); return 0;
+        default: return -1;
+    }
 }
