@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import memory
 from ..layers import SpikformerBlock, build_stem
 
 
@@ -87,10 +88,21 @@ class Spikformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
-        x = self.patch_embed(self.time_first(x))
-        for block in self.blocks:
-            x = block(x)
+        # Training memory (spikformer.memory): spikes saved for backward at 1 bit each; optional checkpointing.
+        with memory.spike_packing(self.pack_saved_spikes and self.training):
+            x = self.patch_embed(self.time_first(x))
+            for block in self.blocks:
+                x = memory.checkpoint_block(block, x) if self.grad_checkpointing and self.training else block(x)
         return x
+
+    # Class defaults, so that every model (and a model unpickled from before they existed) has them.
+    pack_saved_spikes: bool = True
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of storing its activations (timm's switch;
+        ``train.checkpointing``): less memory for about one more forward pass of the blocks per step."""
+        self.grad_checkpointing = enable
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``[T, B, N, D]`` -> mean over tokens, then over time -> ``[B, D]`` (or logits ``[B, classes]``)."""

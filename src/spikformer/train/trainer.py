@@ -156,6 +156,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.optim, cfg.epochs, self.steps_per_epoch)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if cfg.checkpointing:  # issue 17: recompute blocks in backward (spikformer.memory)
+            self.model.set_grad_checkpointing(True)
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
