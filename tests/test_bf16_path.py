@@ -139,3 +139,28 @@ def test_a_bfloat16_autocast_step_keeps_spikes_and_integer_sums_in_bfloat16():
     assert set(dtypes.values()) == {torch.bfloat16}, dtypes
     assert features.dtype == torch.bfloat16  # the residual stream: small integers, exact in bfloat16
     assert torch.equal(features, features.round())
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts, per parameter, its conversions to bfloat16."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.ptrs, self.casts = {p.data_ptr() for p in params}, Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            if args[0].data_ptr() in self.ptrs:
+                self.casts[args[0].data_ptr()] += 1
+        return func(*args, **kwargs)
+
+
+def test_each_weight_is_cast_to_bfloat16_once_per_step():
+    model = spikformer.create_model("spikformer_cifar_4_256", embed_dim=32, depth=2, num_heads=2, img_size=16)
+    matrices = [p for name, p in model.named_parameters() if name.endswith("weight") and p.ndim > 1]
+    counter = _WeightCasts(matrices)
+    with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 16, 16)).float().sum().backward()
+    assert set(counter.casts) == {p.data_ptr() for p in matrices}  # every conv and linear runs in bfloat16...
+    assert set(counter.casts.values()) == {1}  # ...its weight cast once (autocast's cache), not once per use
