@@ -91,19 +91,22 @@ def run_memory(cfg: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def time_paths(model_name: str, batch: int, amp: bool, rounds: int) -> dict[str, float]:
+def time_paths(model_name: str, batch: int, amp: bool, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median wall and process-CPU seconds per step of each path."""
     steps = {}
     for path in PATHS:
         net, model = build(path, model_name, 4)
         steps[path] = make_step(net, model, batch, amp)
         steps[path]()  # warm-up
     times: dict[str, list[float]] = {path: [] for path in PATHS}
+    cpu: dict[str, list[float]] = {path: [] for path in PATHS}
     for _ in range(rounds):
         for path, step in steps.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times[path].append(time.perf_counter() - start)
-    return {path: statistics.median(t) for path, t in times.items()}
+            cpu[path].append(time.process_time() - cpu_start)
+    return {path: (statistics.median(times[path]), statistics.median(cpu[path])) for path in PATHS}
 
 
 def main() -> None:
@@ -114,6 +117,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=("off", "bf16"), default="off")
     parser.add_argument("--time-batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per path (interleaved)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the timing")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,6 +134,8 @@ def main() -> None:
                 mem[T, batch, path] = run_memory({**common, "T": T, "batch": batch, "path": path})
                 print(f"T={T:2d} batch {batch:3d} {path:12s} growth {mem[T, batch, path]['growth'] / 2**30:.2f} GiB",
                       flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     times = time_paths(args.model, args.time_batch, args.amp == "bf16", args.rounds)
 
     def mib_per_image(r: dict, batch: int) -> str:
@@ -154,8 +160,9 @@ def main() -> None:
               "plain / packed / packed+ckpt vs reference"]
     table = markdown_table(header, rows)
     time_table = markdown_table(
-        [f"path (T=4, batch {args.time_batch})", "s/step", "time vs plain"],
-        [[p, f"{times[p]:.3f}", f"{times[p] / times['plain']:.2f}x"] for p in PATHS])
+        [f"path (T=4, batch {args.time_batch})", "s/step", "time vs plain", "CPU s/step", "CPU time vs plain"],
+        [[p, f"{times[p][0]:.3f}", f"{times[p][0] / times['plain'][0]:.2f}x", f"{times[p][1]:.3f}",
+          f"{times[p][1] / times['plain'][1]:.2f}x"] for p in PATHS])
     precision = "bfloat16 autocast" if args.amp == "bf16" else "float32"
     notes = [time_table, "",
              f"`{args.model}`, {precision}, eager. Growth: peak resident set over the resident set before the first "
