@@ -57,11 +57,16 @@ def _memory_order(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,), t.storage_offset())
 
 
+def _binary(t: torch.Tensor) -> bool:
+    return bool(((t == 1) | ((t == 0) & ~torch.signbit(t))).all())
+
+
 def _pack_bits_torch(flat: torch.Tensor) -> torch.Tensor | None:
-    # Devices without the C kernel: one comparison pass (a GPU does it at memory speed), then 8 bits a byte.
-    ones = flat == 1
-    if not bool((ones | ((flat == 0) & ~torch.signbit(flat))).all()):
+    # Devices without the C kernel: a look at the first elements turns pre-activations away cheaply, then one
+    # comparison pass over the rest (a GPU does it at memory speed), then 8 bits a byte.
+    if not _binary(flat[:1024]) or not _binary(flat):
         return None
+    ones = flat == 1
     padded = torch.nn.functional.pad(ones, (0, -flat.numel() % 8)).view(-1, 8).to(torch.uint8)
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
     return (padded * weights).sum(1, dtype=torch.uint8)
