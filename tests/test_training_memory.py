@@ -11,7 +11,7 @@ from torch import nn
 
 import spikformer
 from spikformer import memory
-from spikformer.config import TrainConfig
+from spikformer.config import TrainConfig, load_config
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -128,3 +128,4 @@ def test_checkpointing_is_off_in_eval_and_a_train_config_key():
     with torch.no_grad():
         model(torch.randn(1, 3, 16, 16))  # no recomputation machinery without gradients
     assert TrainConfig().checkpointing is False
+    assert load_config(None, ["train.checkpointing=true"]).train.checkpointing is True
