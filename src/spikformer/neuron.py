@@ -90,7 +90,6 @@ def spike(x: torch.Tensor, alpha: float = 4.0) -> torch.Tensor:
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
-
 def lif_reference(
     x: torch.Tensor, params: LIFParams = LIFParams(), return_membrane: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
