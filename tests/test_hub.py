@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -107,6 +110,27 @@ def test_from_pretrained_takes_a_hub_id_through_huggingface_hub(tmp_path, monkey
     monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
     assert same(hub.from_pretrained(source), model)
     assert asked == ["someone/spikformer-tiny"]
+
+
+def test_a_cached_hub_repository_loads_offline_through_the_real_snapshot_download(tmp_path):
+    """No stand-in: huggingface_hub's own snapshot_download, as from_pretrained calls it, reads a repository
+    from the Hub cache with HF_HUB_OFFLINE=1 (a subprocess: huggingface_hub reads its environment on import)."""
+    model = trained()
+    repo = tmp_path / "hub" / "models--someone--spikformer-tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    save_for_hf(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = ("import sys, torch, spikformer; "
+              "torch.save(spikformer.from_pretrained('hf-hub:someone/spikformer-tiny').state_dict(), sys.argv[1])")
+    cache = str(tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": cache, "HUGGINGFACE_HUB_CACHE": cache}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "loaded.pth")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = torch.load(tmp_path / "loaded.pth", weights_only=True)
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
 
 
 def test_a_missing_source_is_one_clear_error(tmp_path, monkeypatch):
