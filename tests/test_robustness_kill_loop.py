@@ -7,9 +7,11 @@ kinds alternate:
 
 - a timer: the parent sends SIGKILL after a delay drawn uniformly from [0, one uninterrupted run's duration],
   so kills land anywhere (before the first save, in a step, in validation, in a save, in a resume);
-- inside a file write of the run folder: the child kills itself at the n-th atomic rename into its folder,
-  with the temporary file half written (what a kill inside ``write()`` leaves), complete but not yet renamed,
-  or just renamed (before the folder's ``fsync``).
+- inside a file write of the run folder: the child kills itself at an atomic rename into its folder, with
+  the temporary file half written (what a kill inside ``write()`` leaves), complete but not yet renamed, or
+  just renamed (before the folder's ``fsync``). Either the n-th rename of any file (a checkpoint, the best or
+  encoder weights, whatever else is written that way), or the write of ``last.safetensors`` that ends the
+  current epoch: the moment after the epoch's metrics row was written and before its checkpoint is.
 
 After every kill: ``last.safetensors`` is loadable (checksum verified) and no older than after the kill
 before (no saved progress is lost), or absent because the run never saved (and then the restart must be
@@ -37,15 +39,15 @@ STAGES = ("half written", "before rename", "after rename")
 TIMINGS = ("epoch_seconds", "train_images_per_s")  # wall-clock figures: the only columns allowed to differ
 
 
-def run_cli_killed_in_a_write(argv: list[str], out: Path, write_number: int, stage: str) -> None:
-    """``run_cli(argv)``, SIGKILLed by itself at ``stage`` of its ``write_number``-th atomic rename into
-    ``out`` (every file the run writes atomically ends in one: checkpoints, and what else it writes that way).
-    A run that ends first exits normally."""
+def run_cli_killed_in_a_write(argv: list[str], out: Path, name: str | None, write_number: int, stage: str) -> None:
+    """``run_cli(argv)``, SIGKILLed by itself at ``stage`` of its ``write_number``-th atomic rename into ``out``
+    of a file called ``name`` (None: of any file). A run that ends first exits normally."""
     replace, renames = os.replace, 0
 
     def replace_or_die(source, target, *args, **kwargs):
         nonlocal renames
-        if Path(target).parent == out:
+        target_path = Path(target)
+        if target_path.parent == out and name in (None, target_path.name):
             renames += 1
             if renames == write_number:
                 if stage == "half written":
@@ -72,20 +74,29 @@ def temporaries(out: Path) -> list[str]:
     return sorted(path.name for path in out.glob(".*.tmp"))
 
 
-def kill_and_resume_until_done(argv: list[str], out: Path, duration: float, seed: int) -> list[str]:
+def kill_and_resume_until_done(argv: list[str], out: Path, duration: float, epochs: int, steps_per_epoch: int,
+                               seed: int) -> list[str]:
     """Start ``argv`` (which resumes with ``train.resume=auto``) and SIGKILL it ``KILLS`` times at moments
     drawn from ``random.Random(seed)``, checking the run folder after each kill; then let it finish. Return
-    what each cycle did (the schedule, for failure messages)."""
+    what each cycle did (the schedule, for failure messages). ``steps_per_epoch``: the run saves
+    ``last.safetensors`` after every optimizer step, so the write that ends the epoch can be aimed at."""
     rng = random.Random(seed)
     schedule: list[str] = []
     saved_step = -1  # the optimizer step of the newest last.safetensors seen; -1: none saved yet
     for cycle in range(KILLS):
-        if cycle % 2:
-            write_number, stage = rng.randint(1, 4), rng.choice(STAGES)
+        stage = rng.choice(STAGES)
+        if cycle % 4 == 1:
+            write_number = rng.randint(1, 5)
             schedule.append(f"in write {write_number} ({stage})")
-            process = start_cli(argv, run_cli_killed_in_a_write, out, write_number, stage)
+            process = start_cli(argv, run_cli_killed_in_a_write, out, None, write_number, stage)
+        elif cycle % 4 == 3:
+            to_the_end = steps_per_epoch - max(saved_step, 0) % steps_per_epoch
+            schedule.append(f"in the epoch's last checkpoint ({stage})")
+            process = start_cli(argv, run_cli_killed_in_a_write, out, "last.safetensors", to_the_end, stage)
         else:
-            delay = rng.uniform(0.0, duration)
+            # Within what is left of the run (a resumed run has less to do), but never less than a quarter of it.
+            left = 1.0 - max(saved_step, 0) / (steps_per_epoch * epochs)
+            delay = rng.uniform(0.0, 0.8 * duration * max(left, 0.25))
             schedule.append(f"after {delay:.2f} s")
             process = start_cli(argv)
             process.join(timeout=delay)
@@ -104,6 +115,8 @@ def kill_and_resume_until_done(argv: list[str], out: Path, duration: float, seed
         process.join(timeout=120)
         assert process.exitcode == 0, f"the last restart failed ({process.exitcode}) after kills {schedule}"
     assert temporaries(out) == [], f"orphan temporary files after the run: {temporaries(out)}"
+    landed = sum("finished first" not in what for what in schedule)
+    assert landed >= KILLS - 2, f"only {landed} kills landed before the run ended: {schedule}"
     return schedule
 
 
@@ -150,7 +163,7 @@ def test_training_killed_at_random_moments_and_resumed_each_time_equals_an_unint
 
     duration = timed_run(argv(tmp_path / "uninterrupted"))
     out = tmp_path / "killed"
-    schedule = kill_and_resume_until_done(argv(out), out, duration, seed=18)
+    schedule = kill_and_resume_until_done(argv(out), out, duration, epochs=3, steps_per_epoch=4, seed=18)
     assert_same_as_uninterrupted(out, tmp_path / "uninterrupted", 3, schedule)
     assert_same_weights(out / "best.safetensors", tmp_path / "uninterrupted" / "best.safetensors")
 
@@ -163,6 +176,6 @@ def test_pretraining_killed_at_random_moments_and_resumed_each_time_equals_an_un
 
     duration = timed_run(argv(tmp_path / "uninterrupted"))
     out = tmp_path / "killed"
-    schedule = kill_and_resume_until_done(argv(out), out, duration, seed=7)
+    schedule = kill_and_resume_until_done(argv(out), out, duration, epochs=3, steps_per_epoch=4, seed=7)
     assert_same_as_uninterrupted(out, tmp_path / "uninterrupted", 3, schedule)
     assert_same_weights(out / "encoder.safetensors", tmp_path / "uninterrupted" / "encoder.safetensors")
