@@ -5,8 +5,10 @@ Each test runs a tiny config in forked processes (``test_resume.start_cli``) and
 kill moments come from a seeded RNG, so a failure is reproducible (its message shows the schedule); two
 kinds alternate:
 
-- a timer: the parent sends SIGKILL after a delay drawn uniformly from [0, one uninterrupted run's duration],
-  so kills land anywhere (before the first save, in a step, in validation, in a save, in a resume);
+- a timer: the parent sends SIGKILL after a random delay. The first one falls within the start-up (before
+  anything is saved); the others after the start-up, within what is left of the run, so they land anywhere in
+  training: in a step, in validation, in a save, in a resume. Times are scaled by an uninterrupted run's,
+  measured in the test, so they mean the same on a fast and a slow machine;
 - inside a file write of the run folder: the child kills itself at an atomic rename into its folder, with
   the temporary file half written (what a kill inside ``write()`` leaves), complete but not yet renamed, or
   just renamed (before the folder's ``fsync``). Either the n-th rename of any file (a checkpoint, the best or
@@ -61,26 +63,39 @@ def run_cli_killed_in_a_write(argv: list[str], out: Path, name: str | None, writ
     run_cli(argv)
 
 
-def timed_run(argv: list[str]) -> float:
-    """Run ``argv`` to its end in a forked child; return how long it took."""
+def timed_run(argv: list[str], out: Path) -> tuple[float, float]:
+    """Run ``argv`` to its end in a forked child; return how long it took, in all and until it was ready to
+    train (``config.yaml`` written)."""
     start = time.perf_counter()
-    process = start_cli(argv)
+    process, ready = start_cli(argv), None
+    while process.is_alive() and ready is None:
+        if (out / "config.yaml").exists():
+            ready = time.perf_counter() - start
+        time.sleep(0.005)
     process.join(timeout=120)
-    assert process.exitcode == 0, f"the uninterrupted run failed ({process.exitcode})"
-    return time.perf_counter() - start
+    assert process.exitcode == 0 and ready is not None, f"the uninterrupted run failed ({process.exitcode})"
+    return time.perf_counter() - start, ready
+
+
+def inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def temporaries(out: Path) -> list[str]:
     return sorted(path.name for path in out.glob(".*.tmp"))
 
 
-def kill_and_resume_until_done(argv: list[str], out: Path, duration: float, epochs: int, steps_per_epoch: int,
-                               seed: int) -> list[str]:
+def kill_and_resume_until_done(argv: list[str], out: Path, timing: tuple[float, float], epochs: int,
+                               steps_per_epoch: int, seed: int) -> list[str]:
     """Start ``argv`` (which resumes with ``train.resume=auto``) and SIGKILL it ``KILLS`` times at moments
     drawn from ``random.Random(seed)``, checking the run folder after each kill; then let it finish. Return
     what each cycle did (the schedule, for failure messages). ``steps_per_epoch``: the run saves
     ``last.safetensors`` after every optimizer step, so the write that ends the epoch can be aimed at."""
     rng = random.Random(seed)
+    duration, startup = timing
     schedule: list[str] = []
     saved_step = -1  # the optimizer step of the newest last.safetensors seen; -1: none saved yet
     for cycle in range(KILLS):
@@ -94,11 +109,16 @@ def kill_and_resume_until_done(argv: list[str], out: Path, duration: float, epoc
             schedule.append(f"in the epoch's last checkpoint ({stage})")
             process = start_cli(argv, run_cli_killed_in_a_write, out, "last.safetensors", to_the_end, stage)
         else:
-            # Within what is left of the run (a resumed run has less to do), but never less than a quarter of it.
+            # The first within the start-up; the others once the run is ready to train (it has replaced
+            # config.yaml), within what is left of it (a resumed run has less to do).
             left = 1.0 - max(saved_step, 0) / (steps_per_epoch * epochs)
-            delay = rng.uniform(0.0, 0.8 * duration * max(left, 0.25))
-            schedule.append(f"after {delay:.2f} s")
+            delay = rng.uniform(0.0, startup) if cycle == 0 else \
+                rng.uniform(0.0, 0.8 * (duration - startup) * max(left, 0.25))
+            schedule.append(f"after {delay:.2f} s" if cycle == 0 else f"{delay:.2f} s into training")
+            before = inode(out / "config.yaml")
             process = start_cli(argv)
+            while cycle and process.is_alive() and inode(out / "config.yaml") == before:
+                time.sleep(0.002)
             process.join(timeout=delay)
             if process.is_alive():
                 os.kill(process.pid, signal.SIGKILL)
@@ -161,9 +181,9 @@ def test_training_killed_at_random_moments_and_resumed_each_time_equals_an_unint
                                                                   "train.threads=1", "train.resume=auto"))
         return ["train", "--config", str(config)]
 
-    duration = timed_run(argv(tmp_path / "uninterrupted"))
+    timing = timed_run(argv(tmp_path / "uninterrupted"), tmp_path / "uninterrupted")
     out = tmp_path / "killed"
-    schedule = kill_and_resume_until_done(argv(out), out, duration, epochs=3, steps_per_epoch=4, seed=18)
+    schedule = kill_and_resume_until_done(argv(out), out, timing, epochs=3, steps_per_epoch=4, seed=4)
     assert_same_as_uninterrupted(out, tmp_path / "uninterrupted", 3, schedule)
     assert_same_weights(out / "best.safetensors", tmp_path / "uninterrupted" / "best.safetensors")
 
@@ -174,8 +194,8 @@ def test_pretraining_killed_at_random_moments_and_resumed_each_time_equals_an_un
     def argv(out: Path) -> list[str]:
         return pretrain_argv(out, "train.resume=auto")
 
-    duration = timed_run(argv(tmp_path / "uninterrupted"))
+    timing = timed_run(argv(tmp_path / "uninterrupted"), tmp_path / "uninterrupted")
     out = tmp_path / "killed"
-    schedule = kill_and_resume_until_done(argv(out), out, duration, epochs=3, steps_per_epoch=4, seed=7)
+    schedule = kill_and_resume_until_done(argv(out), out, timing, epochs=3, steps_per_epoch=4, seed=3)
     assert_same_as_uninterrupted(out, tmp_path / "uninterrupted", 3, schedule)
     assert_same_weights(out / "encoder.safetensors", tmp_path / "uninterrupted" / "encoder.safetensors")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import os
@@ -27,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import Config, config_to_dict, format_config, save_config
+from ..config import Config, config_to_dict, format_config
 from ..data import build_dataset, build_loader
 from ..errors import ConfigError
 from ..models import resolve_config
@@ -44,7 +46,7 @@ from .distributed import (
 )
 from .engine import autocast_dtype, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
-from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder
+from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder, replace_run_file
 from .state import Position, capture_rng, load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
@@ -258,7 +260,8 @@ class RunLoop:
             check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
         if self.is_main:
-            save_config(self.config, self.out_dir / "config.yaml")
+            # save_config's text, written whole or not at all (a restart compares it with its own config)
+            replace_run_file(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
             self.log(format_config(self.config))
             self.log(f"global batch {self.global_batch_size} = data.batch_size {self.config.data.batch_size} x "
                      f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps; "
@@ -551,8 +554,9 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
         return
     kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
     if len(kept) < len(rows):
-        with path.open("w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        replace_run_file(path, text.getvalue())  # whole or not at all: the finished epochs' rows are never lost
 
 
 def finite_only(metrics: dict[str, Any]) -> dict[str, Any]:
