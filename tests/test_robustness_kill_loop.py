@@ -30,6 +30,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from test_resume import assert_same_run, metrics_rows, pretrain_argv, run_cli, start_cli
 from test_robustness_faults import tiny, write_config
@@ -177,9 +178,7 @@ def test_training_killed_at_random_moments_and_resumed_each_time_equals_an_unint
     # 3 epochs of 4 optimizer steps, a checkpoint after every step: 12 writes of last.safetensors, plus
     # best.safetensors whenever validation improves.
     def argv(out: Path) -> list[str]:
-        config = write_config(tmp_path / f"{out.name}.yaml", tiny(out, "train.epochs=3", "train.save_every_steps=1",
-                                                                  "train.threads=1", "train.resume=auto"))
-        return ["train", "--config", str(config)]
+        return tiny_training_argv(tmp_path, out, "train.epochs=3", "train.save_every_steps=1")
 
     timing = timed_run(argv(tmp_path / "uninterrupted"), tmp_path / "uninterrupted")
     out = tmp_path / "killed"
@@ -199,3 +198,34 @@ def test_pretraining_killed_at_random_moments_and_resumed_each_time_equals_an_un
     schedule = kill_and_resume_until_done(argv(out), out, timing, epochs=3, steps_per_epoch=4, seed=3)
     assert_same_as_uninterrupted(out, tmp_path / "uninterrupted", 3, schedule)
     assert_same_weights(out / "encoder.safetensors", tmp_path / "uninterrupted" / "encoder.safetensors")
+
+
+def tiny_training_argv(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    config = write_config(tmp_path / f"{out.name}.yaml", tiny(out, "train.epochs=2", "train.threads=1", *extra))
+    return ["train", "--config", str(config), "--resume", "auto"]
+
+
+@pytest.mark.parametrize("task, output", [("train", "best.safetensors"), ("pretrain", "encoder.safetensors")])
+def test_a_kill_after_the_first_epochs_outputs_before_any_checkpoint_leaves_a_run_the_restart_continues(
+        tmp_path, task, output):
+    # Without periodic saves (train.save_every_steps=0, the default) the first checkpoint is written at the end
+    # of epoch 1, after the epoch's weights file and metrics row. A kill just after the weights file left a folder
+    # with outputs but no last.safetensors, and every restart was refused ("already holds a run ... add
+    # --overwrite"). Now the trained epoch is checkpointed before its outputs; the restart validates and logs it.
+    def argv(out: Path) -> list[str]:
+        if task == "train":
+            return tiny_training_argv(tmp_path, out)
+        return pretrain_argv(out, "train.epochs=2", "train.save_every_steps=0", "--resume", "auto")
+
+    reference, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    timed_run(argv(reference), reference)
+    process = start_cli(argv(out), run_cli_killed_in_a_write, out, output, 1, "after rename")
+    process.join(timeout=120)
+    assert process.exitcode == -signal.SIGKILL and (out / output).exists()
+    assert read_checkpoint(out / "last.safetensors")[1]["position"]["epoch"] == 0  # the trained epoch
+    process = start_cli(argv(out))
+    process.join(timeout=120)
+    assert process.exitcode == 0, f"the restart was refused or failed ({process.exitcode})"
+    columns = [name for name in metrics_rows(reference / "metrics.csv")[0] if name not in TIMINGS]
+    assert_same_run(out, reference, 2, tuple(columns))
+    assert_same_weights(out / output, reference / output)

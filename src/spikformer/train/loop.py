@@ -215,6 +215,7 @@ class RunLoop:
         self.signal_received: int | None = None  # this process's, set by the handler
         self.stop_signal: int | None = None  # agreed by every rank: the loop acts on this one only
         self.consecutive_skips = 0
+        self.has_checkpoint = False  # whether the run folder holds this run's last.safetensors (see train_one_epoch)
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
         task.setup(self)
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
@@ -259,6 +260,7 @@ class RunLoop:
         if path is not None:
             check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
+            self.has_checkpoint = path == self.out_dir / "last.safetensors"
         if self.is_main:
             # save_config's text, written whole or not at all (a restart compares it with its own config)
             replace_run_file(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
@@ -369,6 +371,12 @@ class RunLoop:
                     self.save_last({})
                     raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
         bar.close()
+        if not self.has_checkpoint:
+            # The epoch's outputs (best or encoder weights, its metrics row) come before its checkpoint. In a run
+            # that has not saved one yet, a kill between them left a folder with outputs but no last.safetensors,
+            # which every restart refuses to overwrite (only --overwrite helped). The trained epoch is saved
+            # first, once per run: a resume from it validates and logs the epoch, as the run would have.
+            self.save_last({})
         keys = sorted(k for k in sums if k != "time")  # the same order on every rank
         reduced = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], self.device, self.dist)))
         seconds = sums["time"]
@@ -438,6 +446,7 @@ class RunLoop:
 
     def save_last(self, metrics: dict[str, Any]) -> None:
         self.check_finite_weights()
+        self.has_checkpoint = True
         # Every rank's random state and partial sums of the epoch, so each resumes its own.
         per_rank = gather_objects((capture_rng(), dict(self.position.epoch_sums)), self.dist)
         if self.dist.enabled:
