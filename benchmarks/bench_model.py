@@ -146,7 +146,8 @@ class Floor(nn.Module):
     """The model's convs, linears and SSA products, each on a binary input of its real shape and memory
     layout (channels-last where the model's stem runs so)."""
 
-    def __init__(self, model: nn.Module, batch: int, img_size: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, batch: int, img_size: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.layers: list[tuple[nn.Module, torch.Size, bool]] = []
         self.products: list[torch.Size] = []
@@ -158,9 +159,12 @@ class Floor(nn.Module):
         for h in hooks:
             h.remove()
         self.model = model
-        self.inputs = [self._spikes(shape, device, requires_grad=i > 0, channels_last=nhwc)
+        # Under bfloat16 autocast the model's spikes are bfloat16 already (the first conv's image input is
+        # cast), so the floor's inputs are too: the floor is the products alone, not casts of their inputs.
+        self.inputs = [self._spikes(shape, device, requires_grad=i > 0, channels_last=nhwc,
+                                    dtype=torch.float32 if i == 0 else dtype)
                        for i, (_, shape, nhwc) in enumerate(self.layers)]
-        self.qkv = [[self._spikes(shape, device, True) for _ in range(3)] for shape in self.products]
+        self.qkv = [[self._spikes(shape, device, True, dtype=dtype) for _ in range(3)] for shape in self.products]
 
     def _record(self, module, inputs, output) -> None:
         x = inputs[0]
@@ -172,8 +176,9 @@ class Floor(nn.Module):
         self.products.append(torch.Size((T, B, module.num_heads, N, D // module.num_heads)))
 
     @staticmethod
-    def _spikes(shape, device, requires_grad: bool, channels_last: bool = False) -> torch.Tensor:
-        spikes = (torch.rand(shape, device=device) < 0.2).float()
+    def _spikes(shape, device, requires_grad: bool, channels_last: bool = False,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        spikes = (torch.rand(shape, device=device) < 0.2).to(dtype)
         if channels_last:
             spikes = spikes.contiguous(memory_format=torch.channels_last)
         return spikes.requires_grad_(requires_grad)
@@ -206,8 +211,9 @@ def worker(cfg: dict) -> dict:
     path, train = cfg["path"], cfg["mode"] == "train"
 
     if path == "floor":
-        net = Floor(model, batch, img, device)
-        grads = [torch.randn_like(o) for o in net()]
+        net = Floor(model, batch, img, device, torch.bfloat16 if cfg["amp"] == "bf16" else torch.float32)
+        with amp or torch.autocast(device.type, enabled=False):
+            grads = [torch.randn_like(o) for o in net()]
 
         def step():
             with amp or torch.autocast(device.type, enabled=False):

@@ -1,6 +1,7 @@
 """Where a training step's time goes: one ``spikformer_cifar_4_384`` step under ``torch.profiler``, grouped.
 
 Usage: python benchmarks/profile_train_step.py [--model spikformer_cifar_4_384] [--batch 32] [--rows 15]
+       [--amp bf16]
 
 Prints the share of self CPU time per group (convolutions, linear layers, the fused BatchNorm+LIF forward
 and backward, the LIF kernels, batch statistics, copies, attention products, the rest) and the busiest
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--model", default="spikformer_cifar_4_384")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rows", type=int, default=15, help="busiest operators to list")
+    parser.add_argument("--amp", choices=("off", "bf16"), default="off", help="bfloat16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = create_model(args.model).train()
@@ -46,8 +48,12 @@ def main() -> None:
     labels = torch.randint(0, model.num_classes, (args.batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16")
+
     def step() -> None:
-        F.cross_entropy(model(images), labels).backward()
+        with amp:
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -59,7 +65,8 @@ def main() -> None:
     shares: dict[str, float] = defaultdict(float)
     for e in events:
         shares[group_of(e.key)] += e.self_cpu_time_total / total
-    print(f"{args.model}, batch {args.batch}, one training step: {total / 1e6:.2f} s of self CPU time")
+    precision = "bfloat16 autocast" if args.amp == "bf16" else "float32"
+    print(f"{args.model}, batch {args.batch}, {precision}, one training step: {total / 1e6:.2f} s of self CPU time")
     for group, share in sorted(shares.items(), key=lambda item: -item[1]):
         print(f"  {group:24s} {100 * share:5.1f}%")
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_analysis_energy import Fixed  # a preset spike tensor standing in for Q, K or V
 from torch import nn
 
 import spikformer
@@ -14,17 +15,6 @@ from spikformer.analysis import FiringRateRecorder, attention_map, calibrate_bat
 from spikformer.layers import SpikingSelfAttention, token_max_pool
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 128, "T": 2}  # N = 8 x 8 tokens > d = 16
-
-
-class Fixed(nn.Module):
-    """Returns a preset spike tensor whatever its input: stands in for Q, K or V."""
-
-    def __init__(self, spikes: torch.Tensor) -> None:
-        super().__init__()
-        self.spikes = spikes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spikes
 
 
 def hand_made_pooled_ssa() -> SpikingSelfAttention:

@@ -4,6 +4,7 @@ checkpoint, and a run folder is never overwritten without being asked."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import queue
 import signal
@@ -81,7 +82,7 @@ def wait_for_line(proc: subprocess.Popen, lines: queue.Queue, prefix: str, timeo
 
 
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
-def test_a_signal_from_outside_saves_a_checkpoint_and_exits_with_128_plus_its_number(tmp_path, signum, capsys):
+def test_a_signal_from_outside_saves_a_checkpoint_and_exits_with_128_plus_its_number(tmp_path, signum, caplog):
     # End to end: another process signals `python -m spikformer train`. (SIGINT takes the same path and is
     # covered in-process below; its subprocess variant is marked slow.)
     proc, lines = start_training(tmp_path)
@@ -101,8 +102,9 @@ def test_a_signal_from_outside_saves_a_checkpoint_and_exits_with_128_plus_its_nu
     # The saved state resumes: finish the interrupted epoch (and one more if it stopped between epochs).
     resumed_epochs = saved["epoch"] + 1
     config = load_config(tmp_path / "tiny.yaml", ["train.resume=auto", f"train.epochs={resumed_epochs}"])
+    caplog.set_level(logging.INFO, logger="spikformer")  # the run's messages go through the spikformer logger
     result = Trainer(config).fit()
-    assert f"resumed from {last} at epoch {saved['epoch']}, batch {saved['batch']}" in capsys.readouterr().out
+    assert f"resumed from {last} at epoch {saved['epoch']}, batch {saved['batch']}" in caplog.text
     assert result["epoch"] == resumed_epochs - 1
     assert position(last)["epoch"] == resumed_epochs and position(last)["step"] == resumed_epochs * BATCHES_PER_EPOCH
 
@@ -184,10 +186,11 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_check
     assert (tmp_path / "best.safetensors").exists()
 
 
-def test_nan_policy_skip_skips_the_bad_steps_and_finishes(tmp_path, capsys):
+def test_nan_policy_skip_skips_the_bad_steps_and_finishes(tmp_path, caplog):
     config = load_config(None, tiny(tmp_path, "train.nan_policy=skip"))
+    caplog.set_level(logging.INFO, logger="spikformer")
     result = Trainer(config, criterion=NaNAtCalls({3, 6})).fit()
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "non-finite loss (nan) at epoch 1, batch 3 (optimizer step 3); step skipped" in out
     assert "non-finite loss (nan) at epoch 2, batch 2 (optimizer step 5); step skipped" in out
     assert result["epoch"] == 1

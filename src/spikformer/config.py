@@ -162,6 +162,9 @@ class TrainConfig:
     nan_policy: str = "stop"
     ema_decay: float | None = None
     compile: bool = False
+    # Recompute each block in the backward pass instead of storing its activations (model.set_grad_checkpointing):
+    # for the biggest models; same gradients, about one more forward pass of the blocks per step.
+    checkpointing: bool = False
     sync_bn: bool = False
     # BatchNorm normalises with its running statistics and leaves them unchanged (its affine weights still
     # train): for fine-tuning with small batches, and for comparing runs whose per-process batches differ.

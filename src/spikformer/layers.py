@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -265,6 +266,17 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     dtype = exact_spike_product_dtype(q, N, d, out_dtype)
     no_autocast = torch.autocast(q.device.type, enabled=False) if autocast_device else contextlib.nullcontext()
     with no_autocast:
+        # --- bf16 (issue 17): bfloat16 spikes on the CPU. The inner product's sums stay below its inner length
+        # (at most max(N, d)), exact in bfloat16 up to 256, so it reads the spikes as they are; only the outer
+        # product, whose sums reach N * d, runs in float32 (one cast, of one operand, instead of three).
+        if q.dtype == torch.bfloat16 and dtype == torch.float32 and q.device.type == "cpu" and max(N, d) <= 256:
+            as_float = functools.partial(torch.Tensor.to, dtype=torch.float32, memory_format=torch.contiguous_format)
+            if N > d:
+                out = as_float(q) @ (k.transpose(-2, -1) @ v).float()
+            else:
+                out = (q @ k.transpose(-2, -1)).float() @ as_float(v)
+            return out.to(out_dtype)
+        # --- end bf16 ---
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if N > d:
             out = q @ (k.transpose(-2, -1) @ v)

@@ -6,6 +6,7 @@ in ``lif_backends``), parametric LIF (``plif``) and the BatchNorm numerics (``ba
 
 from .neurons.lif import LIF, UnrolledLIF
 from .neurons.lif_backends import (
+    HALF_DTYPES,
     LIFBackend,
     LIFParams,
     backend_available,
@@ -19,6 +20,7 @@ from .neurons.lif_backends import (
 from .neurons.surrogate import sigmoid_surrogate_grad, spike
 
 __all__ = [
-    "LIF", "LIFBackend", "LIFParams", "UnrolledLIF", "backend_available", "default_backend", "lif_backends",
+    "HALF_DTYPES", "LIF", "LIFBackend", "LIFParams", "UnrolledLIF", "backend_available", "default_backend",
+    "lif_backends",
     "lif_multistep", "lif_reference", "register_lif_backend", "resolve_backend", "sigmoid_surrogate_grad", "spike",
 ]

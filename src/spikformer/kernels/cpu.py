@@ -106,6 +106,10 @@ def _library() -> ctypes.CDLL | None:
     lib.bn_grad_input.restype = cint
     lib.bn_stats.argtypes = [cint, ptr, ptr, ptr, i64, i64, i64, cint, cint]
     lib.bn_stats.restype = cint
+    lib.spikes_pack.argtypes = [cint, ptr, ptr, i64]
+    lib.spikes_pack.restype = cint
+    lib.spikes_unpack.argtypes = [cint, ptr, ptr, i64]
+    lib.spikes_unpack.restype = cint
     return lib
 
 
@@ -234,3 +238,25 @@ def bn_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check(lib.bn_stats(code, y.data_ptr(), mean.data_ptr(), var.data_ptr(), R, L, C, int(cl),
                             torch.get_num_threads()), y.dtype)
     return mean, var
+
+
+# --- 1-bit spike storage (see spikformer.kernels.packing) ------------------------------------------------
+
+
+def pack_spikes(flat: torch.Tensor) -> torch.Tensor | None:
+    """One bit per element of a 1-D tensor of 0/1 values (uint8, ``ceil(n / 8)`` bytes), or None as soon as an
+    element is neither 0 nor 1 (then usually after reading a few bytes)."""
+    lib, code = _lib_and_code(flat)
+    bits = torch.empty((flat.numel() + 7) // 8, dtype=torch.uint8)
+    status = lib.spikes_pack(code, flat.data_ptr(), bits.data_ptr(), flat.numel())
+    if status < 0:
+        raise TypeError(f"the CPU kernel cannot pack {flat.dtype}")
+    return bits if status == 0 else None
+
+
+def unpack_spikes(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Fill the 1-D tensor ``out`` with the 0/1 values ``pack_spikes`` stored in ``bits``; returns ``out``."""
+    lib, code = _lib_and_code(out)
+    if lib.spikes_unpack(code, bits.data_ptr(), out.data_ptr(), out.numel()) != 0:
+        raise TypeError(f"the CPU kernel cannot unpack {out.dtype}")
+    return out

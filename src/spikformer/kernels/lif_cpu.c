@@ -5,11 +5,12 @@
  * registers; blocks of LIF_BLOCK elements keep the inner loop vectorisable and are split over threads.
  *
  * Arithmetic follows the reference (spikformer.neuron.lif_reference) operation by operation, and the
- * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's: for float32 and
- * float64 directly, for bfloat16 and float16 by rounding to the storage type after every operation, as
- * PyTorch's CPU element-wise kernels do. Those kernels also round a scalar subtrahend (V_reset, V_th) to
- * the storage type but divide by a float scalar (tau); so do we. The backward pass recomputes H from the saved input and follows the
- * reference's autograd order; only the exponential in the sigmoid differs (by about one ulp).
+ * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's. bfloat16 and float16
+ * tensors are read and written in their storage type but computed in float32, exactly as the float32
+ * kernel computes their float32 copy (the oracle upcasts half-precision inputs the same way): the membrane
+ * never rounds to 8 or 11 mantissa bits, and no float32 copy of the input is ever made. PyTorch's CPU
+ * kernels divide by a float scalar (tau); so do we. The backward pass recomputes H from the saved input and
+ * follows the reference's autograd order; only the exponential in the sigmoid differs (by about one ulp).
  */
 #include <math.h>
 #include <pthread.h>
@@ -57,8 +58,6 @@ static inline uint16_t bf16_store(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float bf16_round(float f) { return bf16_load(bf16_store(f)); }
-
 /* exp for float without libm calls, so that the loop vectorises (Cephes' expf; about 1 ulp). */
 static inline float lif_expf(float x) {
     x = x < -87.0f ? -87.0f : x;
@@ -79,7 +78,9 @@ static inline float lif_expf(float x) {
 }
 
 /* --- the kernels, once per storage type ----------------------------------------------------------
- * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to STOR precision. */
+ * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to the precision the
+ * arithmetic is done in (the identity everywhere now: half precision computes in float32; kept so that a
+ * storage-precision variant stays a one-line instantiation). */
 
 #define LIF_DEFINE(NAME, STOR, COMP, LOAD, STORE, RND, EXP)                                              \
     static void NAME##_forward(const lif_job *job, int64_t i0, int64_t i1) {                             \
@@ -149,14 +150,13 @@ static inline float lif_expf(float x) {
 #define ID(a) (a)
 LIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
 LIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
-LIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+LIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, ID, lif_expf)
 
 #if defined(__FLT16_MAX__)
 #define LIF_HAS_F16 1
 #define F16_LOAD(a) ((float)(a))
 #define F16_STORE(a) ((_Float16)(a))
-#define F16_RND(a) ((float)(_Float16)(a))
-LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+LIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, ID, lif_expf)
 #else
 #define LIF_HAS_F16 0
 #endif
@@ -354,9 +354,9 @@ typedef struct {
 
 BNLIF_DEFINE(lif_f32, float, float, ID, ID, ID, lif_expf)
 BNLIF_DEFINE(lif_f64, double, double, ID, ID, ID, exp)
-BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, bf16_round, lif_expf)
+BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, ID, lif_expf)
 #if LIF_HAS_F16
-BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, F16_RND, lif_expf)
+BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, ID, lif_expf)
 #endif
 
 /* --- dispatch and threads ------------------------------------------------------------------------ */
@@ -616,4 +616,165 @@ int bn_stats(int dtype, const void *y, double *mean, double *var, int64_t R, int
     for (int64_t c = 0; status == 0 && c < C; ++c) var[c] = sums[c] / count;
     free(sums);
     return status;
+}
+
+
+/* --- 1-bit spike storage ------------------------------------------------------------------------------
+ * A tensor saved for backward that holds only 0 and 1 is kept as one bit per element (element i in bit
+ * i % 8 of byte i / 8, memory order) and expanded again when the backward pass needs it. Packing checks
+ * every element on the way and stops at the first that is neither 0 nor 1 (returning 1: store the tensor
+ * as it is), so offering it a pre-activation costs a few bytes read, not a pass. -0.0 is not packed (it
+ * would come back as +0.0, and a gradient must come back bit for bit). */
+
+/* Scalar loops, from element i0 (a multiple of 8) on: the whole job where no vector path exists, else the tail. */
+#define PACK_DEFINE(NAME, BITS, ONE_BITS)                                                                \
+    static int NAME##_pack(const BITS *x, uint8_t *out, int64_t i0, int64_t n) {                        \
+        for (int64_t i = i0 / 8; i < (n + 7) / 8; ++i) {                                                \
+            const int64_t k_end = n - 8 * i < 8 ? n - 8 * i : 8;                                        \
+            unsigned bad = 0, b = 0;                                                                    \
+            for (int64_t k = 0; k < k_end; ++k) {                                                       \
+                const BITS u = x[8 * i + k];                                                            \
+                bad |= (u != 0) & (u != (BITS)ONE_BITS);                                                \
+                b |= (unsigned)(u == (BITS)ONE_BITS) << k;                                              \
+            }                                                                                           \
+            if (bad) return 1;                                                                          \
+            out[i] = (uint8_t)b;                                                                        \
+        }                                                                                               \
+        return 0;                                                                                       \
+    }                                                                                                   \
+    static void NAME##_unpack(const uint8_t *in, BITS *x, int64_t i0, int64_t n) {                      \
+        for (int64_t i = i0; i < n; ++i)                                                                \
+            x[i] = ((in[i >> 3] >> (i & 7)) & 1u) ? (BITS)ONE_BITS : (BITS)0;                           \
+    }
+
+PACK_DEFINE(bits_f32, uint32_t, 0x3F800000u)
+PACK_DEFINE(bits_f64, uint64_t, 0x3FF0000000000000ull)
+PACK_DEFINE(bits_bf16, uint16_t, 0x3F80u)
+PACK_DEFINE(bits_f16, uint16_t, 0x3C00u)
+
+/* AVX-512: one compare gives the 16 (32-bit) or 32 (16-bit) bits of a vector in memory order, and a masked
+ * move expands them again: about ten times faster than the scalar loops. Element bits are compared as
+ * integers, so -0.0 and NaNs count as "not 0 or 1" exactly as in the scalar code. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+static int64_t pack32_avx512(const uint32_t *x, uint8_t *out, int64_t n, uint32_t one, int *bad) {
+    const __m512i vone = _mm512_set1_epi32((int)one), vzero = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i v = _mm512_loadu_si512((const void *)(x + i));
+        const __mmask16 is1 = _mm512_cmpeq_epi32_mask(v, vone), is0 = _mm512_cmpeq_epi32_mask(v, vzero);
+        if ((uint16_t)(is0 | is1) != 0xFFFFu) {
+            *bad = 1;
+            return i;
+        }
+        const uint16_t bits = (uint16_t)is1;
+        memcpy(out + i / 8, &bits, sizeof bits);
+    }
+    return i;
+}
+
+static int64_t unpack32_avx512(const uint8_t *in, uint32_t *x, int64_t n, uint32_t one) {
+    const __m512i vone = _mm512_set1_epi32((int)one);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint16_t bits;
+        memcpy(&bits, in + i / 8, sizeof bits);
+        _mm512_storeu_si512((void *)(x + i), _mm512_maskz_mov_epi32((__mmask16)bits, vone));
+    }
+    return i;
+}
+#endif
+
+#if defined(__AVX512BW__)
+static int64_t pack16_avx512(const uint16_t *x, uint8_t *out, int64_t n, uint16_t one, int *bad) {
+    const __m512i vone = _mm512_set1_epi16((short)one), vzero = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512i v = _mm512_loadu_si512((const void *)(x + i));
+        const __mmask32 is1 = _mm512_cmpeq_epi16_mask(v, vone), is0 = _mm512_cmpeq_epi16_mask(v, vzero);
+        if ((uint32_t)(is0 | is1) != 0xFFFFFFFFu) {
+            *bad = 1;
+            return i;
+        }
+        const uint32_t bits = (uint32_t)is1;
+        memcpy(out + i / 8, &bits, sizeof bits);
+    }
+    return i;
+}
+
+static int64_t unpack16_avx512(const uint8_t *in, uint16_t *x, int64_t n, uint16_t one) {
+    const __m512i vone = _mm512_set1_epi16((short)one);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        uint32_t bits;
+        memcpy(&bits, in + i / 8, sizeof bits);
+        _mm512_storeu_si512((void *)(x + i), _mm512_maskz_mov_epi16((__mmask32)bits, vone));
+    }
+    return i;
+}
+#endif
+
+static int pack_32(const uint32_t *x, uint8_t *bits, int64_t n, uint32_t one) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    int bad = 0;
+    i = pack32_avx512(x, bits, n, one, &bad);
+    if (bad) return 1;
+#endif
+    (void)one;
+    return bits_f32_pack(x, bits, i, n);
+}
+
+static int pack_16(const uint16_t *x, uint8_t *bits, int64_t n, uint16_t one) {
+    int64_t i = 0;
+#if defined(__AVX512BW__)
+    int bad = 0;
+    i = pack16_avx512(x, bits, n, one, &bad);
+    if (bad) return 1;
+#endif
+    return one == 0x3F80u ? bits_bf16_pack(x, bits, i, n) : bits_f16_pack(x, bits, i, n);
+}
+
+static void unpack_32(const uint8_t *bits, uint32_t *x, int64_t n, uint32_t one) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    i = unpack32_avx512(bits, x, n, one);
+#endif
+    (void)one;
+    bits_f32_unpack(bits, x, i, n);
+}
+
+static void unpack_16(const uint8_t *bits, uint16_t *x, int64_t n, uint16_t one) {
+    int64_t i = 0;
+#if defined(__AVX512BW__)
+    i = unpack16_avx512(bits, x, n, one);
+#endif
+    if (one == 0x3F80u)
+        bits_bf16_unpack(bits, x, i, n);
+    else
+        bits_f16_unpack(bits, x, i, n);
+}
+
+/* bits[(n + 7) / 8] from x[n] of 0/1 values. Returns 0; 1 if some element is not 0 or 1 (bits is then
+ * partly written and must be ignored); -1 for an unsupported dtype. */
+int spikes_pack(int dtype, const void *x, uint8_t *bits, int64_t n) {
+    switch (dtype) {
+        case LIF_F32: return pack_32((const uint32_t *)x, bits, n, 0x3F800000u);
+        case LIF_F64: return bits_f64_pack((const uint64_t *)x, bits, 0, n);
+        case LIF_BF16: return pack_16((const uint16_t *)x, bits, n, 0x3F80u);
+        case LIF_F16: return pack_16((const uint16_t *)x, bits, n, 0x3C00u);
+        default: return -1;
+    }
+}
+
+/* x[n] (0.0 or 1.0 in the dtype) from bits written by spikes_pack. Returns 0, or -1 for an unsupported dtype. */
+int spikes_unpack(int dtype, const uint8_t *bits, void *x, int64_t n) {
+    switch (dtype) {
+        case LIF_F32: unpack_32(bits, (uint32_t *)x, n, 0x3F800000u); return 0;
+        case LIF_F64: bits_f64_unpack(bits, (uint64_t *)x, 0, n); return 0;
+        case LIF_BF16: unpack_16(bits, (uint16_t *)x, n, 0x3F80u); return 0;
+        case LIF_F16: unpack_16(bits, (uint16_t *)x, n, 0x3C00u); return 0;
+        default: return -1;
+    }
 }

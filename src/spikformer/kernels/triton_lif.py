@@ -4,9 +4,10 @@ Forward reads ``X`` once and writes the spikes (and ``H``, in the input dtype, w
 follow); backward reads ``H`` and the spikes' gradient once, walking time backwards. Arithmetic follows
 PyTorch's CUDA kernels for the reference loop operation by operation: scalars are first cast to the
 tensor's dtype (as TensorIterator does with a wrapped number), the division by the scalar ``tau`` is a
-multiplication by its float32 reciprocal (as ``div_true_kernel_cuda`` does), half-precision values are
-rounded to their storage type after every operation, and fused multiply-adds are disabled, so spikes are
-bit-identical to the reference on the same GPU. ``TRITON_INTERPRET=1`` runs these kernels on CPU tensors
+multiplication by its float32 reciprocal (as ``div_true_kernel_cuda`` does) and fused multiply-adds are
+disabled, so spikes are bit-identical to the reference on the same GPU. Half-precision tensors are read and
+written in their storage type and computed in float32, as the reference computes them (``spikformer.neuron``).
+``TRITON_INTERPRET=1`` runs these kernels on CPU tensors
 (the tests do).
 """
 
@@ -53,12 +54,11 @@ if triton is not None:
         idx = offs  # int64, stepped by M: no int32 overflow of t * M
         for _ in range(T):
             x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            # Each .to(dtype).to(float32) is the rounding PyTorch applies at the end of every op (a no-op
-            # for float32).
-            u = (v - v_reset).to(dtype).to(tl.float32)
-            w = (x - u).to(dtype).to(tl.float32)
-            q = (w * inv_tau).to(dtype).to(tl.float32)
-            h = (v + q).to(dtype).to(tl.float32)
+            # the reference's operations in its order, in float32 (half-precision inputs too)
+            u = v - v_reset
+            w = x - u
+            q = w * inv_tau
+            h = v + q
             fired = h >= v_threshold
             tl.store(s_ptr + idx, tl.where(fired, 1.0, 0.0).to(dtype), mask=mask)
             if KEEP_H:
@@ -90,6 +90,8 @@ if triton is not None:
 
 
 def _as_dtype(value: float, dtype: torch.dtype) -> float:
+    # half precision computes in float32 (see the module docstring), so its scalars are float32 too
+    dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from .. import memory
 from ..layers import Neuron, SpikformerBlock, build_stem
 from ..neurons import NeuronLayer, neuron_layer
 
@@ -104,12 +104,13 @@ class Spikformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
-        x = self.patch_embed(self.time_first(x))
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)  # a block's neurons keep no state between calls
-            else:
-                x = block(x)
+        # Training memory (spikformer.memory): spikes saved for backward at 1 bit each; optional checkpointing
+        # (which also restores the BatchNorm running statistics the recomputation would update twice).
+        checkpointing = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
+        with memory.spike_packing(self.pack_saved_spikes and self.training):
+            x = self.patch_embed(self.time_first(x))
+            for block in self.blocks:
+                x = memory.checkpoint_block(block, x) if checkpointing else block(x)
         return x
 
     def forward_intermediates(
@@ -146,8 +147,12 @@ class Spikformer(nn.Module):
             self.reset_classifier(0)
         return take
 
+    # Class default, so that every model (and a model unpickled from before it existed) has it.
+    pack_saved_spikes: bool = True
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass instead of storing its activations (timm's interface)."""
+        """Recompute each block in the backward pass instead of storing its activations (timm's switch;
+        ``train.checkpointing``): less memory for about one more forward pass of the blocks per step."""
         self.grad_checkpointing = enable
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

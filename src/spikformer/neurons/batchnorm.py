@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .lif_backends import LIFParams, lif_backward_from_input, lif_forward_no_grad, lif_multistep, resolve_backend
+from .lif_backends import (
+    HALF_DTYPES,
+    LIFParams,
+    lif_backward_from_input,
+    lif_forward_no_grad,
+    lif_multistep,
+    resolve_backend,
+)
 
 # --- BatchNorm -> LIF ------------------------------------------------------------------------------
 #
@@ -109,7 +116,9 @@ def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> 
 def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
     cdt = scale.dtype
-    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(y.dtype)
+    # bf16 (issue 17): a half-precision y stays in float32 here, as in the kernels, which never round z.
+    out_dtype = cdt if y.dtype in HALF_DTYPES else y.dtype
+    return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(out_dtype)
 
 
 def _uses_batch_statistics(norm: _BatchNorm) -> bool:
@@ -143,7 +152,7 @@ class _BatchNormLIF(torch.autograd.Function):
                                         float(p.v_reset))
         else:
             z = _normalize(y, scale, shift)
-            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1)
+            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1).to(y.dtype)
         ctx.save_for_backward(y, mean, invstd, scale, shift)
         ctx.config = (params, backend, steps, weight is not None, bias is not None)
         return spikes
@@ -200,12 +209,12 @@ def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend:
         return lif_multistep(norm(y).view(x.shape), params, name)
     y = _bn_view(x, norm)
     if name == "torch" or torch.compiler.is_compiling():
-        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+        return lif_multistep(batch_norm(y, norm).view(x.shape), params, name).to(x.dtype)
     if not _uses_batch_statistics(norm) or not torch.is_grad_enabled():
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, norm.weight, norm.bias))
         if name != "c" or needs_grad or _uses_batch_statistics(norm):
-            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name)
+            return lif_multistep(batch_norm(y, norm).view(x.shape), params, name).to(x.dtype)
         # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
         from ..kernels import cpu
 

@@ -59,10 +59,21 @@ class LIFParams:
 # --- the oracle -----------------------------------------------------------------------------------
 
 
+# bfloat16 and float16 inputs are computed in float32 by every backend: the membrane potential would lose
+# all but 8 (or 11) bits otherwise, and the kernels read and write half precision without a float32 copy.
+# So the spikes of a half-precision input are those of its float32 copy, bit for bit.
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def lif_reference(
     x: torch.Tensor, params: LIFParams = LIFParams(), return_membrane: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The oracle: a per-step autograd loop. Optionally also returns ``V`` after reset, ``[T, ...]``."""
+    # --- bf16 (issue 17): half-precision inputs charge a float32 membrane, spikes come back in x's dtype ---
+    if x.dtype in HALF_DTYPES:
+        out = lif_reference(x.float(), params, return_membrane)
+        return (out[0].to(x.dtype), out[1]) if return_membrane else out.to(x.dtype)
+    # --- end bf16 ---
     v = torch.full_like(x[0], params.v_reset)
     spikes, membranes = [], []
     for t in range(x.shape[0]):
@@ -82,6 +93,7 @@ def lif_reference(
 def torch_lif_forward(x: torch.Tensor, p: LIFParams, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spikes of ``x [T, ...]`` and, if ``keep_h``, the pre-reset potentials ``H`` (no autograd)."""
     spikes = torch.empty_like(x)
+    x = x.float() if x.dtype in HALF_DTYPES else x  # bf16 (issue 17): a float32 membrane, as the oracle
     h_all = torch.empty_like(x) if keep_h else None
     v = torch.full_like(x[0], p.v_reset)
     for t in range(x.shape[0]):
@@ -124,7 +136,7 @@ class _FusedLIF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes: torch.Tensor):  # type: ignore[override]
         (h_all,) = ctx.saved_tensors
-        return torch_lif_backward(h_all, grad_spikes, ctx.params), None
+        return torch_lif_backward(h_all, grad_spikes, ctx.params).to(grad_spikes.dtype), None
 
 
 # --- the C kernel as a custom op ------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""bfloat16 training and inference against the bfloat16 floor, step by step in one process.
+
+Usage: python benchmarks/bench_bf16.py [--model spikformer_cifar_4_384] [--train-batch 32] [--infer-batch 64]
+       [--rounds 5] [--threads N] [--no-record]
+
+The floor is ``bench_model.py``'s: the same model's convolutions and matrix products alone (forward, and
+backward to inputs and weights for training), here on bfloat16 spike inputs under bfloat16 autocast. Every
+round runs one step of each configuration in turn, so a busy neighbour on a shared machine slows them alike;
+the table gives each configuration's median step and, for the ratio to the floor, the median and the range of
+the per-round ratios (how stable it is). It also gives the process's CPU time per step (all threads): on a
+machine shared with other jobs wall times swing several-fold from round to round while CPU times do not, so
+with ``--threads 1`` the CPU-time ratio is the steadier measure of the same thing.
+
+- ``ours``: the training step as ``spikformer train train.amp=bf16`` runs it (autocast, 1-bit spike storage,
+  AdamW ``fused=True``);
+- ``ours, spikes unpacked``: the same with ``model.pack_saved_spikes = False`` (what the 1-bit storage costs);
+- inference: ``ours`` (eval, ``inference_mode``) and ``ours, BN folded`` (``model.fuse()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from bench_model import Floor
+from benchutil import markdown_table, record
+
+from spikformer import create_model
+
+
+def training_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
+    x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
+    y = torch.randint(0, model.num_classes, (batch,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def inference_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
+    x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
+    model.eval()
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+
+    return step
+
+
+def floor_step(model: torch.nn.Module, batch: int, train: bool) -> Callable[[], None]:
+    net = Floor(model, batch, model.img_size, torch.device("cpu"), torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grads = [torch.randn_like(o) for o in net()]
+
+    def step() -> None:
+        if train:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs = net()
+            torch.autograd.backward(outs, grads)
+        else:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                net()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="spikformer_cifar_4_384")
+    parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--infer-batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = create_model(args.model)
+    unpacked = copy.deepcopy(base)
+    unpacked.pack_saved_spikes = False
+    configs: dict[tuple[str, str], Callable[[], None]] = {
+        ("train", "ours"): training_step(copy.deepcopy(base), args.train_batch),
+        ("train", "ours, spikes unpacked"): training_step(unpacked, args.train_batch),
+        ("train", "floor"): floor_step(copy.deepcopy(base), args.train_batch, train=True),
+        ("infer", "ours"): inference_step(copy.deepcopy(base), args.infer_batch),
+        ("infer", "ours, BN folded"): inference_step(copy.deepcopy(base).fuse(), args.infer_batch),
+        ("infer", "floor"): floor_step(copy.deepcopy(base), args.infer_batch, train=False),
+    }
+    for step in configs.values():
+        step()  # warm-up: kernel builds, oneDNN primitive caches, AdamW state
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in configs}
+    cpu: dict[tuple[str, str], list[float]] = {key: [] for key in configs}
+    for round_index in range(args.rounds):
+        for key, step in configs.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            step()
+            times[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - cpu_start)
+        print(f"round {round_index + 1}: " + ", ".join(f"{m} {p} {t[-1]:.2f} s" for (m, p), t in times.items()),
+              flush=True)
+    rows = []
+    for (mode, path), t in times.items():
+        batch = args.train_batch if mode == "train" else args.infer_batch
+        floor = times[mode, "floor"]
+        ratios = [a / b for a, b in zip(t, floor)]
+        c = cpu[mode, path]
+        cpu_ratios = [a / b for a, b in zip(c, cpu[mode, "floor"])]
+        rows.append([mode, path, str(batch), f"{statistics.median(t):.3f}", f"{batch / statistics.median(t):.1f}",
+                     f"{statistics.median(ratios):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x",
+                     f"{statistics.median(c):.3f}", f"{statistics.median(cpu_ratios):.2f}x",
+                     f"{min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}x"])
+    header = ["mode", "path", "batch", "s/step (median)", "images/s", "time vs floor (median of rounds)",
+              "range over rounds", "CPU s/step", "CPU time vs floor", "range over rounds"]
+    table = markdown_table(header, rows)
+    notes = [f"`{args.model}`, T={base.T}, bfloat16 autocast, eager, {torch.get_num_threads()} threads; "
+             f"{args.rounds} rounds after a warm-up, one step of each configuration per round, in turn."]
+    if args.no_record:
+        print(table)
+        print(*notes)
+    else:
+        record(f"bfloat16 against its floor, {args.model}, cpu", "cpu", table, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Training memory: spike tensors saved for backward kept at 1 bit per spike, and per-block checkpointing.
+
+Intermediate activations are nearly all of a spiking network's training memory, and most of those saved for
+backward are spikes: 0/1 values stored in 32 or 16 bits (the inputs of the linear layers after a LIF, the
+spike maps the stem's convolutions read, Q/K/V for the attention products). :func:`spike_packing` stores
+every saved floating-point tensor that holds only 0 and 1 as a bit array and expands it, bit for bit and in
+its original strides, when the backward pass asks for it: gradients do not change at all. Whether a tensor
+is binary is checked on the way (the C kernel stops at the first other value, which for a pre-activation is
+the first element), so nothing has to be marked as a spike.
+
+:func:`checkpoint_block` recomputes a block's forward pass in the backward pass instead of saving any of its
+activations (``torch.utils.checkpoint``), for the biggest models; the BatchNorm running statistics are
+restored after the recomputation, so they are updated once per step as without it, and the random state is
+replayed, so drop-path masks and gradients are those of the plain step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+# Below this many elements a tensor is kept as it is: the bookkeeping would cost more than the bytes saved.
+MIN_PACKED_NUMEL = 4096
+_PACKABLE = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class PackedSpikes(NamedTuple):
+    """A 0/1 tensor as ``ceil(numel / 8)`` bytes of bits in memory order, and how to rebuild it."""
+
+    bits: torch.Tensor
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill ``numel`` consecutive storage slots (any permutation of a contiguous
+    tensor, e.g. channels-last or a transposed view), so that it can be packed in memory order."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(t.ndim)):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _memory_order(t: torch.Tensor) -> torch.Tensor:
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _binary(t: torch.Tensor) -> bool:
+    return bool(((t == 1) | ((t == 0) & ~torch.signbit(t))).all())
+
+
+def _pack_bits_torch(flat: torch.Tensor) -> torch.Tensor | None:
+    # Devices without the C kernel: a look at the first elements turns pre-activations away cheaply, then one
+    # comparison pass over the rest (a GPU does it at memory speed), then 8 bits a byte.
+    if not _binary(flat[:1024]) or not _binary(flat):
+        return None
+    ones = flat == 1
+    padded = torch.nn.functional.pad(ones, (0, -flat.numel() % 8)).view(-1, 8).to(torch.uint8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
+    return (padded * weights).sum(1, dtype=torch.uint8)
+
+
+def _unpack_bits_torch(bits: torch.Tensor, flat: torch.Tensor) -> None:
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    values = (bits.unsqueeze(1) >> shifts) & 1
+    flat.copy_(values.view(-1)[: flat.numel()])
+
+
+def pack(t: torch.Tensor) -> torch.Tensor | PackedSpikes:
+    """``t`` as :class:`PackedSpikes` if it holds only 0 and 1 (not -0.0), else ``t`` itself."""
+    if (t.dtype not in _PACKABLE or t.numel() < MIN_PACKED_NUMEL or (t.is_leaf and t.requires_grad)
+            or not _is_dense(t)):
+        return t
+    flat = _memory_order(t.detach())
+    if flat.device.type == "cpu":
+        from .kernels import cpu
+
+        bits = cpu.pack_spikes(flat) if cpu.available(t.dtype) else _pack_bits_torch(flat)
+    else:
+        bits = _pack_bits_torch(flat)
+    return t if bits is None else PackedSpikes(bits, t.shape, t.stride(), t.dtype)
+
+
+def unpack(saved: torch.Tensor | PackedSpikes) -> torch.Tensor:
+    """The tensor :func:`pack` was given, with the same values, shape and strides."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=saved.bits.device)
+    flat = _memory_order(out)
+    if flat.device.type == "cpu":
+        from .kernels import cpu
+
+        if cpu.available(saved.dtype):
+            cpu.unpack_spikes(saved.bits, flat)
+            return out
+    _unpack_bits_torch(saved.bits, flat)
+    return out
+
+
+def spike_packing(enabled: bool = True) -> contextlib.AbstractContextManager:
+    """While active, tensors saved for backward that hold only 0/1 are stored at 1 bit per element.
+
+    Only the forward pass needs to run inside; the backward pass may run anywhere later. Under
+    ``torch.compile`` (which plans its own saved tensors) or when disabled this is a no-op.
+    """
+    if not enabled or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+@contextlib.contextmanager
+def _running_statistics_restored(module: nn.Module):
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+             for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for b, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                                     if b is not None], buffers):
+                    b.copy_(value)
+
+
+def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return block(x)
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))

@@ -1,0 +1,131 @@
+"""Lean training memory with unchanged gradients: spikes saved for backward at 1 bit each, per-block
+checkpointing; both give gradients and running statistics bit-identical to the plain step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import spikformer
+from spikformer import memory
+from spikformer.config import TrainConfig, load_config
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "odd_size"])
+def test_binary_tensors_pack_to_one_bit_and_come_back_bit_for_bit(dtype, layout):
+    shape = (4, 8, 16, 9) if layout != "odd_size" else (5, 7, 11, 13)  # odd: a partial last byte
+    spikes = (torch.rand(shape) < 0.3).to(dtype)
+    if layout == "channels_last":
+        spikes = spikes.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        spikes = spikes.transpose(1, 3)
+    packed = memory.pack(spikes)
+    assert isinstance(packed, memory.PackedSpikes)
+    assert packed.bits.numel() == (spikes.numel() + 7) // 8  # 1 bit per spike
+    restored = memory.unpack(packed)
+    assert restored.dtype == dtype and restored.stride() == spikes.stride()
+    assert torch.equal(restored, spikes)
+
+
+def test_the_pure_torch_packer_used_off_the_cpu_agrees_with_the_kernel():
+    spikes = (torch.rand(5, 1001) < 0.5).float()
+    flat = spikes.view(-1)
+    bits = memory._pack_bits_torch(flat)
+    from spikformer.kernels import cpu
+
+    assert torch.equal(bits, cpu.pack_spikes(flat))
+    out = torch.empty_like(flat)
+    memory._unpack_bits_torch(bits, out)
+    assert torch.equal(out, flat)
+    assert memory._pack_bits_torch(flat * 2) is None
+
+
+@pytest.mark.parametrize("values", ["pre-activation", "two", "negative_zero", "small", "expanded"])
+def test_anything_but_a_dense_binary_tensor_is_kept_as_it_is(values):
+    x = (torch.rand(64, 128) < 0.5).float()
+    if values == "pre-activation":
+        x = torch.randn(64, 128)
+    elif values == "two":
+        x[-1, -1] = 2.0  # an integer sum, not a spike: the last element decides
+    elif values == "negative_zero":
+        x[3, 5] = -0.0  # would come back as +0.0
+    elif values == "small":
+        x = x[:2, :8].contiguous()
+    elif values == "expanded":
+        x = x[:1].expand(64, 128)
+    assert memory.pack(x) is x
+
+
+def tiny_model(**overrides) -> nn.Module:
+    return spikformer.create_model("spikformer_cifar_4_256", **{**TINY, **overrides})
+
+
+def train_step(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, dict]:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out = model(x)
+    out.float().square().sum().backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def assert_same_step(a: nn.Module, b: nn.Module, x: torch.Tensor, amp: bool = False) -> None:
+    torch.manual_seed(1)
+    out_a, grads_a = train_step(a, x, amp)
+    torch.manual_seed(1)
+    out_b, grads_b = train_step(b, x, amp)
+    assert torch.equal(out_a, out_b)
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+    for (name, buf_a), (_, buf_b) in zip(a.named_buffers(), b.named_buffers()):
+        assert torch.equal(buf_a, buf_b), name  # running statistics updated once, identically
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16_autocast"])
+def test_packed_spikes_leave_outputs_gradients_and_statistics_bit_identical(amp):
+    plain = tiny_model()
+    plain.pack_saved_spikes = False
+    packed = copy.deepcopy(plain)
+    packed.pack_saved_spikes = True
+    assert_same_step(plain, packed, torch.randn(2, 3, 16, 16) * 2, amp)
+
+
+def test_most_saved_bytes_of_a_training_step_are_packed():
+    model = tiny_model()
+    raw = kept = 0
+
+    def counting_pack(t):
+        nonlocal raw, kept
+        packed = memory.pack(t)
+        size = t.numel() * t.element_size()
+        raw += size
+        kept += packed.bits.numel() if isinstance(packed, memory.PackedSpikes) else size
+        return packed
+
+    with torch.autograd.graph.saved_tensors_hooks(counting_pack, memory.unpack):
+        model.pack_saved_spikes = False  # the hooks above do the packing, counting as they go
+        model(torch.randn(4, 3, 16, 16) * 2).sum().backward()
+    # spikes are about a third of what a step saves; pre-activations and integer sums stay as they are
+    assert kept < 0.75 * raw, (kept, raw)
+
+
+@pytest.mark.parametrize("drop_path_rate", [0.0, 0.3])
+def test_checkpointed_blocks_give_bit_identical_gradients_and_update_statistics_once(drop_path_rate):
+    plain = tiny_model(drop_path_rate=drop_path_rate)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.set_grad_checkpointing(True)
+    assert checkpointed.grad_checkpointing and not plain.grad_checkpointing
+    assert_same_step(plain, checkpointed, torch.randn(2, 3, 16, 16) * 2)
+
+
+def test_checkpointing_is_off_in_eval_and_a_train_config_key():
+    model = tiny_model().eval()
+    model.set_grad_checkpointing(True)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 16, 16))  # no recomputation machinery without gradients
+    assert TrainConfig().checkpointing is False
+    assert load_config(None, ["train.checkpointing=true"]).train.checkpointing is True
