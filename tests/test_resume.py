@@ -51,11 +51,12 @@ def run_cli(argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-def start_cli(argv: list[str]) -> multiprocessing.Process:
-    """``spikformer train`` in its own process. Forked where the platform allows, so the child inherits the
-    imported modules instead of spending seconds importing them again; a fresh interpreter elsewhere."""
+def start_cli(argv: list[str], target=run_cli, *args) -> multiprocessing.Process:
+    """``spikformer train`` in its own process (``target(argv, *args)``, by default ``run_cli``). Forked where
+    the platform allows, so the child inherits the imported modules instead of spending seconds importing them
+    again; a fresh interpreter elsewhere."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    process = multiprocessing.get_context(method).Process(target=run_cli, args=(argv,))
+    process = multiprocessing.get_context(method).Process(target=target, args=(argv, *args))
     process.start()
     return process
 

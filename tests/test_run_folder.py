@@ -53,7 +53,8 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_temporary_files_of_an_interrupted_checkpoint_write_are_removed_when_a_run_takes_the_folder(tmp_path):
-    orphans = [tmp_path / ".last.safetensors.k3j_x9.tmp", tmp_path / ".best.safetensors.a1.tmp"]
+    orphans = [tmp_path / ".last.safetensors.k3j_x9.tmp", tmp_path / ".best.safetensors.a1.tmp",
+               tmp_path / ".metrics.csv.q2.tmp", tmp_path / ".config.yaml.z7.tmp"]
     for orphan in orphans:
         orphan.write_bytes(b"half a checkpoint")
     (tmp_path / "notes.tmp").write_text("not ours")
@@ -136,3 +137,80 @@ def test_a_longer_run_on_resume_lays_its_schedule_over_the_new_length(tmp_path):
     assert longer.t_initial == 40
     fresh = build_scheduler(build_optimizer(model, config.optim), config.optim, epochs=4, steps_per_epoch=10)
     assert longer._get_lr(15) == fresh._get_lr(15)
+
+
+# --- files rewritten in place: never left half written ----------------------------------------------------
+
+
+def on_a_full_disk(limit: int, function, *args) -> str:
+    """Call ``function(*args)`` in a forked child whose writes past ``limit`` bytes of a file the kernel refuses
+    (EFBIG; no mocks: a full disk's ENOSPC, or a kill mid-write, leaves a file cut short the same way). Return
+    how it ended: "returned", or the name of the exception it raised."""
+    import resource
+    import signal
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own output goes nowhere (the limit would cut pytest's capture files too)
+        outcome = "returned"
+        try:
+            os.close(read)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            function(*args)
+        except BaseException as error:  # noqa: BLE001 (reported to the parent, whatever it is)
+            outcome = type(error).__name__
+        finally:
+            os.write(write, outcome.encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        outcome = pipe.read()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+def temporaries(folder) -> list[str]:
+    return sorted(path.name for path in folder.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics are Linux's")
+def test_a_resume_that_cannot_finish_rewriting_metrics_csv_keeps_every_row(tmp_path):
+    # A resume drops the rows of the epochs it redoes by rewriting metrics.csv. Written in place, a kill or a
+    # full disk half-way lost the rows of finished epochs for good; now the old file stays until the new one is
+    # complete.
+    from spikformer.train.loop import trim_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,lr,train_loss\n" + "".join(f"{e},0.0012345678901234,1.234567890123456\n"
+                                                      for e in range(40)))
+    before = path.read_text()
+    assert on_a_full_disk(1024, trim_metrics, path, 30) == "OSError"  # the kept rows are larger than 1 KiB
+    assert path.read_text() == before and temporaries(tmp_path) == []
+    trim_metrics(path, 30)  # the next resume trims it
+    assert path.read_text().splitlines() == before.splitlines()[:31]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics are Linux's")
+def test_a_restart_that_cannot_finish_rewriting_config_yaml_leaves_a_folder_the_next_restart_takes(tmp_path):
+    # A run that saved nothing but its config.yaml may start again (see above). Its restart rewrites config.yaml;
+    # written in place, a kill or a full disk half-way left a cut-short config.yaml, and every later start was
+    # refused as "already holds a run" (only --overwrite helped).
+    from test_robustness_faults import tiny
+
+    from spikformer.train import Trainer
+
+    def start() -> None:
+        Trainer(load_config(None, tiny(tmp_path / "run", "train.epochs=1", "train.resume=auto"))).fit()
+
+    # 16 KiB: config.yaml (about 2 KiB) is written, the first checkpoint (about 130 KiB) is not.
+    assert on_a_full_disk(16 * 1024, start) == "OSError"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != LOCK_FILE) == ["config.yaml"]
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert on_a_full_disk(1024, start) == "OSError"  # config.yaml itself does not fit
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved and temporaries(tmp_path / "run") == []
+    start()
+    assert (tmp_path / "run" / "last.safetensors").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import os
@@ -27,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import Config, config_to_dict, format_config, save_config
+from ..config import Config, config_to_dict, format_config
 from ..data import build_dataset, build_loader
 from ..errors import ConfigError
 from ..models import resolve_config
@@ -44,7 +46,7 @@ from .distributed import (
 )
 from .engine import autocast_dtype, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
-from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder
+from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder, replace_run_file
 from .state import Position, capture_rng, load_training_state, save_training_state
 
 log = logging.getLogger(__name__)
@@ -219,6 +221,7 @@ class RunLoop:
         self.signal_received: int | None = None  # this process's, set by the handler
         self.stop_signal: int | None = None  # agreed by every rank: the loop acts on this one only
         self.consecutive_skips = 0
+        self.has_checkpoint = False  # whether the run folder holds this run's last.safetensors (see train_one_epoch)
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
         task.setup(self)
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
@@ -263,8 +266,10 @@ class RunLoop:
         if path is not None:
             check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
+            self.has_checkpoint = path == self.out_dir / "last.safetensors"
         if self.is_main:
-            save_config(self.config, self.out_dir / "config.yaml")
+            # save_config's text, written whole or not at all (a restart compares it with its own config)
+            replace_run_file(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
             self.log(format_config(self.config))
             self.log(f"global batch {self.global_batch_size} = data.batch_size {self.config.data.batch_size} x "
                      f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps; "
@@ -372,6 +377,12 @@ class RunLoop:
                     self.save_last({})
                     raise TrainingInterrupted(self.stop_signal, self.out_dir / "last.safetensors")
         bar.close()
+        if not self.has_checkpoint:
+            # The epoch's outputs (best or encoder weights, its metrics row) come before its checkpoint. In a run
+            # that has not saved one yet, a kill between them left a folder with outputs but no last.safetensors,
+            # which every restart refuses to overwrite (only --overwrite helped). The trained epoch is saved
+            # first, once per run: a resume from it validates and logs the epoch, as the run would have.
+            self.save_last({})
         keys = sorted(k for k in sums if k != "time")  # the same order on every rank
         reduced = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], self.device, self.dist)))
         seconds = sums["time"]
@@ -441,6 +452,7 @@ class RunLoop:
 
     def save_last(self, metrics: dict[str, Any]) -> None:
         self.check_finite_weights()
+        self.has_checkpoint = True
         # Every rank's random state and partial sums of the epoch, so each resumes its own.
         per_rank = gather_objects((capture_rng(), dict(self.position.epoch_sums)), self.dist)
         if self.dist.enabled:
@@ -557,8 +569,9 @@ def trim_metrics(path: Path, epochs_done: int) -> None:
         return
     kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
     if len(kept) < len(rows):
-        with path.open("w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(kept)
+        replace_run_file(path, text.getvalue())  # whole or not at all: the finished epochs' rows are never lost
 
 
 def finite_only(metrics: dict[str, Any]) -> dict[str, Any]:

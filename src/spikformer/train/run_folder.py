@@ -7,6 +7,8 @@ Used by the trainer and the pre-trainer, in this order:
   that holds this process's id; a second run into the folder is refused naming the first one's. The kernel
   drops the lock when its process dies, so the lock of a killed run is taken over, never stale. While holding
   it, the temporary files of writes a kill interrupted (``.last.safetensors.*.tmp``) are removed.
+- ``replace_run_file(path, text)``: how the run rewrites its own text files (``config.yaml``, a trimmed
+  ``metrics.csv``): whole or not at all, like a checkpoint.
 - ``prepare_run_folder(out_dir, resume, overwrite, config)``: decides between a fresh start and a resume and
   refuses a fresh start in a folder holding any earlier output, whichever files are missing, unless
   ``overwrite``.
@@ -35,6 +37,8 @@ LOCK_FILE = ".spikformer.lock"
 RUN_OUTPUTS = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "encoder.safetensors",
                "reconstructions.png", "tensorboard")
 CHECKPOINT_NAMES = ("last.safetensors", "best.safetensors", "encoder.safetensors")
+# The files written atomically (a temporary file renamed over the target), whose temporaries a kill can leave.
+ATOMIC_NAMES = (*CHECKPOINT_NAMES, "config.yaml", "metrics.csv")
 
 # Keys that may differ between a checkpoint's config and the resumed run's; the new value applies from the
 # resume on and config.yaml records it. Every other key must be equal (see docs/robustness.md).
@@ -168,11 +172,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def replace_run_file(path: str | Path, text: str) -> None:
+    """Write a text file of the run folder whole or not at all. Rewritten in place, a kill or a full disk
+    half-way would leave it cut short: a ``config.yaml`` that no longer matches the run (so the restart of a run
+    killed before its first checkpoint is refused) or a ``metrics.csv`` without the rows of finished epochs."""
+    from ..checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
 def remove_orphan_temporaries(out_dir: Path) -> list[str]:
-    """Delete the temporary files that atomic checkpoint writes leave when a kill interrupts them
+    """Delete the temporary files that atomic writes leave when a kill interrupts them
     (``.last.safetensors.<random>.tmp``). Only call it while holding the folder's lock: no write is running."""
     removed = []
-    for name in CHECKPOINT_NAMES:
+    for name in ATOMIC_NAMES:
         for orphan in out_dir.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):
                 orphan.unlink()
