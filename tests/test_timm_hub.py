@@ -19,7 +19,7 @@ import huggingface_hub.constants
 import pytest
 import timm
 import torch
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.utils import LocalEntryNotFoundError  # also where huggingface_hub 0.20 has it
 from test_hub import V2_TINY, same, trained
 from timm.models import save_for_hf
 
