@@ -49,6 +49,8 @@ def soak(out_dir: Path, epochs: int, criterion: nn.Module | None = None) -> tupl
         "model.in_chans=1", "model.num_classes=10", "data.batch_size=16", "data.train_fraction=0.05",
         "optim.lr=1e-3", f"train.epochs={epochs}", "train.eval_every=1", "train.save_every_steps=2",
         "train.ema_decay=0.9", "train.amp=off", "train.progress=true", f"train.out_dir={out_dir}",
+        # TensorBoard's writer thread opens and closes files of its own while it flushes: not our handles
+        "train.tensorboard=false",
     ])
     fds_before = open_fds()
     release_freed_memory()

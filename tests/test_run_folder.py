@@ -79,8 +79,10 @@ def test_a_run_killed_before_its_first_checkpoint_may_start_again(tmp_path):
     config = config_to_dict(Config())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert prepare_run_folder(tmp_path, "auto", overwrite=False, config=config) is None
+    (tmp_path / "tensorboard").mkdir()  # its first epoch's curves, written before the first checkpoint
+    assert prepare_run_folder(tmp_path, "auto", overwrite=False, config=config) is None
     other = config_to_dict(load_config(None, ["optim.lr=1e-2"]))
-    with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml\)"):
+    with pytest.raises(ConfigError, match=r"already holds a run \(config.yaml, tensorboard\)"):
         prepare_run_folder(tmp_path, "auto", overwrite=False, config=other)
 
 
@@ -208,7 +210,9 @@ def test_a_restart_that_cannot_finish_rewriting_config_yaml_leaves_a_folder_the_
 
     # 16 KiB: config.yaml (about 2 KiB) is written, the first checkpoint (about 130 KiB) is not.
     assert on_a_full_disk(16 * 1024, start) == "OSError"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != LOCK_FILE) == ["config.yaml"]
+    # (and the TensorBoard folder where tensorboard is installed: the same run's curves, not an earlier run's)
+    left = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name not in (LOCK_FILE, "tensorboard"))
+    assert left == ["config.yaml"]
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert on_a_full_disk(1024, start) == "OSError"  # config.yaml itself does not fit
     assert (tmp_path / "run" / "config.yaml").read_text() == saved and temporaries(tmp_path / "run") == []

@@ -223,8 +223,11 @@ def prepare_run_folder(out_dir: str | Path, resume: str | None, overwrite: bool,
                               f"--overwrite (train.overwrite=true) to replace that run")
         return path
     found = earlier_outputs(out_dir)
-    if found == ["config.yaml"] and config is not None and _saved_config(out_dir) == config:
-        return None  # this very run, killed before it saved anything: nothing to lose
+    # This very run, killed before it saved anything: nothing to lose. (Its TensorBoard folder holds at most
+    # the first epoch's curves of the same run, which the restart writes again.)
+    if [name for name in found if name != "tensorboard"] == ["config.yaml"] and config is not None \
+            and _saved_config(out_dir) == config:
+        return None
     if found:
         if not overwrite:
             how = ("continue it with train.resume=auto, or start over with train.overwrite=true (--overwrite; "
