@@ -129,3 +129,32 @@ def test_checkpointing_is_off_in_eval_and_a_train_config_key():
         model(torch.randn(1, 3, 16, 16))  # no recomputation machinery without gradients
     assert TrainConfig().checkpointing is False
     assert load_config(None, ["train.checkpointing=true"]).train.checkpointing is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_spike_max_pool_recomputes_the_argmax_and_gives_the_built_in_gradient_bit_for_bit(dtype, layout):
+    # spike maps tie in almost every window: the recomputed argmax must pick the same element as the stored one
+    torch.manual_seed(0)
+    spikes = (torch.rand(8, 16, 12, 12) < 0.3).to(dtype)
+    if layout == "channels_last":
+        spikes = spikes.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(8, 16, 6, 6).to(dtype)
+    results = []
+    for pool in (nn.MaxPool2d(3, 2, 1), memory.SpikeMaxPool2d(3, 2, 1)):
+        x = spikes.clone().requires_grad_()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = pool(x)
+        out.backward(grad_out)
+        results.append((out, x.grad, saved))
+    (out_a, grad_a, saved_a), (out_b, grad_b, saved_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+    assert any(t.dtype == torch.int64 for t in saved_a)  # the built-in keeps an int64 index per output
+    assert [t.dtype for t in saved_b] == [dtype]  # ours keeps only the spike map, which packs to 1 bit
+
+
+def test_the_stem_pools_with_recomputed_indices():
+    model = tiny_model()
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert pools and all(isinstance(m, memory.SpikeMaxPool2d) for m in pools)

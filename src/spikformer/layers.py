@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .memory import SpikeMaxPool2d
 from .neurons import NeuronLayer, neuron_layer
 from .registry import Registry, did_you_mean
 from .sparse import sparse_batch_norm, visible_map
@@ -105,7 +106,7 @@ class SpikingConvStage(nn.Module):
         self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
         self.lif = neuron_layer(neuron, neuron_options)()  # named lif for the state-dict and layer names
-        self.pool = nn.MaxPool2d(3, 2, 1) if pool else nn.Identity()
+        self.pool = SpikeMaxPool2d(3, 2, 1) if pool else nn.Identity()
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C, H, W] -> [T*B, C', H', W']``, the conv alone.

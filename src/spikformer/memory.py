@@ -141,3 +141,48 @@ def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return block(x)
     return checkpoint(block, x, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+
+
+class _MaxPoolRecomputedIndices(torch.autograd.Function):
+    """``max_pool2d`` that saves only its input and finds the argmax again in the backward pass.
+
+    PyTorch's own max-pool saves its input and an int64 index per output element; after a LIF the input is a
+    spike map that :func:`spike_packing` stores at 1 bit per element, so the indices were 64 times the bytes
+    of the map they point into (72 MiB of ``spikformer_cifar_4_384``'s stem at batch 32, T=4). The backward
+    pass reruns the same kernel on the same input, which picks the same (first) maximum of every window, and
+    hands its indices to PyTorch's own backward kernel: the gradient is the built-in one bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.config = (kernel_size, stride, padding)
+        return torch.nn.functional.max_pool2d(x, kernel_size, stride, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        kernel_size, stride, padding = ctx.config
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, x, kernel_size, stride, padding, [1, 1], False, indices)
+        return grad, None, None, None
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (same options, same outputs and gradients) whose backward recomputes the argmax
+    instead of storing int64 indices; see :class:`_MaxPoolRecomputedIndices`. Falls back to the built-in
+    pooling for options it does not cover (dilation, ceil mode, returned indices) and under ``torch.compile``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (self.return_indices or self.ceil_mode or self.dilation not in (1, (1, 1))
+                 or not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling())
+        if plain:
+            return super().forward(x)
+        return _MaxPoolRecomputedIndices.apply(x, _pair(self.kernel_size), _pair(self.stride or self.kernel_size),
+                                               _pair(self.padding))
+
+
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
