@@ -12,8 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikformer
 from spikformer.kernels import cpu
-from spikformer.layers import LinearBNLIF, SpikingConvStage, batch_norm_lif, spike_attention
+from spikformer.layers import LinearBNLIF, SpikingConvStage, spike_attention
 from spikformer.neuron import LIFParams, lif_multistep, lif_reference
+from spikformer.neurons.batchnorm import batch_norm_lif
 
 pytestmark = pytest.mark.skipif(not cpu.available(torch.bfloat16), reason="needs the CPU kernel")
 HALF = [torch.bfloat16, torch.float16]

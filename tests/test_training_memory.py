@@ -143,8 +143,13 @@ def test_spike_max_pool_recomputes_the_argmax_and_gives_the_built_in_gradient_bi
     results = []
     for pool in (nn.MaxPool2d(3, 2, 1), memory.SpikeMaxPool2d(3, 2, 1)):
         x = spikes.clone().requires_grad_()
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        saved: list[torch.Tensor] = []
+
+        def keep(t, into=saved):
+            into.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
             out = pool(x)
         out.backward(grad_out)
         results.append((out, x.grad, saved))
@@ -158,3 +163,38 @@ def test_the_stem_pools_with_recomputed_indices():
     model = tiny_model()
     pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
     assert pools and all(isinstance(m, memory.SpikeMaxPool2d) for m in pools)
+
+
+def without_conv_recomputation(model: nn.Module) -> nn.Module:
+    plain = copy.deepcopy(model)
+    for unit in plain.modules():
+        if isinstance(unit, spikformer.layers.SpikingConvStage):
+            unit.recompute_conv = False
+    return plain
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16_autocast"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["blocks_stored", "blocks_checkpointed"])
+def test_stem_units_recomputing_their_conv_output_give_bit_identical_gradients(amp, checkpointing):
+    model = tiny_model()
+    model.set_grad_checkpointing(checkpointing)
+    units = [m for m in model.modules() if isinstance(m, spikformer.layers.SpikingConvStage)]
+    assert [u.recompute_conv for u in units][:2] == [True, True]  # the cheap first convs
+    assert_same_step(without_conv_recomputation(model), model, torch.randn(2, 3, 16, 16) * 2, amp)
+
+
+def test_a_unit_recomputing_its_conv_stores_its_input_spikes_instead_of_the_conv_output():
+    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit.recompute_conv = True
+    spikes = (torch.rand(2, 4, 16, 8, 8) < 0.3).float()  # [T, B, C, H, W]
+
+    def saved_numels(module):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            module(spikes.requires_grad_()).sum().backward()
+        return sizes
+
+    conv_output = 2 * 4 * 64 * 8 * 8
+    assert conv_output in saved_numels(without_conv_recomputation(unit))
+    kept = saved_numels(unit)
+    assert conv_output not in kept and spikes.numel() in kept
