@@ -198,3 +198,14 @@ def test_a_unit_recomputing_its_conv_stores_its_input_spikes_instead_of_the_conv
     assert conv_output in saved_numels(without_conv_recomputation(unit))
     kept = saved_numels(unit)
     assert conv_output not in kept and spikes.numel() in kept
+
+
+def test_a_hook_on_the_conv_or_the_neuron_still_sees_every_training_call():
+    # the recomputing path calls neither module, so it steps aside while a forward hook watches one
+    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit.recompute_conv = True
+    calls = []
+    for module in (unit.conv, unit.lif):
+        module.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    unit((torch.rand(2, 4, 16, 8, 8) < 0.3).float()).sum().backward()
+    assert calls == ["Conv2d", "LIF"]

@@ -83,6 +83,15 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def _unhooked(*modules: nn.Module) -> bool:
+    """Whether no forward hook (of these modules, or global) would miss a call these modules do not get."""
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 class SpikingConvStage(nn.Module):
     """``Conv2d(k, stride, no bias) -> BatchNorm2d -> neuron [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``.
 
@@ -134,8 +143,9 @@ class SpikingConvStage(nn.Module):
         if mask is not None:
             return self.forward_masked(x, mask)
         T, B = x.shape[:2]
-        if self.recompute_conv and self.training and type(self.lif) is LIF:
-            # the conv output is recomputed in the backward pass from x instead of being stored
+        if self.recompute_conv and self.training and type(self.lif) is LIF and _unhooked(self.conv, self.bn, self.lif):
+            # the conv output is recomputed in the backward pass from x instead of being stored (this calls
+            # neither the conv nor the LIF module, so it is skipped while a hook watches either)
             y = conv_batch_norm_lif(self.convolve_input(x), self.conv, self.bn, self.lif.params, T, self.lif.backend)
         else:
             y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
