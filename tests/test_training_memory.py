@@ -209,3 +209,21 @@ def test_a_hook_on_the_conv_or_the_neuron_still_sees_every_training_call():
         module.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
     unit((torch.rand(2, 4, 16, 8, 8) < 0.3).float()).sum().backward()
     assert calls == ["Conv2d", "LIF"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_integer_tensors_are_kept_as_int8_and_come_back_bit_for_bit(dtype):
+    counts = torch.randint(-3, 11, (4, 2, 64, 48)).to(dtype).transpose(2, 3)  # a strided view, as saved
+    packed = memory.pack_small_integers(counts)
+    assert isinstance(packed, memory.SmallIntegers) and packed.values.dtype == torch.int8
+    back = memory.unpack_small_integers(packed)
+    assert torch.equal(back, counts) and back.stride() == counts.stride() and back.dtype == dtype
+    spikes = (counts > 4).to(dtype)
+    assert isinstance(memory.pack_small_integers(spikes), memory.PackedSpikes)  # 1 bit beats 8
+
+
+@pytest.mark.parametrize("bad", ["fraction", "too_big", "negative_zero", "nan"])
+def test_tensors_that_int8_cannot_hold_exactly_are_kept_as_they_are(bad):
+    x = torch.randint(0, 5, (64, 128)).float()
+    x[-1, -1] = {"fraction": 0.5, "too_big": 128.0, "negative_zero": -0.0, "nan": float("nan")}[bad]
+    assert memory.pack_small_integers(x) is x

@@ -135,12 +135,51 @@ def _running_statistics_restored(module: nn.Module):
                     b.copy_(value)
 
 
+class SmallIntegers(NamedTuple):
+    """A float tensor whose values are all integers in [-127, 127], as int8 in memory order."""
+
+    values: torch.Tensor
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _int8_valued(t: torch.Tensor) -> bool:
+    return bool(((t == t.round()) & (t.abs() <= 127) & ~((t == 0) & torch.signbit(t))).all())
+
+
+def pack_small_integers(t: torch.Tensor) -> torch.Tensor | PackedSpikes | SmallIntegers:
+    """:func:`pack`, and otherwise ``t`` as :class:`SmallIntegers` if every value is an integer in [-127, 127]
+    (not -0.0; a look at the first elements turns other tensors away cheaply)."""
+    packed = pack(t)
+    if packed is not t or not _is_dense(t) or t.numel() < MIN_PACKED_NUMEL or (t.is_leaf and t.requires_grad):
+        return packed
+    flat = _memory_order(t.detach())
+    if not _int8_valued(flat[:1024]) or not _int8_valued(flat):
+        return t
+    return SmallIntegers(flat.to(torch.int8), t.shape, t.stride(), t.dtype)
+
+
+def unpack_small_integers(saved: torch.Tensor | PackedSpikes | SmallIntegers) -> torch.Tensor:
+    """The tensor :func:`pack_small_integers` was given, with the same values, shape and strides."""
+    if not isinstance(saved, SmallIntegers):
+        return unpack(saved)
+    out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=saved.values.device)
+    _memory_order(out).copy_(saved.values)
+    return out
+
+
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients)."""
+    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
+
+    ``x`` is kept as int8 when it holds small integers only (the residual stream between V1's blocks is a
+    count of spikes): one check per block, and the block's input at a quarter (float32) of its bytes."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return block(x)
-    return checkpoint(block, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+    # Only checkpoint's own save of the input sees these hooks: it installs its own for the block's tensors.
+    with torch.autograd.graph.saved_tensors_hooks(pack_small_integers, unpack_small_integers):
+        return checkpoint(block, x, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
 
 
 class _MaxPoolRecomputedIndices(torch.autograd.Function):
