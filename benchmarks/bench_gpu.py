@@ -32,8 +32,8 @@ from benchutil import markdown_table, record, sync
 from torch import nn
 
 from spikformer import create_model
-from spikformer.layers import batch_norm_lif
 from spikformer.neuron import LIFParams, default_backend, lif_multistep
+from spikformer.neurons.batchnorm import batch_norm_lif
 
 ANCHORS = (
     "Published anchors: Spikformer-8-512 (T=4), the original code: about 70 images/s of training per V100; "
