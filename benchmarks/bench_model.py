@@ -57,6 +57,8 @@ class RefConvStage(nn.Module):
     def __init__(self, stage: SpikingConvStage, backend: str) -> None:
         super().__init__()
         self.conv, self.bn, self.pool = stage.conv, stage.bn, stage.pool
+        if isinstance(stage.pool, nn.MaxPool2d):  # the built-in pool, which stores int64 indices, as the original
+            self.pool = nn.MaxPool2d(stage.pool.kernel_size, stage.pool.stride, stage.pool.padding)
         self.lif = sj_lif(1.0, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

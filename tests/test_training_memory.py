@@ -129,3 +129,101 @@ def test_checkpointing_is_off_in_eval_and_a_train_config_key():
         model(torch.randn(1, 3, 16, 16))  # no recomputation machinery without gradients
     assert TrainConfig().checkpointing is False
     assert load_config(None, ["train.checkpointing=true"]).train.checkpointing is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_spike_max_pool_recomputes_the_argmax_and_gives_the_built_in_gradient_bit_for_bit(dtype, layout):
+    # spike maps tie in almost every window: the recomputed argmax must pick the same element as the stored one
+    torch.manual_seed(0)
+    spikes = (torch.rand(8, 16, 12, 12) < 0.3).to(dtype)
+    if layout == "channels_last":
+        spikes = spikes.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(8, 16, 6, 6).to(dtype)
+    results = []
+    for pool in (nn.MaxPool2d(3, 2, 1), memory.SpikeMaxPool2d(3, 2, 1)):
+        x = spikes.clone().requires_grad_()
+        saved: list[torch.Tensor] = []
+
+        def keep(t, into=saved):
+            into.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = pool(x)
+        out.backward(grad_out)
+        results.append((out, x.grad, saved))
+    (out_a, grad_a, saved_a), (out_b, grad_b, saved_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+    assert any(t.dtype == torch.int64 for t in saved_a)  # the built-in keeps an int64 index per output
+    assert [t.dtype for t in saved_b] == [dtype]  # ours keeps only the spike map, which packs to 1 bit
+
+
+def test_the_stem_pools_with_recomputed_indices():
+    model = tiny_model()
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert pools and all(isinstance(m, memory.SpikeMaxPool2d) for m in pools)
+
+
+def without_conv_recomputation(model: nn.Module) -> nn.Module:
+    plain = copy.deepcopy(model)
+    for unit in plain.modules():
+        if isinstance(unit, spikformer.layers.SpikingConvStage):
+            unit.recompute_conv = False
+    return plain
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16_autocast"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["blocks_stored", "blocks_checkpointed"])
+def test_stem_units_recomputing_their_conv_output_give_bit_identical_gradients(amp, checkpointing):
+    model = tiny_model()
+    model.set_grad_checkpointing(checkpointing)
+    units = [m for m in model.modules() if isinstance(m, spikformer.layers.SpikingConvStage)]
+    assert [u.recompute_conv for u in units][:2] == [True, True]  # the cheap first convs
+    assert_same_step(without_conv_recomputation(model), model, torch.randn(2, 3, 16, 16) * 2, amp)
+
+
+def test_a_unit_recomputing_its_conv_stores_its_input_spikes_instead_of_the_conv_output():
+    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit.recompute_conv = True
+    spikes = (torch.rand(2, 4, 16, 8, 8) < 0.3).float()  # [T, B, C, H, W]
+
+    def saved_numels(module):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            module(spikes.requires_grad_()).sum().backward()
+        return sizes
+
+    conv_output = 2 * 4 * 64 * 8 * 8
+    assert conv_output in saved_numels(without_conv_recomputation(unit))
+    kept = saved_numels(unit)
+    assert conv_output not in kept and spikes.numel() in kept
+
+
+def test_a_hook_on_the_conv_or_the_neuron_still_sees_every_training_call():
+    # the recomputing path calls neither module, so it steps aside while a forward hook watches one
+    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit.recompute_conv = True
+    calls = []
+    for module in (unit.conv, unit.lif):
+        module.register_forward_hook(lambda m, args, out: calls.append(type(m).__name__))
+    unit((torch.rand(2, 4, 16, 8, 8) < 0.3).float()).sum().backward()
+    assert calls == ["Conv2d", "LIF"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_integer_tensors_are_kept_as_int8_and_come_back_bit_for_bit(dtype):
+    counts = torch.randint(-3, 11, (4, 2, 64, 48)).to(dtype).transpose(2, 3)  # a strided view, as saved
+    packed = memory.pack_small_integers(counts)
+    assert isinstance(packed, memory.SmallIntegers) and packed.values.dtype == torch.int8
+    back = memory.unpack_small_integers(packed)
+    assert torch.equal(back, counts) and back.stride() == counts.stride() and back.dtype == dtype
+    spikes = (counts > 4).to(dtype)
+    assert isinstance(memory.pack_small_integers(spikes), memory.PackedSpikes)  # 1 bit beats 8
+
+
+@pytest.mark.parametrize("bad", ["fraction", "too_big", "negative_zero", "nan"])
+def test_tensors_that_int8_cannot_hold_exactly_are_kept_as_they_are(bad):
+    x = torch.randint(0, 5, (64, 128)).float()
+    x[-1, -1] = {"fraction": 0.5, "too_big": 128.0, "negative_zero": -0.0, "nan": float("nan")}[bad]
+    assert memory.pack_small_integers(x) is x

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .neurons import NeuronLayer, neuron_layer
+from .memory import SpikeMaxPool2d
+from .neurons import LIF, NeuronLayer, neuron_layer
+from .neurons.batchnorm import conv_batch_norm_lif
 from .registry import Registry, did_you_mean
 from .sparse import sparse_batch_norm, visible_map
 
@@ -81,6 +83,15 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+def _unhooked(*modules: nn.Module) -> bool:
+    """Whether no forward hook (of these modules, or global) would miss a call these modules do not get."""
+    from torch.nn.modules import module as module_mod
+
+    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 class SpikingConvStage(nn.Module):
     """``Conv2d(k, stride, no bias) -> BatchNorm2d -> neuron [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``.
 
@@ -90,6 +101,9 @@ class SpikingConvStage(nn.Module):
 
     # See convolve(); benchmarks/bench_cpu_path.py turns it off per stage to measure NCHW side by side.
     channels_last_on_cpu: bool = True
+    # Training: recompute the conv output in the backward pass instead of storing it (neurons.batchnorm.
+    # conv_batch_norm_lif); the stem turns it on where the conv is cheap next to the bytes it would store.
+    recompute_conv: bool = False
 
     def __init__(
         self,
@@ -105,7 +119,7 @@ class SpikingConvStage(nn.Module):
         self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
         self.lif = neuron_layer(neuron, neuron_options)()  # named lif for the state-dict and layer names
-        self.pool = nn.MaxPool2d(3, 2, 1) if pool else nn.Identity()
+        self.pool = SpikeMaxPool2d(3, 2, 1) if pool else nn.Identity()
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C, H, W] -> [T*B, C', H', W']``, the conv alone.
@@ -115,18 +129,27 @@ class SpikingConvStage(nn.Module):
         in place, and the stem's tokens come out contiguous with no copy. Values do not depend on the layout
         beyond the convolution's summation order.
         """
+        return self.conv(self.convolve_input(x))
+
+    def convolve_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``[T, B, C, H, W] -> [T*B, C, H, W]`` in the layout the conv reads (see :meth:`convolve`)."""
         x = x.flatten(0, 1)
         if x.device.type == "cpu" and self.channels_last_on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.conv(x)
+        return x
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[T, B, C, H, W] -> [T, B, C', H', W']``; with a patch ``mask [B, h, w]``, the sparse unit."""
         if mask is not None:
             return self.forward_masked(x, mask)
         T, B = x.shape[:2]
-        y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
-        y = self.lif(y, norm=self.bn)
+        if self.recompute_conv and self.training and type(self.lif) is LIF and _unhooked(self.conv, self.bn, self.lif):
+            # the conv output is recomputed in the backward pass from x instead of being stored (this calls
+            # neither the conv nor the LIF module, so it is skipped while a hook watches either)
+            y = conv_batch_norm_lif(self.convolve_input(x), self.conv, self.bn, self.lif.params, T, self.lif.backend)
+        else:
+            y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
+            y = self.lif(y, norm=self.bn)
         return self.pool(y.flatten(0, 1)).unflatten(0, (T, B))
 
     def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -405,6 +428,13 @@ class SCSOptions:
         return cls(depths=(1, 1, 1, 1))
 
 
+# A stem unit recomputes its conv output in the backward pass (instead of storing it) when the conv costs at
+# most this many multiply-adds per output element: V1's first two units on CIFAR (3 -> 48 -> 96 channels)
+# store 75 MiB at batch 32, T=4, for about 1.5% of the step's arithmetic; the later, wider units would cost
+# 6% each.
+RECOMPUTED_CONV_MACS = 48 * 9
+
+
 class SpikingConvolutionalStem(nn.Module):
     """The stem: ``[T, B, C, H, W] -> [T, B, N, D]`` tokens with ``N = (H/patch) * (W/patch)``.
 
@@ -438,6 +468,8 @@ class SpikingConvolutionalStem(nn.Module):
                     neuron=make,
                 ))
                 chans = width
+        for unit in units:
+            unit.recompute_conv = unit.conv.in_channels * options.kernel_size ** 2 <= RECOMPUTED_CONV_MACS
         self.stages = nn.ModuleList(units)
         self.rpe = SpikingConvStage(embed_dim, embed_dim, neuron=make) if options.rpe else None
 

@@ -135,9 +135,93 @@ def _running_statistics_restored(module: nn.Module):
                     b.copy_(value)
 
 
+class SmallIntegers(NamedTuple):
+    """A float tensor whose values are all integers in [-127, 127], as int8 in memory order."""
+
+    values: torch.Tensor
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _int8_valued(t: torch.Tensor) -> bool:
+    return bool(((t == t.round()) & (t.abs() <= 127) & ~((t == 0) & torch.signbit(t))).all())
+
+
+def pack_small_integers(t: torch.Tensor) -> torch.Tensor | PackedSpikes | SmallIntegers:
+    """:func:`pack`, and otherwise ``t`` as :class:`SmallIntegers` if every value is an integer in [-127, 127]
+    (not -0.0; a look at the first elements turns other tensors away cheaply)."""
+    packed = pack(t)
+    if packed is not t or not _is_dense(t) or t.numel() < MIN_PACKED_NUMEL or (t.is_leaf and t.requires_grad):
+        return packed
+    flat = _memory_order(t.detach())
+    if not _int8_valued(flat[:1024]) or not _int8_valued(flat):
+        return t
+    return SmallIntegers(flat.to(torch.int8), t.shape, t.stride(), t.dtype)
+
+
+def unpack_small_integers(saved: torch.Tensor | PackedSpikes | SmallIntegers) -> torch.Tensor:
+    """The tensor :func:`pack_small_integers` was given, with the same values, shape and strides."""
+    if not isinstance(saved, SmallIntegers):
+        return unpack(saved)
+    out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=saved.values.device)
+    _memory_order(out).copy_(saved.values)
+    return out
+
+
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients)."""
+    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
+
+    ``x`` is kept as int8 when it holds small integers only (the residual stream between V1's blocks is a
+    count of spikes): one check per block, and the block's input at a quarter (float32) of its bytes."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return block(x)
-    return checkpoint(block, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+    # Only checkpoint's own save of the input sees these hooks: it installs its own for the block's tensors.
+    with torch.autograd.graph.saved_tensors_hooks(pack_small_integers, unpack_small_integers):
+        return checkpoint(block, x, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+
+
+class _MaxPoolRecomputedIndices(torch.autograd.Function):
+    """``max_pool2d`` that saves only its input and finds the argmax again in the backward pass.
+
+    PyTorch's own max-pool saves its input and an int64 index per output element; after a LIF the input is a
+    spike map that :func:`spike_packing` stores at 1 bit per element, so the indices were 64 times the bytes
+    of the map they point into (72 MiB of ``spikformer_cifar_4_384``'s stem at batch 32, T=4). The backward
+    pass reruns the same kernel on the same input, which picks the same (first) maximum of every window, and
+    hands its indices to PyTorch's own backward kernel: the gradient is the built-in one bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.config = (kernel_size, stride, padding)
+        return torch.nn.functional.max_pool2d(x, kernel_size, stride, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        kernel_size, stride, padding = ctx.config
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, x, kernel_size, stride, padding, [1, 1], False, indices)
+        return grad, None, None, None
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (same options, same outputs and gradients) whose backward recomputes the argmax
+    instead of storing int64 indices; see :class:`_MaxPoolRecomputedIndices`. Falls back to the built-in
+    pooling for options it does not cover (dilation, ceil mode, returned indices) and under ``torch.compile``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (self.return_indices or self.ceil_mode or self.dilation not in (1, (1, 1))
+                 or not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling())
+        if plain:
+            return super().forward(x)
+        return _MaxPoolRecomputedIndices.apply(x, _pair(self.kernel_size), _pair(self.stride or self.kernel_size),
+                                               _pair(self.padding))
+
+
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)

@@ -135,62 +135,111 @@ def batch_norm(y: torch.Tensor, norm: _BatchNorm) -> torch.Tensor:
     return _normalize(y, scale, shift)
 
 
+def _bn_lif_forward(y, norm, params, backend, steps):
+    """Spikes of ``LIF(BN(y))`` with the batch statistics (updating the running ones), and the per-channel
+    vectors the backward pass needs: ``(spikes, (mean, invstd, scale, shift))``."""
+    mean, var = _batch_statistics(y, norm)
+    invstd = torch.rsqrt(var + norm.eps)
+    scale, shift = _scale_shift(norm, mean, invstd)
+    p = params
+    if backend == "c":
+        from ..kernels import cpu
+
+        spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold), float(p.v_reset))
+    else:
+        z = _normalize(y, scale, shift)
+        spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1).to(y.dtype)
+    return spikes, (mean, invstd, scale, shift)
+
+
+def _bn_lif_backward(y, grad_spikes, stats, params, backend, steps, want_weight, want_bias):
+    """``(dL/dy, dL/dweight or None, dL/dbias or None)`` of ``LIF(BN(y))``, given ``_bn_lif_forward``'s vectors."""
+    mean, invstd, scale, shift = stats
+    p = params
+    if backend == "c":
+        from ..kernels import cpu
+
+        grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
+            y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
+            float(p.surrogate_alpha), bool(p.detach_reset))
+    else:
+        z = _normalize(y, scale, shift)
+        grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
+                                         params, backend).flatten(0, 1)
+        g = grad_z.to(torch.float64)
+        sum_g = g.sum(_stat_dims(y))
+        sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
+    # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
+    count = y.numel() // y.shape[1]
+    inv = invstd.to(torch.float64)
+    sum_g_yhat = sum_gy * inv
+    k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
+    k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
+    cdt = scale.dtype
+    if backend == "c":
+        grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
+    else:
+        grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
+                  + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
+    return grad_y, sum_g_yhat.to(cdt) if want_weight else None, sum_g.to(cdt) if want_bias else None
+
+
 class _BatchNormLIF(torch.autograd.Function):
     """Training-mode ``LIF(BN(y))`` that stores ``y`` and per-channel vectors only: ``z = BN(y)`` is recomputed
     in the backward pass (inside the C kernel on CPU), then the LIF and BatchNorm backward passes run."""
 
     @staticmethod
     def forward(ctx, y, weight, bias, norm, params, backend, steps):  # type: ignore[override]
-        mean, var = _batch_statistics(y, norm)
-        invstd = torch.rsqrt(var + norm.eps)
-        scale, shift = _scale_shift(norm, mean, invstd)
-        p = params
-        if backend == "c":
-            from ..kernels import cpu
-
-            spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold),
-                                        float(p.v_reset))
-        else:
-            z = _normalize(y, scale, shift)
-            spikes = lif_forward_no_grad(z.unflatten(0, (steps, -1)), params, backend).flatten(0, 1).to(y.dtype)
-        ctx.save_for_backward(y, mean, invstd, scale, shift)
+        spikes, stats = _bn_lif_forward(y, norm, params, backend, steps)
+        ctx.save_for_backward(y, *stats)
         ctx.config = (params, backend, steps, weight is not None, bias is not None)
         return spikes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes):  # type: ignore[override]
-        y, mean, invstd, scale, shift = ctx.saved_tensors
+        y, *stats = ctx.saved_tensors
         params, backend, steps, has_weight, has_bias = ctx.config
-        p = params
-        if backend == "c":
-            from ..kernels import cpu
-
-            grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
-                y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
-                float(p.surrogate_alpha), bool(p.detach_reset))
-        else:
-            z = _normalize(y, scale, shift)
-            grad_z = lif_backward_from_input(z.unflatten(0, (steps, -1)), grad_spikes.unflatten(0, (steps, -1)),
-                                             params, backend).flatten(0, 1)
-            g = grad_z.to(torch.float64)
-            sum_g = g.sum(_stat_dims(y))
-            sum_gy = (g * (y.to(torch.float64) - _per_channel(mean.to(torch.float64), y))).sum(_stat_dims(y))
-        # BatchNorm backward with the batch statistics: dL/dy = dL/dz * scale + y * k1 + k0 per channel.
-        count = y.numel() // y.shape[1]
-        inv = invstd.to(torch.float64)
-        sum_g_yhat = sum_gy * inv
-        k1 = -scale.to(torch.float64) * inv * sum_g_yhat / count
-        k0 = -scale.to(torch.float64) * sum_g / count - k1 * mean.to(torch.float64)
-        cdt = scale.dtype
-        if backend == "c":
-            grad_y = cpu.bn_grad_input(grad_z, y, scale, k1.to(cdt), k0.to(cdt), steps)
-        else:
-            grad_y = (grad_z.to(cdt) * _per_channel(scale, y)
-                      + (y.to(cdt) * _per_channel(k1.to(cdt), y) + _per_channel(k0.to(cdt), y))).to(y.dtype)
-        grad_weight = sum_g_yhat.to(cdt) if has_weight and ctx.needs_input_grad[1] else None
-        grad_bias = sum_g.to(cdt) if has_bias and ctx.needs_input_grad[2] else None
+        grad_y, grad_weight, grad_bias = _bn_lif_backward(
+            y, grad_spikes, stats, params, backend, steps,
+            has_weight and ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2])
         return grad_y, grad_weight, grad_bias, None, None, None, None
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    # autocast is off here: the caller has cast x and weight to the dtype autocast would have given the conv
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class _ConvBatchNormLIF(torch.autograd.Function):
+    """Training-mode ``LIF(BN(conv(x)))`` that stores ``x`` (a spike map, so 1 bit per element under
+    ``spikformer.memory.spike_packing``) instead of the conv output ``y``: the backward pass recomputes ``y``
+    with the same convolution (deterministic, so bit for bit), then runs :class:`_BatchNormLIF`'s backward
+    and the convolution's own backward kernel, so the gradients are the unfused path's."""
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, weight, bias, conv, norm, params, backend, steps):  # type: ignore[override]
+        y = _conv(x, conv_weight, conv)
+        spikes, stats = _bn_lif_forward(y, norm, params, backend, steps)
+        ctx.save_for_backward(x, conv_weight, *stats)
+        ctx.config = (conv, params, backend, steps, weight is not None, bias is not None)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        x, conv_weight, *stats = ctx.saved_tensors
+        conv, params, backend, steps, has_weight, has_bias = ctx.config
+        y = _conv(x, conv_weight, conv)
+        grad_y, grad_weight, grad_bias = _bn_lif_backward(
+            y, grad_spikes, stats, params, backend, steps,
+            has_weight and ctx.needs_input_grad[2], has_bias and ctx.needs_input_grad[3])
+        del y
+        grad_x, grad_conv_weight, _ = torch.ops.aten.convolution_backward(
+            grad_y, x, conv_weight, None, list(conv.stride), list(conv.padding), list(conv.dilation), False,
+            [0, 0], conv.groups, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return grad_x, grad_conv_weight, grad_weight, grad_bias, None, None, None, None, None
 
 
 def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend: str = "auto") -> torch.Tensor:
@@ -226,6 +275,33 @@ def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend:
         return spikes.view(x.shape)
     spikes = _BatchNormLIF.apply(y, norm.weight, norm.bias, norm, params, name, x.shape[0])
     return spikes.view(x.shape)
+
+
+def conv_batch_norm_lif(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, params: LIFParams, steps: int,
+                        backend: str = "auto") -> torch.Tensor:
+    """``LIF(norm(conv(x)))`` for ``x [T*B, C, H, W]`` (time-major) -> spikes ``[T, B, C', H', W']``.
+
+    In training with the batch statistics and a fast backend, the conv output is not kept for backward but
+    recomputed there from ``x`` (:class:`_ConvBatchNormLIF`); use it where ``x`` is a spike map (it then
+    packs to 1 bit) and the conv is cheap next to the bytes of its output. Otherwise this is the plain
+    ``batch_norm_lif(conv(x))``. Under autocast the conv runs in autocast's dtype as it would unfused.
+    """
+    name = resolve_backend(backend, x)
+    fused = (type(norm) is nn.BatchNorm2d and type(conv) is nn.Conv2d and conv.bias is None
+             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and name != "torch"
+             and _uses_batch_statistics(norm) and torch.is_grad_enabled() and not torch.compiler.is_compiling())
+    if not fused:
+        y = conv(x)
+        return batch_norm_lif(y.unflatten(0, (steps, -1)), norm, params, name)
+    weight = conv.weight
+    if torch.is_autocast_enabled(x.device.type):
+        # what autocast does to a conv's floating-point inputs (float64 excepted), done here once so that the
+        # Function can run and rerun the conv with autocast off
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x = x.to(dtype) if x.is_floating_point() and x.dtype != torch.float64 else x
+        weight = weight.to(dtype) if weight.dtype != torch.float64 else weight
+    spikes = _ConvBatchNormLIF.apply(x, weight, norm.weight, norm.bias, conv, norm, params, name, steps)
+    return spikes.unflatten(0, (steps, -1))
 
 
 def normalize(x: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
