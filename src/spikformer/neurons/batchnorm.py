@@ -287,7 +287,9 @@ def conv_batch_norm_lif(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, param
     ``batch_norm_lif(conv(x))``. Under autocast the conv runs in autocast's dtype as it would unfused.
     """
     name = resolve_backend(backend, x)
-    fused = (type(norm) is nn.BatchNorm2d and type(conv) is nn.Conv2d and conv.bias is None
+    # (a compute device only: shape-only passes on the "meta" device have no autocast to ask)
+    fused = (x.device.type in ("cpu", "cuda") and type(norm) is nn.BatchNorm2d and type(conv) is nn.Conv2d
+             and conv.bias is None
              and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and name != "torch"
              and _uses_batch_statistics(norm) and torch.is_grad_enabled() and not torch.compiler.is_compiling())
     if not fused:
