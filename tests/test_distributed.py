@@ -119,6 +119,7 @@ def test_torchrun_launches_the_train_command(tmp_path, single_process_run):
     for key, value in single_model.items():
         torch.testing.assert_close(tensors[f"model.{key}"], value, rtol=1e-5, atol=1e-6, msg=key)
     assert result.stdout.count("global batch 8 = data.batch_size 2 x 2 processes x 2 accumulation steps") == 1
+    assert result.stdout.count("best val top-1") == 1  # the command's report: rank 0's alone
 
 
 def test_training_shards_are_disjoint_and_equally_long():
@@ -335,6 +336,7 @@ def test_torchrun_launches_the_pretrain_command(tmp_path, pretraining_on_two_pro
     tensors, _ = read_checkpoint(tmp_path / "run" / "last.safetensors")
     expected, _ = read_checkpoint(pretraining_on_two_processes / "last.safetensors")
     assert all(torch.equal(tensors[key], expected[key]) for key in expected if key.startswith("model."))
+    assert result.stdout.count("encoder saved to") == 1  # the command's report: rank 0's alone
 
 
 @pytest.mark.slow  # test_a_worker_gets_sigterm_when_its_launcher_is_killed_outright covers the mechanism

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..ssl.pretrain import Pretrainer
 
-    _, result = fit_run(Pretrainer, args)
-    log.info(f"encoder saved to {result['encoder']}; fine-tune it with "
-          f"spikformer train --config CONFIG model.pretrained={result['encoder']}")
+    _, result, is_main = fit_run(Pretrainer, args)
+    if is_main:
+        log.info(f"encoder saved to {result['encoder']}; fine-tune it with "
+                 f"spikformer train --config CONFIG model.pretrained={result['encoder']}")
     return 0

@@ -24,7 +24,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fit_run(run_class, args):
-    """Load the config ``args`` describe, build ``run_class(config)`` and fit it; returns ``(config, result)``."""
+    """Load the config ``args`` describe, build ``run_class(config)`` and fit it; returns ``(config, result,
+    is_main)``, ``is_main`` false on every process of a distributed run but rank 0's (which alone reports)."""
     from ..config import load_config
     from ..train.distributed import shutdown_distributed
 
@@ -35,7 +36,8 @@ def fit_run(run_class, args):
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
     try:
-        return config, run_class(config).fit()
+        runner = run_class(config)
+        return runner.config, runner.fit(), runner.is_main
     finally:
         shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
 
@@ -43,7 +45,8 @@ def fit_run(run_class, args):
 def run(args) -> int:
     from ..train import Trainer
 
-    config, result = fit_run(Trainer, args)
-    log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
-          f"{config.train.out_dir}")
+    config, result, is_main = fit_run(Trainer, args)
+    if is_main:
+        log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
+                 f"{config.train.out_dir}")
     return 0
