@@ -89,6 +89,8 @@ overrides = st.builds(lambda key, value: f"{key[0]}.{key[1]}={value}", override_
 class StubTrainer:
     """Stands in for ``Trainer``: the CLI tests stop where training would start."""
 
+    is_main = True  # a single process reports its result, as Trainer's rank 0 does
+
     def __init__(self, config, **kwargs) -> None:
         self.config = config
 
