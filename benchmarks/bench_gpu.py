@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from bench_model import RefSpikformer, _has_cupy
-from benchutil import markdown_table, record, sync
+from benchutil import forward_and_backward, markdown_table, record, sync
 from torch import nn
 
 from spikformer import create_model
@@ -103,15 +103,7 @@ def lif_rows(shape: tuple[int, ...], device: torch.device, rounds: int) -> list[
         impls[f"BatchNorm1d + {name}"] = lambda t: run(norm(t.reshape(-1, shape[-1])).view(shape))
     fns: dict[str, Callable[[], object]] = {}
     for name, fn in impls.items():
-        def forward(fn=fn):
-            with torch.no_grad():
-                fn(x)
-
-        def forward_backward(fn=fn):
-            xg.grad = None
-            fn(xg).backward(grad)
-
-        fns[name + " fwd"], fns[name + " fwdbwd"] = forward, forward_backward
+        fns[name + " fwd"], fns[name + " fwdbwd"] = forward_and_backward(fn, x, xg, grad)
     fns["copy"] = lambda: x.clone()
     r = interleaved(fns, device, rounds)
     copy = r["copy"]["time"]

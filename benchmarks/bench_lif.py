@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchutil import markdown_table, record, time_interleaved
+from benchutil import forward_and_backward, markdown_table, record, time_interleaved
 
 from spikformer.neuron import LIFParams, default_backend, lif_multistep, lif_reference
 
@@ -64,15 +64,7 @@ def measure(shape: tuple[int, ...], device: torch.device, repeats: int, compile_
     xg = x.clone().requires_grad_()
     fns, names = {}, []
     for name, fn in implementations(device, compile_loop).items():
-        def forward(fn=fn):
-            with torch.no_grad():
-                fn(x)
-
-        def forward_backward(fn=fn):
-            xg.grad = None
-            fn(xg).backward(grad)
-
-        fns[(name, "fwd")], fns[(name, "fwdbwd")] = forward, forward_backward
+        fns[(name, "fwd")], fns[(name, "fwdbwd")] = forward_and_backward(fn, x, xg, grad)
         names.append(name)
     floor = "memory floor (2 / 5 tensor streams)"
     fns[(floor, "copy")] = lambda: x.clone()  # reads and writes one tensor: 2 tensor-streams

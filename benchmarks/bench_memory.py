@@ -26,13 +26,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from benchutil import markdown_table, record
+from benchutil import markdown_table, record, run_worker
 
 from spikformer import create_model
 
@@ -83,12 +81,7 @@ def memory_worker(cfg: dict) -> dict:
 
 
 def run_memory(cfg: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"configuration {cfg} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, cfg)
 
 
 def time_paths(model_name: str, batch: int, amp: bool, rounds: int) -> dict[str, tuple[float, float]]:

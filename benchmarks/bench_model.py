@@ -29,13 +29,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from benchutil import markdown_table, record, sync
+from benchutil import markdown_table, record, run_worker, sync
 from torch import nn
 
 from spikformer import create_model
@@ -281,12 +279,7 @@ def _has_cupy() -> bool:
 
 
 def run_config(cfg: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"configuration {cfg} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, cfg)
 
 
 def check_reference_path(model_name: str, device: torch.device) -> str:

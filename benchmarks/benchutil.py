@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -106,3 +108,30 @@ def record(title: str, device: torch.device | str, table: str, notes: list[str] 
                         "See docs/performance.md for how to read them.\n\n")
     with path.open("a", encoding="utf-8") as f:
         f.write(text)
+
+
+def run_worker(script: str, cfg: dict) -> dict:
+    """Run ``script --worker CFG_JSON`` in a fresh interpreter (a clean peak-memory reading per configuration)
+    and return the JSON dict its last output line holds."""
+    cmd = [sys.executable, os.path.abspath(script), "--worker", json.dumps(cfg)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"configuration {cfg} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def forward_and_backward(fn: Callable, x: torch.Tensor, x_grad: torch.Tensor, grad: torch.Tensor
+                         ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The two timed steps of a layer benchmark: ``fn(x)`` without autograd, and ``fn(x_grad)`` then backward
+    of ``grad`` (``x_grad`` is a leaf that requires grad; its gradient is cleared each call)."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(x)
+
+    def forward_backward() -> None:
+        x_grad.grad = None
+        fn(x_grad).backward(grad)
+
+    return forward, forward_backward

@@ -24,6 +24,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from .kernels import fills_storage
+
 # Below this many elements a tensor is kept as it is: the bookkeeping would cost more than the bytes saved.
 MIN_PACKED_NUMEL = 4096
 _PACKABLE = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -39,18 +41,8 @@ class PackedSpikes(NamedTuple):
 
 
 def _is_dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill ``numel`` consecutive storage slots (any permutation of a contiguous
-    tensor, e.g. channels-last or a transposed view), so that it can be packed in memory order."""
-    if t.is_contiguous():
-        return True
-    expected = 1
-    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(t.ndim)):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
+    """Whether ``t`` can be packed in memory order (its elements fill ``numel`` consecutive storage slots)."""
+    return t.is_contiguous() or fills_storage(t)
 
 
 def _memory_order(t: torch.Tensor) -> torch.Tensor:

@@ -9,20 +9,26 @@ from __future__ import annotations
 import torch
 
 
-def is_time_major_dense(x: torch.Tensor) -> bool:
-    """True if ``x [T, ...]`` is ``T`` equal dense blocks in memory, each holding one time step."""
-    if x.is_contiguous():
-        return True
-    if x.ndim == 0 or (x.shape[0] > 1 and x.stride(0) * x.shape[0] != x.numel()):
-        return False
+def fills_storage(x: torch.Tensor, first_dim: int = 0) -> bool:
+    """True if dims ``first_dim..`` of ``x`` fill consecutive storage slots in some order (contiguous,
+    channels-last, a transposed view ...), so that they can be read in memory order."""
     expected = 1
-    for stride, size in sorted((x.stride(i), x.shape[i]) for i in range(1, x.ndim)):
+    for stride, size in sorted((x.stride(i), x.shape[i]) for i in range(first_dim, x.ndim)):
         if size == 1:
             continue
         if stride != expected:
             return False
         expected *= size
     return True
+
+
+def is_time_major_dense(x: torch.Tensor) -> bool:
+    """True if ``x [T, ...]`` is ``T`` equal dense blocks in memory, each holding one time step."""
+    if x.is_contiguous():
+        return True
+    if x.ndim == 0 or (x.shape[0] > 1 and x.stride(0) * x.shape[0] != x.numel()):
+        return False
+    return fills_storage(x, 1)
 
 
 def as_time_major_dense(x: torch.Tensor) -> torch.Tensor:
