@@ -61,13 +61,13 @@ def calibrated_gesture_model() -> tuple[nn.Module, torch.Tensor]:
 def operands(monkeypatch):
     """The (q, k, v) every SSA forward hands to the spike product, as the forward computes them."""
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    original = layers.spike_attention
+    original = layers.scaled_spike_attention
 
-    def recording(q, k, v):
-        seen.append((q, k, v))
-        return original(q, k, v)
+    def recording(q, k, v, num_heads, scale):
+        seen.append(tuple(layers.split_heads(t, num_heads) for t in (q, k, v)))
+        return original(q, k, v, num_heads, scale)
 
-    monkeypatch.setattr(layers, "spike_attention", recording)
+    monkeypatch.setattr(layers, "scaled_spike_attention", recording)
     return seen
 
 

@@ -42,18 +42,18 @@ def test_q_and_k_are_pooled_and_v_is_not(monkeypatch):
     plain.load_state_dict(pooled.state_dict())
     import spikformer.layers as layers
 
-    seen, original = [], layers.spike_attention
+    seen, original = [], layers.scaled_spike_attention
 
-    def recording(q, k, v):
+    def recording(q, k, v, num_heads, scale):
         seen.append((q, k, v))
-        return original(q, k, v)
+        return original(q, k, v, num_heads, scale)
 
-    monkeypatch.setattr(layers, "spike_attention", recording)
+    monkeypatch.setattr(layers, "scaled_spike_attention", recording)
     x = torch.randint(0, 3, (2, 2, 9, 16)).float()
     pooled(x), plain(x)
     (q1, k1, v1), (q0, k0, v0) = seen
     assert torch.equal(v1, v0) and not torch.equal(q1, q0) and not torch.equal(k1, k0)
-    assert torch.equal(q1, pooled.split_heads(token_max_pool(plain.q(x), 3)))
+    assert torch.equal(q1, token_max_pool(plain.q(x), 3))
 
 
 def test_the_variant_trains_a_step_and_an_even_width_is_refused():

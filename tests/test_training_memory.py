@@ -131,32 +131,76 @@ def test_checkpointing_is_off_in_eval_and_a_train_config_key():
     assert load_config(None, ["train.checkpointing=true"]).train.checkpointing is True
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def pooled_with_saved(pool: nn.Module, x: torch.Tensor, grad_out: torch.Tensor):
+    """``(output, input gradient, tensors saved for backward)`` of one pooling step."""
+    x = x.clone().requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = pool(x)
+    out.backward(grad_out)
+    return out, x.grad, saved
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+    assert torch.equal(a.isnan(), b.isnan())  # a NaN where PyTorch has one (its payload is PyTorch's business)
+    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16}[a.dtype]
+    a, b = a.nan_to_num(0.5), b.nan_to_num(0.5)
+    assert torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))  # signed zeros included
+
+
+# (kernel size, stride, padding)
+POOL_GEOMETRIES = {"k3s2p1": (3, 2, 1), "k2s2": (2, 2, 0), "k3s1p1": (3, 1, 1), "k5s3p2": (5, 3, 2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_spike_max_pool_recomputes_the_argmax_and_gives_the_built_in_gradient_bit_for_bit(dtype, layout):
-    # spike maps tie in almost every window: the recomputed argmax must pick the same element as the stored one
+@pytest.mark.parametrize("values", ["spikes", "any"])
+@pytest.mark.parametrize("geometry", POOL_GEOMETRIES.values(), ids=POOL_GEOMETRIES.keys())
+def test_spike_max_pool_gives_the_built_in_outputs_and_gradients_bit_for_bit(dtype, layout, values, geometry):
+    # spike maps tie in almost every window (the first maximum must win, as in PyTorch); other maps carry
+    # NaNs, -inf windows and signed zeros; overlapping windows add several gradients into one element, in
+    # PyTorch's order and rounding
     torch.manual_seed(0)
-    spikes = (torch.rand(8, 16, 12, 12) < 0.3).to(dtype)
+    shape = (6, 24, 13, 11)
+    if values == "spikes":
+        x = (torch.rand(shape) < 0.3).to(dtype)
+    else:
+        x = torch.randn(shape).to(dtype)
+        x[:, :, ::3, ::2] = 0.0
+        x[:, ::5, 1::4] = -0.0
+        x[0, 1, 2, 3] = x[1, 7, 0, 0] = float("nan")
+        x[2, 3, 4:9, 4:9] = float("-inf")
     if layout == "channels_last":
-        spikes = spikes.contiguous(memory_format=torch.channels_last)
-    grad_out = torch.randn(8, 16, 6, 6).to(dtype)
-    results = []
-    for pool in (nn.MaxPool2d(3, 2, 1), memory.SpikeMaxPool2d(3, 2, 1)):
-        x = spikes.clone().requires_grad_()
-        saved: list[torch.Tensor] = []
-
-        def keep(t, into=saved):
-            into.append(t)
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            out = pool(x)
-        out.backward(grad_out)
-        results.append((out, x.grad, saved))
-    (out_a, grad_a, saved_a), (out_b, grad_b, saved_b) = results
-    assert torch.equal(out_a, out_b) and torch.equal(grad_a, grad_b)
+        x = x.contiguous(memory_format=torch.channels_last)
+    builtin, ours = nn.MaxPool2d(*geometry), memory.SpikeMaxPool2d(*geometry)
+    expected = builtin(x)
+    grad_out = torch.randn(expected.shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    out_a, grad_a, saved_a = pooled_with_saved(builtin, x, grad_out)
+    out_b, grad_b, saved_b = pooled_with_saved(ours, x, grad_out)
+    assert_same_bits(out_a, out_b)
+    assert_same_bits(grad_a, grad_b)
+    with torch.no_grad():
+        assert_same_bits(ours(x), expected)  # inference: the values alone
     assert any(t.dtype == torch.int64 for t in saved_a)  # the built-in keeps an int64 index per output
-    assert [t.dtype for t in saved_b] == [dtype]  # ours keeps only the spike map, which packs to 1 bit
+    if layout == "channels_last":  # the C kernel: one byte per output, the maximum's place in its window
+        assert [(t.dtype, t.numel()) for t in saved_b] == [(torch.uint8, expected.numel())]
+    else:  # the argmax found again in backward: only the input, which packs to 1 bit after a LIF
+        assert [t.dtype for t in saved_b] == [dtype]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_spike_max_pool_kernel_splits_images_over_threads_without_changing_a_bit(threads):
+    x = (torch.rand(7, 16, 20, 20) < 0.2).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(7, 16, 10, 10)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _, grad, _ = pooled_with_saved(memory.SpikeMaxPool2d(3, 2, 1), x.float(), grad_out)
+    finally:
+        torch.set_num_threads(before)
+    _, expected, _ = pooled_with_saved(nn.MaxPool2d(3, 2, 1), x.float(), grad_out)
+    assert_same_bits(grad, expected)
 
 
 def test_the_stem_pools_with_recomputed_indices():

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .memory import SpikeMaxPool2d
+from .memory import SpikeMaxPool2d, plain_eager
 from .neurons import LIF, NeuronLayer, neuron_layer
 from .neurons.batchnorm import conv_batch_norm_lif
 from .registry import Registry, did_you_mean
@@ -225,8 +225,7 @@ class SpikingSelfAttention(nn.Module):
         self.proj = LinearBNLIF(dim, dim, bias=True, neuron=make)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, D = x.shape
-        return x.view(T, B, N, self.num_heads, D // self.num_heads).transpose(2, 3)  # [T, B, h, N, d]
+        return split_heads(x, self.num_heads)
 
     def pool_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Q and K operands the spike product receives, from the Q and K neurons' spikes ``[T, B, N, D]``:
@@ -237,13 +236,66 @@ class SpikingSelfAttention(nn.Module):
         return q, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B, N, D = x.shape
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = self.pool_qk(q, k)
-        q, k, v = (self.split_heads(t) for t in (q, k, v))
-        out = spike_attention(q, k, v)  # [T, B, h, N, d], integers
-        out = (out * self.scale).transpose(2, 3).reshape(T, B, N, D)
-        return self.proj(self.attn_lif(out))
+        return self.proj(self.attn_lif(scaled_spike_attention(q, k, v, self.num_heads, self.scale)))
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[T, B, N, D] -> [T, B, h, N, d]`` (a view)."""
+    T, B, N, D = x.shape
+    return x.view(T, B, N, num_heads, D // num_heads).transpose(2, 3)
+
+
+def scaled_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                           scale: float) -> torch.Tensor:
+    """``(Q K^T) V * scale`` per head of the spike tensors ``[T, B, N, D]``, as ``[T, B, N, D]``: the input of the
+    attention neuron. :func:`spike_attention` on the split heads, or where it applies the CPU kernel
+    (:class:`_SpikeAttentionKernel`), which gives the same values bit for bit."""
+    if _attention_kernel_applies(q, k, v, num_heads):
+        return _SpikeAttentionKernel.apply(q, k, v, num_heads, float(scale))
+    T, B, N, D = q.shape
+    out = spike_attention(*(split_heads(t, num_heads) for t in (q, k, v)))  # [T, B, h, N, d], integers
+    return (out * scale).transpose(2, 3).reshape(T, B, N, D)
+
+
+class _SpikeAttentionKernel(torch.autograd.Function):
+    """``(Q K^T V) * scale`` per head, ``[T, B, N, D]`` in and out, on the CPU kernel
+    (``kernels.cpu.spike_attention_forward``): the heads are read in place (no split and merge copies, no
+    casts), the zeros of the spike operands are skipped, and the float32 result is the unfused path's bit for
+    bit (integer sums, then the same float32 product with the scale). The backward pass recomputes ``K^T V``;
+    its gradients are the same products in float32, summed in another order and rounded once to the spikes'
+    dtype (the unfused bfloat16 path also rounds ``d(K^T V)`` to bfloat16 on the way)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_heads, scale):  # type: ignore[override]
+        from .kernels import cpu
+
+        ctx.save_for_backward(q, k, v)
+        ctx.config = (num_heads, scale)
+        return cpu.spike_attention_forward(q, k, v, num_heads, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        from .kernels import cpu
+
+        q, k, v = ctx.saved_tensors
+        grads = cpu.spike_attention_backward(q, k, v, grad, *ctx.config, needs=tuple(ctx.needs_input_grad[:3]))
+        return *grads, None, None
+
+
+def _attention_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> bool:
+    """Whether :class:`_SpikeAttentionKernel` computes what the unfused path would: on the CPU, where the unfused
+    path also returns float32 (float32 spikes, or bfloat16 ones under autocast) and evaluates ``Q (K^T V)``."""
+    if q.device.type != "cpu" or not plain_eager():
+        return False
+    N, d = q.shape[-2], q.shape[-1] // num_heads
+    if N <= d or not (q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"))):
+        return False
+    from .kernels import cpu
+
+    return cpu.spike_attention_applies(q, k, v)
 
 
 def token_max_pool(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -110,6 +110,16 @@ def _library() -> ctypes.CDLL | None:
     lib.spikes_pack.restype = cint
     lib.spikes_unpack.argtypes = [cint, ptr, ptr, i64]
     lib.spikes_unpack.restype = cint
+    lib.max_pool_forward.argtypes = [cint, ptr, ptr, ptr, *[i64] * 12, cint]
+    lib.max_pool_forward.restype = cint
+    lib.max_pool_backward.argtypes = [cint, ptr, ptr, ptr, *[i64] * 12, cint]
+    lib.max_pool_backward.restype = cint
+    lib.spike_attention_vectorised.argtypes = []
+    lib.spike_attention_vectorised.restype = cint
+    lib.spike_attention_forward.argtypes = [cint, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, cint]
+    lib.spike_attention_forward.restype = cint
+    lib.spike_attention_backward.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, cint]
+    lib.spike_attention_backward.restype = cint
     return lib
 
 
@@ -260,3 +270,103 @@ def unpack_spikes(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if lib.spikes_unpack(code, bits.data_ptr(), out.data_ptr(), out.numel()) != 0:
         raise TypeError(f"the CPU kernel cannot unpack {out.dtype}")
     return out
+
+
+# --- max-pooling of channels-last maps ---------------------------------------------------------------------
+
+
+def max_pool_applies(x: torch.Tensor, kernel: list[int]) -> bool:
+    """Whether :func:`max_pool_forward` takes ``x``: a float32 or bfloat16 ``[N, C, H, W]`` CPU tensor in
+    channels-last memory order, pooled over at most 255 places."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and x.ndim == 4
+            and kernel[0] * kernel[1] <= 255 and x.is_contiguous(memory_format=torch.channels_last)
+            and available(x.dtype))
+
+
+def _pool_geometry(shape: torch.Size, kernel: list[int], stride: list[int], padding: list[int]) -> tuple[int, ...]:
+    N, C, H, W = shape
+    OH = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    OW = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return N, H, W, C, OH, OW, *kernel, *stride, *padding
+
+
+def max_pool_forward(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
+                     with_places: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``max_pool2d(x, kernel, stride, padding)`` (no dilation, floor mode) of an ``x`` that
+    :func:`max_pool_applies` to, channels-last too, and with ``with_places`` each maximum's place in its
+    window (uint8, one per output element: what :func:`max_pool_backward` needs instead of int64 indices)."""
+    lib, code = _lib_and_code(x)
+    geometry = _pool_geometry(x.shape, kernel, stride, padding)
+    N, _, _, C, OH, OW = geometry[:6]
+    out = torch.empty((N, C, OH, OW), dtype=x.dtype, memory_format=torch.channels_last)
+    places = torch.empty((N, OH, OW, C), dtype=torch.uint8) if with_places else None
+    if out.numel():
+        _check(lib.max_pool_forward(code, x.data_ptr(), out.data_ptr(), None if places is None else places.data_ptr(),
+                                    *geometry, torch.get_num_threads()), x.dtype)
+    return out, places
+
+
+def max_pool_backward(places: torch.Tensor, grad_out: torch.Tensor, shape: torch.Size, kernel: list[int],
+                      stride: list[int], padding: list[int]) -> torch.Tensor:
+    """The gradient of :func:`max_pool_forward`'s input (``shape``, channels-last) from the places it wrote and
+    the output's gradient: PyTorch's max-pool gradient bit for bit."""
+    lib, code = _lib_and_code(grad_out)
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    grad_in = torch.empty(shape, dtype=grad_out.dtype, memory_format=torch.channels_last)
+    if grad_in.numel():
+        _check(lib.max_pool_backward(code, places.data_ptr(), grad_out.data_ptr(), grad_in.data_ptr(),
+                                     *_pool_geometry(shape, kernel, stride, padding), torch.get_num_threads()),
+               grad_out.dtype)
+    return grad_in
+
+
+# --- spiking self-attention products ---------------------------------------------------------------------
+
+
+def spike_attention_vectorised() -> bool:
+    """Whether the attention kernel was built with its AVX-512 paths. Without them (an AVX2-only CPU) its
+    scalar search for a spike row's nonzeros makes it slower than PyTorch's products, so it is not used."""
+    lib = _library()
+    return lib is not None and bool(lib.spike_attention_vectorised())
+
+
+def spike_attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`spike_attention_forward` takes ``q``, ``k``, ``v`` and is worth it: contiguous CPU tensors
+    of one shape ``[..., N, D]`` and dtype (float32 or bfloat16), on a CPU with AVX-512."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and q.ndim >= 2
+            and all(t.dtype == q.dtype and t.shape == q.shape and t.device == q.device and t.is_contiguous()
+                    for t in (q, k, v))
+            and available(q.dtype) and spike_attention_vectorised())
+
+
+def _attention_sizes(q: torch.Tensor) -> tuple[int, int, int]:
+    N, D = q.shape[-2:]
+    return q.numel() // (N * D) if N * D else 0, N, D
+
+
+def spike_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                            scale: float) -> torch.Tensor:
+    """``scale * Q (K^T V)`` per head of ``D / num_heads`` channels, for 0/1 tensors ``[..., N, D]`` that
+    :func:`spike_attention_applies` to: float32, of their shape (heads side by side, as in the input)."""
+    lib, code = _lib_and_code(q)
+    out = torch.empty(q.shape, dtype=torch.float32)
+    S, N, D = _attention_sizes(q)
+    if out.numel():
+        _check(lib.spike_attention_forward(code, q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), S, N, D,
+                                           num_heads, scale, torch.get_num_threads()), q.dtype)
+    return out
+
+
+def spike_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, num_heads: int,
+                             scale: float, needs: tuple[bool, bool, bool]) -> list[torch.Tensor | None]:
+    """The gradients of ``q``, ``k``, ``v`` (those ``needs`` asks for, else None) from the gradient of
+    :func:`spike_attention_forward`'s output."""
+    lib, code = _lib_and_code(q)
+    grad = grad.to(torch.float32).contiguous()
+    grads = [torch.empty_like(q) if need else None for need in needs]
+    S, N, D = _attention_sizes(q)
+    if q.numel() and any(needs):
+        _check(lib.spike_attention_backward(code, q.data_ptr(), k.data_ptr(), v.data_ptr(), grad.data_ptr(),
+                                            *[None if t is None else t.data_ptr() for t in grads], S, N, D, num_heads,
+                                            scale, torch.get_num_threads()), q.dtype)
+    return grads

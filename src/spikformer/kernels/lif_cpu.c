@@ -77,6 +77,14 @@ static inline float lif_expf(float x) {
     return p * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
 }
 
+/* Whether 1 / tau is exact in float (tau a power of two in float's normal range): then x * (1 / tau)
+ * rounds exactly as x / tau (the same real number), and the kernels multiply instead of dividing. */
+static int exact_reciprocal(double tau) {
+    int e;
+    return frexp(fabs(tau), &e) == 0.5 && e > -120 && e < 120;
+}
+#define DIV_TAU(x) (tau_pow2 ? (x) * itau : (x) / tau)
+
 /* --- the kernels, once per storage type ----------------------------------------------------------
  * STOR: storage type; COMP: compute type; LOAD/STORE convert; RND rounds a COMP to the precision the
  * arithmetic is done in (the identity everywhere now: half precision computes in float32; kept so that a
@@ -88,6 +96,9 @@ static inline float lif_expf(float x) {
         STOR *s = (STOR *)job->out;                                                                     \
         const int64_t T = job->T, M = job->M;                                                           \
         const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        /* tau a power of two: x * (1 / tau) is x / tau, bit for bit, without a division */              \
+        const int tau_pow2 = exact_reciprocal(job->tau);                                                \
+        const COMP itau = (COMP)1 / tau;                                                                \
         const COMP v_rest = vr, one = (COMP)1, zero = (COMP)0;                                          \
         COMP v[LIF_BLOCK];                                                                              \
         for (int64_t b = i0; b < i1; b += LIF_BLOCK) {                                                  \
@@ -97,7 +108,7 @@ static inline float lif_expf(float x) {
                 const STOR *xt = x + t * M + b;                                                         \
                 STOR *st = s + t * M + b;                                                               \
                 for (int64_t j = 0; j < n; ++j) {                                                       \
-                    const COMP h = RND(v[j] + RND(RND(LOAD(xt[j]) - RND(v[j] - vr)) / tau));            \
+                    const COMP h = RND(v[j] + RND(DIV_TAU(RND(LOAD(xt[j]) - RND(v[j] - vr)))));            \
                     const int fired = h >= vth;                                                         \
                     st[j] = STORE(fired ? one : zero);                                                  \
                     v[j] = fired ? v_rest : h;                                                          \
@@ -112,6 +123,9 @@ static inline float lif_expf(float x) {
         STOR *gx = (STOR *)job->out;                                                                    \
         const int64_t T = job->T, M = job->M;                                                           \
         const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        /* tau a power of two: x * (1 / tau) is x / tau, bit for bit, without a division */              \
+        const int tau_pow2 = exact_reciprocal(job->tau);                                                \
+        const COMP itau = (COMP)1 / tau;                                                                \
         const COMP alpha = (COMP)job->alpha, v_rest = vr, one = (COMP)1, zero = (COMP)0;                \
         const int detach = job->detach_reset;                                                           \
         COMP v[LIF_BLOCK], gv[LIF_BLOCK];                                                               \
@@ -122,7 +136,7 @@ static inline float lif_expf(float x) {
                 const STOR *xt = x + t * M + b;                                                         \
                 COMP *ht = hbuf + t * LIF_BLOCK;                                                        \
                 for (int64_t j = 0; j < n; ++j) {                                                       \
-                    const COMP h = RND(v[j] + RND(RND(LOAD(xt[j]) - RND(v[j] - vr)) / tau));            \
+                    const COMP h = RND(v[j] + RND(DIV_TAU(RND(LOAD(xt[j]) - RND(v[j] - vr)))));            \
                     ht[j] = h;                                                                          \
                     v[j] = h >= vth ? v_rest : h;                                                       \
                 }                                                                                       \
@@ -139,7 +153,7 @@ static inline float lif_expf(float x) {
                     const COMP not_fired = h >= vth ? zero : one;                                       \
                     const COMP dv_dh = detach ? not_fired : not_fired + (vr - h) * sg;                  \
                     const COMP gh = LOAD(gt[j]) * sg + gv[j] * dv_dh;                                   \
-                    const COMP gxv = gh / tau;                                                          \
+                    const COMP gxv = DIV_TAU(gh);                                                          \
                     gxt[j] = STORE(gxv);                                                                \
                     gv[j] = gh - gxv;                                                                   \
                 }                                                                                       \
@@ -192,6 +206,9 @@ typedef struct {
         const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
         const int cl = job->channels_last;                                                              \
         const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        /* tau a power of two: x * (1 / tau) is x / tau, bit for bit, without a division */              \
+        const int tau_pow2 = exact_reciprocal(job->tau);                                                \
+        const COMP itau = (COMP)1 / tau;                                                                \
         const COMP one = (COMP)1, zero = (COMP)0;                                                       \
         COMP v[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK];                                                \
         for (int64_t r = r0; r < r1; ++r) {                                                             \
@@ -208,7 +225,7 @@ typedef struct {
                     STOR *st = s + t * M + r * L + l0;                                                  \
                     for (int64_t j = 0; j < n; ++j) {                                                   \
                         const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
-                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        const COMP h = RND(v[j] + RND(DIV_TAU(RND(z - RND(v[j] - vr)))));                  \
                         const int fired = h >= vth;                                                     \
                         st[j] = STORE(fired ? one : zero);                                              \
                         v[j] = fired ? vr : h;                                                          \
@@ -226,10 +243,13 @@ typedef struct {
         const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
         const int cl = job->channels_last, detach = job->detach_reset;                                  \
         const COMP tau = (COMP)job->tau, vth = RND((COMP)job->v_threshold), vr = RND((COMP)job->v_reset); \
+        /* tau a power of two: x * (1 / tau) is x / tau, bit for bit, without a division */              \
+        const int tau_pow2 = exact_reciprocal(job->tau);                                                \
+        const COMP itau = (COMP)1 / tau;                                                                \
         const COMP alpha = (COMP)job->alpha, one = (COMP)1, zero = (COMP)0;                             \
         double *s2 = s1 + C;                                                                            \
         COMP v[LIF_BLOCK], gv[LIF_BLOCK], sc[LIF_BLOCK], sh[LIF_BLOCK], mu[LIF_BLOCK];                  \
-        double a1[LIF_BLOCK], a2[LIF_BLOCK];                                                            \
+        COMP a1[LIF_BLOCK], a2[LIF_BLOCK]; /* over the T steps of one element, then added in double */  \
         for (int64_t r = r0; r < r1; ++r) {                                                             \
             const int64_t c_row = r % C;                                                                \
             for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
@@ -237,8 +257,8 @@ typedef struct {
                 for (int64_t j = 0; j < n; ++j) {                                                       \
                     v[j] = vr;                                                                          \
                     gv[j] = zero;                                                                       \
-                    a1[j] = 0.0;                                                                        \
-                    a2[j] = 0.0;                                                                        \
+                    a1[j] = zero;                                                                       \
+                    a2[j] = zero;                                                                       \
                     sc[j] = scale[BN_CH(j)];                                                            \
                     sh[j] = shift[BN_CH(j)];                                                            \
                     mu[j] = mean[BN_CH(j)];                                                             \
@@ -248,7 +268,7 @@ typedef struct {
                     COMP *ht = hbuf + t * LIF_BLOCK;                                                    \
                     for (int64_t j = 0; j < n; ++j) {                                                   \
                         const COMP z = RND(LOAD(yt[j]) * sc[j] + sh[j]);                                \
-                        const COMP h = RND(v[j] + RND(RND(z - RND(v[j] - vr)) / tau));                  \
+                        const COMP h = RND(v[j] + RND(DIV_TAU(RND(z - RND(v[j] - vr)))));                  \
                         ht[j] = h;                                                                      \
                         v[j] = h >= vth ? vr : h;                                                       \
                     }                                                                                   \
@@ -264,11 +284,11 @@ typedef struct {
                         const COMP not_fired = h >= vth ? zero : one;                                   \
                         const COMP dv_dh = detach ? not_fired : not_fired + (vr - h) * sg;              \
                         const COMP gh = LOAD(gt[j]) * sg + gv[j] * dv_dh;                               \
-                        const COMP gz = gh / tau;                                                       \
+                        const COMP gz = DIV_TAU(gh);                                                       \
                         ot[j] = STORE(gz);                                                              \
                         gv[j] = gh - gz;                                                                \
-                        a1[j] += (double)gz;                                                            \
-                        a2[j] += (double)gz * ((double)LOAD(yt[j]) - (double)mu[j]);                    \
+                        a1[j] += gz;                                                                    \
+                        a2[j] += gz * (LOAD(yt[j]) - mu[j]);                                            \
                     }                                                                                   \
                 }                                                                                       \
                 if (cl) {                                                                               \
@@ -296,6 +316,21 @@ typedef struct {
         const int64_t T = job->T, L = job->L, C = job->C, M = job->R * job->L;                          \
         const int cl = job->channels_last;                                                              \
         double a[LIF_BLOCK], mu[LIF_BLOCK];                                                             \
+        if (cl) { /* a row holds every channel once: add it to the sums in place (same order as below) */ \
+            for (int64_t t = 0; t < T; ++t)                                                             \
+                for (int64_t r = r0; r < r1; ++r) {                                                     \
+                    const STOR *yr = y + t * M + r * L;                                                 \
+                    if (pass) {                                                                         \
+                        for (int64_t l = 0; l < L; ++l) {                                               \
+                            const double d = (double)LOAD(yr[l]) - mean[l];                             \
+                            acc[l] += d * d;                                                            \
+                        }                                                                               \
+                    } else {                                                                            \
+                        for (int64_t l = 0; l < L; ++l) acc[l] += (double)LOAD(yr[l]);                  \
+                    }                                                                                   \
+                }                                                                                       \
+            return;                                                                                     \
+        }                                                                                               \
         for (int64_t r = r0; r < r1; ++r) {                                                             \
             const int64_t c_row = r % C;                                                                \
             for (int64_t l0 = 0; l0 < L; l0 += LIF_BLOCK) {                                             \
@@ -777,4 +812,416 @@ int spikes_unpack(int dtype, const uint8_t *bits, void *x, int64_t n) {
         case LIF_F16: unpack_16(bits, (uint16_t *)x, n, 0x3C00u); return 0;
         default: return -1;
     }
+}
+
+/* --- Max-pooling of channels-last maps -----------------------------------------------------------------
+ * PyTorch's max_pool2d takes the first maximum of each window in row-major order (a NaN counting as the
+ * maximum); its backward adds every output's gradient to that element, output by output in row-major
+ * order, rounding to the storage type after each addition. The forward kernel writes the values and, for
+ * training, each maximum's place in its window as one byte (kh * kw <= 255 places, counted from the
+ * unclipped window's corner) where PyTorch writes an int64 index; the backward kernel adds the gradients
+ * in PyTorch's order and rounding, so the result is PyTorch's bit for bit. Layout: [N][H][W][C] in memory
+ * (a channels-last NCHW tensor); the loops over C vectorise; images are split over threads. */
+
+typedef struct {
+    int dtype;
+    const void *x;  /* forward: the input */
+    void *out;      /* forward: the output; backward: the input gradient */
+    uint8_t *where; /* forward (may be NULL) and backward: [N][OH][OW][C] places of the maxima */
+    const void *g;  /* backward: the output gradient */
+    int64_t N, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw;
+} pool_job;
+
+#define POOL_DEFINE(NAME, STOR, LOAD, STORE)                                                             \
+    static void NAME##_pool_forward(const pool_job *p, int64_t n0, int64_t n1) {                         \
+        const STOR *x = (const STOR *)p->x;                                                             \
+        STOR *out = (STOR *)p->out;                                                                     \
+        const int64_t H = p->H, W = p->W, C = p->C;                                                     \
+        float m[LIF_BLOCK];                                                                             \
+        STOR raw[LIF_BLOCK];                                                                            \
+        uint8_t at[LIF_BLOCK];                                                                          \
+        for (int64_t n = n0; n < n1; ++n)                                                               \
+            for (int64_t oh = 0; oh < p->OH; ++oh)                                                      \
+                for (int64_t ow = 0; ow < p->OW; ++ow) {                                                \
+                    const int64_t a = oh * p->sh - p->ph, b = ow * p->sw - p->pw;                       \
+                    const int64_t h1 = a + p->kh < H ? a + p->kh : H, w1 = b + p->kw < W ? b + p->kw : W; \
+                    const int64_t o = ((n * p->OH + oh) * p->OW + ow) * C;                              \
+                    /* an all -inf window keeps its first element, as PyTorch's */                      \
+                    const uint8_t first = (uint8_t)(((a < 0 ? 0 : a) - a) * p->kw + ((b < 0 ? 0 : b) - b)); \
+                    for (int64_t c0 = 0; c0 < C; c0 += LIF_BLOCK) {                                     \
+                        const int64_t nc = C - c0 < LIF_BLOCK ? C - c0 : LIF_BLOCK;                     \
+                        for (int64_t j = 0; j < nc; ++j) {                                              \
+                            m[j] = -INFINITY;                                                           \
+                            raw[j] = STORE(-INFINITY);                                                  \
+                            at[j] = first;                                                              \
+                        }                                                                               \
+                        for (int64_t ih = a < 0 ? 0 : a; ih < h1; ++ih)                                 \
+                            for (int64_t iw = b < 0 ? 0 : b; iw < w1; ++iw) {                           \
+                                const STOR *xp = x + ((n * H + ih) * W + iw) * C + c0;                  \
+                                const uint8_t place = (uint8_t)((ih - a) * p->kw + (iw - b));           \
+                                for (int64_t j = 0; j < nc; ++j) {                                      \
+                                    const float v = LOAD(xp[j]);                                        \
+                                    const int take = v > m[j] || v != v;                                \
+                                    m[j] = take ? v : m[j];                                             \
+                                    raw[j] = take ? xp[j] : raw[j];                                     \
+                                    at[j] = take ? place : at[j];                                       \
+                                }                                                                       \
+                            }                                                                           \
+                        memcpy((STOR *)out + o + c0, raw, (size_t)nc * sizeof(STOR));                   \
+                        if (p->where) memcpy(p->where + o + c0, at, (size_t)nc);                        \
+                    }                                                                                   \
+                }                                                                                       \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_pool_backward(const pool_job *p, int64_t n0, int64_t n1) {                        \
+        const STOR *g = (const STOR *)p->g;                                                             \
+        STOR *gi = (STOR *)p->out;                                                                      \
+        const int64_t H = p->H, W = p->W, C = p->C;                                                     \
+        for (int64_t n = n0; n < n1; ++n) {                                                             \
+            memset(gi + n * H * W * C, 0, (size_t)(H * W * C) * sizeof(STOR));                          \
+            for (int64_t oh = 0; oh < p->OH; ++oh)                                                      \
+                for (int64_t ow = 0; ow < p->OW; ++ow) {                                                \
+                    const int64_t a = oh * p->sh - p->ph, b = ow * p->sw - p->pw;                       \
+                    const int64_t h1 = a + p->kh < H ? a + p->kh : H, w1 = b + p->kw < W ? b + p->kw : W; \
+                    const int64_t o = ((n * p->OH + oh) * p->OW + ow) * C;                              \
+                    const STOR *go = g + o;                                                             \
+                    const uint8_t *at = p->where + o;                                                   \
+                    for (int64_t ih = a < 0 ? 0 : a; ih < h1; ++ih)                                     \
+                        for (int64_t iw = b < 0 ? 0 : b; iw < w1; ++iw) {                               \
+                            const uint8_t place = (uint8_t)((ih - a) * p->kw + (iw - b));               \
+                            STOR *gp = gi + ((n * H + ih) * W + iw) * C;                                \
+                            /* a select, not an added zero: an untouched -0.0 must stay -0.0 */         \
+                            for (int64_t c = 0; c < C; ++c)                                             \
+                                gp[c] = at[c] == place ? STORE(LOAD(gp[c]) + LOAD(go[c])) : gp[c];      \
+                        }                                                                               \
+                }                                                                                       \
+        }                                                                                               \
+    }
+
+POOL_DEFINE(pool_f32, float, ID, ID)
+POOL_DEFINE(pool_bf16, uint16_t, bf16_load, bf16_store)
+
+/* --- work split over threads: [0, n) in equal chunks, the calling thread taking the first --------------- */
+
+typedef void (*range_fn)(const void *ctx, int64_t i0, int64_t i1);
+
+typedef struct {
+    range_fn fn;
+    const void *ctx;
+    int64_t i0, i1;
+} range_task;
+
+static void *range_run(void *arg) {
+    const range_task *t = (const range_task *)arg;
+    if (t->i0 < t->i1) t->fn(t->ctx, t->i0, t->i1);
+    return NULL;
+}
+
+/* nthreads is capped so that every thread gets at least min_work of `work` (and one item of n). */
+static void parallel_ranges(range_fn fn, const void *ctx, int64_t n, int64_t work, int64_t min_work, int nthreads) {
+    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
+    if ((int64_t)nthreads * min_work > work) nthreads = (int)(work / min_work);
+    if (nthreads > n) nthreads = (int)n;
+    if (nthreads < 1) nthreads = 1;
+    range_task tasks[LIF_MAX_THREADS];
+    pthread_t threads[LIF_MAX_THREADS];
+    int started[LIF_MAX_THREADS];
+    const int64_t chunk = (n + nthreads - 1) / nthreads;
+    for (int k = 0; k < nthreads; ++k) {
+        const int64_t i0 = (int64_t)k * chunk, i1 = i0 + chunk;
+        tasks[k] = (range_task){fn, ctx, i0 < n ? i0 : n, i1 < n ? i1 : n};
+        started[k] = 0;
+    }
+    for (int k = 1; k < nthreads; ++k) started[k] = pthread_create(&threads[k], NULL, range_run, &tasks[k]) == 0;
+    range_run(&tasks[0]);
+    for (int k = 1; k < nthreads; ++k) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            range_run(&tasks[k]); /* could not start a thread: do its share here */
+    }
+}
+
+static void pool_forward_range(const void *job, int64_t n0, int64_t n1) {
+    const pool_job *p = (const pool_job *)job;
+    (p->dtype == LIF_BF16 ? pool_bf16_pool_forward : pool_f32_pool_forward)(p, n0, n1);
+}
+
+static void pool_backward_range(const void *job, int64_t n0, int64_t n1) {
+    const pool_job *p = (const pool_job *)job;
+    (p->dtype == LIF_BF16 ? pool_bf16_pool_backward : pool_f32_pool_backward)(p, n0, n1);
+}
+
+static int pool_parallel(const pool_job *job, int backward, int nthreads) {
+    if (job->dtype != LIF_F32 && job->dtype != LIF_BF16) return -1;
+    if (job->kh * job->kw > 255) return -3;
+    parallel_ranges(backward ? pool_backward_range : pool_forward_range, job, job->N,
+                    job->N * job->H * job->W * job->C, 16384, nthreads);
+    return 0;
+}
+
+/* out [N][OH][OW][C] = the window maxima of x [N][H][W][C] (float32 or bfloat16), and where (may be NULL)
+ * their places. Returns 0, -1 for an unsupported dtype, -3 for a window of over 255 places. */
+int max_pool_forward(int dtype, const void *x, void *out, uint8_t *where, int64_t N, int64_t H, int64_t W,
+                     int64_t C, int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw, int nthreads) {
+    const pool_job job = {dtype, x, out, where, NULL, N, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw};
+    return pool_parallel(&job, 0, nthreads);
+}
+
+/* grad_in [N][H][W][C] from grad_out [N][OH][OW][C] and the places max_pool_forward wrote. */
+int max_pool_backward(int dtype, const uint8_t *where, const void *grad_out, void *grad_in, int64_t N, int64_t H,
+                      int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                      int64_t ph, int64_t pw, int nthreads) {
+    const pool_job job = {dtype, NULL, grad_in, (uint8_t *)where, grad_out, N, H, W, C, OH, OW, kh, kw, sh, sw,
+                          ph, pw};
+    return pool_parallel(&job, 1, nthreads);
+}
+
+
+/* --- Spiking self-attention products -------------------------------------------------------------------
+ * out = scale * Q (K^T V) per head, for spike tensors q, k, v [S][N][D] (S = T * B samples, D = H heads of d
+ * channels, contiguous), without copying the heads apart. With 0/1 operands every partial sum is an integer
+ * (at most N * d, exact in float32 up to 2^24), so any summation order gives the sums of PyTorch's matrix
+ * products exactly, and the scale is then applied as PyTorch applies it (one float32 product). The loops
+ * skip the zeros of Q and K (most of a spike tensor), so the products cost a fraction of a GEMM's work.
+ * The backward pass recomputes K^T V and returns the gradients of q, k and v (float32 arithmetic, rounded
+ * once to the storage type). */
+
+typedef struct {
+    int dtype;
+    const void *q, *k, *v;
+    const float *g; /* backward: gradient of out */
+    float *out;     /* forward */
+    void *dq, *dk, *dv;
+    int64_t S, N, D, H;
+    float scale;
+    int status;
+} attn_job;
+
+/* The places of the nonzeros of x[0..d) (a -0.0 counts as zero, a NaN as nonzero); returns their count.
+ * Spike rows are mostly zeros in no pattern: AVX-512 finds them 32 (16) at a time with one test, and the
+ * scalar loop counts without a branch per element. */
+static inline int64_t nonzeros_16(const uint16_t *x, int64_t d, int32_t *at) {
+    int64_t count = 0, i = 0;
+#if defined(__AVX512BW__)
+    const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+    for (; i + 32 <= d; i += 32)
+        for (uint32_t m = _mm512_test_epi16_mask(_mm512_loadu_si512((const void *)(x + i)), magnitude); m; m &= m - 1)
+            at[count++] = (int32_t)(i + __builtin_ctz(m));
+#endif
+    for (; i < d; ++i) {
+        at[count] = (int32_t)i;
+        count += (x[i] & 0x7FFFu) != 0;
+    }
+    return count;
+}
+
+static inline int64_t nonzeros_32(const float *xf, int64_t d, int32_t *at) {
+    const uint32_t *x = (const uint32_t *)(const void *)xf;
+    int64_t count = 0, i = 0;
+#if defined(__AVX512F__)
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
+    for (; i + 16 <= d; i += 16)
+        for (uint32_t m = _mm512_test_epi32_mask(_mm512_loadu_si512((const void *)(x + i)), magnitude); m; m &= m - 1)
+            at[count++] = (int32_t)(i + __builtin_ctz(m));
+#endif
+    for (; i < d; ++i) {
+        at[count] = (int32_t)i;
+        count += (x[i] & 0x7FFFFFFFu) != 0;
+    }
+    return count;
+}
+
+/* Whether the attention kernel has its vector paths (else PyTorch's products are faster: see cpu.py). */
+int spike_attention_vectorised(void) {
+#if defined(__AVX512BW__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#define ATTN_NONZEROS(NZ, LOAD, x, d, at, val, count)                                                    \
+    do {                                                                                                \
+        count = NZ((x), (d), (at));                                                                     \
+        for (int64_t c_ = 0; c_ < count; ++c_) (val)[c_] = LOAD((x)[(at)[c_]]);                         \
+    } while (0)
+
+/* out[0..d) = sum over c < count of val[c] * rows[at[c]][0..d): the rows picked by a spike row's nonzeros.
+ * The usual head widths get their own copy, whose accumulators the compiler keeps in registers. */
+/* (GCC/Clang vector types: left to itself the compiler vectorises across the picked rows, with gathers.) */
+typedef float attn_v16 __attribute__((vector_size(64)));
+
+#define ATTN_ROWS_FIXED(DD)                                                                              \
+    static void attn_rows_##DD(const float *rows, const int32_t *at, const float *val, int64_t count,   \
+                               float *out) {                                                            \
+        attn_v16 a[DD / 16];                                                                            \
+        for (int u = 0; u < DD / 16; ++u) a[u] = (attn_v16){0};                                         \
+        for (int64_t c = 0; c < count; ++c) {                                                           \
+            const float *r = rows + (int64_t)at[c] * DD;                                                \
+            const float x = val[c];                                                                     \
+            for (int u = 0; u < DD / 16; ++u) {                                                         \
+                attn_v16 ru;                                                                            \
+                memcpy(&ru, r + 16 * u, sizeof ru);                                                     \
+                a[u] += x * ru;                                                                         \
+            }                                                                                           \
+        }                                                                                               \
+        memcpy(out, a, sizeof a);                                                                       \
+    }
+ATTN_ROWS_FIXED(16)
+ATTN_ROWS_FIXED(32)
+ATTN_ROWS_FIXED(64)
+
+static void attn_rows(const float *rows, int64_t d, const int32_t *at, const float *val, int64_t count,
+                      float *out) {
+    if (d == 32) return attn_rows_32(rows, at, val, count, out);
+    if (d == 64) return attn_rows_64(rows, at, val, count, out);
+    if (d == 16) return attn_rows_16(rows, at, val, count, out);
+    for (int64_t j = 0; j < d; ++j) out[j] = 0.0f;
+    for (int64_t c = 0; c < count; ++c) {
+        const float *r = rows + (int64_t)at[c] * d;
+        const float x = val[c];
+        for (int64_t j = 0; j < d; ++j) out[j] += x * r[j];
+    }
+}
+
+/* Per sample: its rows are read whole (all heads of a token side by side), so memory is read in order. */
+#define ATTN_DEFINE(NAME, STOR, LOAD, STORE, NZ)                                                         \
+    /* kv[h][i][j] = sum_n k[n][h d + i] v[n][h d + j] for one sample, every head (d x d, row-major) */ \
+    static void NAME##_attn_kv(const attn_job *p, const STOR *k, const STOR *v, float *kv, float *row,   \
+                               int32_t *at, float *val) {                                               \
+        const int64_t N = p->N, D = p->D, d = p->D / p->H;                                              \
+        memset(kv, 0, (size_t)(p->H * d * d) * sizeof(float));                                          \
+        for (int64_t n = 0; n < N; ++n) {                                                               \
+            for (int64_t j = 0; j < D; ++j) row[j] = LOAD(v[n * D + j]);                                \
+            for (int64_t h = 0; h < p->H; ++h) {                                                        \
+                int64_t count;                                                                          \
+                ATTN_NONZEROS(NZ, LOAD, k + n * D + h * d, d, at, val, count);                          \
+                float *kvh = kv + h * d * d;                                                            \
+                const float *vh = row + h * d;                                                          \
+                for (int64_t c = 0; c < count; ++c) {                                                   \
+                    float *kvi = kvh + at[c] * d;                                                       \
+                    const float ki = val[c];                                                            \
+                    for (int64_t j = 0; j < d; ++j) kvi[j] += ki * vh[j];                               \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_attn_forward(const void *job, int64_t s0, int64_t s1) {                           \
+        const attn_job *p = (const attn_job *)job;                                                      \
+        const int64_t N = p->N, D = p->D, H = p->H, d = p->D / p->H;                                    \
+        float *kv = (float *)malloc((size_t)(H * d * d + D + 2 * d) * sizeof(float) + (size_t)d * sizeof(int32_t)); \
+        if (!kv) {                                                                                      \
+            ((attn_job *)p)->status = -2;                                                               \
+            return;                                                                                     \
+        }                                                                                               \
+        float *row = kv + H * d * d, *acc = row + D, *val = acc + d;                                    \
+        int32_t *at = (int32_t *)(val + d);                                                             \
+        for (int64_t s = s0; s < s1; ++s) {                                                             \
+            const STOR *q = (const STOR *)p->q + s * N * D;                                             \
+            NAME##_attn_kv(p, (const STOR *)p->k + s * N * D, (const STOR *)p->v + s * N * D, kv, row, at, val); \
+            for (int64_t n = 0; n < N; ++n)                                                             \
+                for (int64_t h = 0; h < H; ++h) {                                                       \
+                    int64_t count;                                                                      \
+                    ATTN_NONZEROS(NZ, LOAD, q + n * D + h * d, d, at, val, count);                      \
+                    attn_rows(kv + h * d * d, d, at, val, count, acc);                                  \
+                    float *o = p->out + (s * N + n) * D + h * d;                                        \
+                    for (int64_t j = 0; j < d; ++j) o[j] = acc[j] * p->scale;                           \
+                }                                                                                       \
+        }                                                                                               \
+        free(kv);                                                                                       \
+    }                                                                                                   \
+                                                                                                        \
+    static void NAME##_attn_backward(const void *job, int64_t s0, int64_t s1) {                          \
+        const attn_job *p = (const attn_job *)job;                                                      \
+        const int64_t N = p->N, D = p->D, H = p->H, d = p->D / p->H, hdd = p->H * d * d;                \
+        /* per head: kv, its transpose, d(kv) and its transpose; two rows of D; the nonzeros' places */ \
+        float *kv = (float *)malloc((size_t)(4 * hdd + 2 * D + 2 * d) * sizeof(float)                   \
+                                    + (size_t)(2 * d) * sizeof(int32_t));                               \
+        if (!kv) {                                                                                      \
+            ((attn_job *)p)->status = -2;                                                               \
+            return;                                                                                     \
+        }                                                                                               \
+        float *kvt = kv + hdd, *dkv = kvt + hdd, *dkvt = dkv + hdd;                                     \
+        float *row = dkvt + hdd, *gs = row + D, *acc = gs + D, *val = acc + d;                          \
+        int32_t *at = (int32_t *)(val + d), *every = at + d;                                            \
+        for (int64_t i = 0; i < d; ++i) every[i] = (int32_t)i;                                          \
+        for (int64_t s = s0; s < s1; ++s) {                                                             \
+            const int64_t base = s * N * D;                                                             \
+            const STOR *q = (const STOR *)p->q + base, *k = (const STOR *)p->k + base;                  \
+            const STOR *v = (const STOR *)p->v + base;                                                  \
+            NAME##_attn_kv(p, k, v, kv, row, at, val);                                                  \
+            for (int64_t h = 0; h < H; ++h)                                                             \
+                for (int64_t i = 0; i < d; ++i)                                                         \
+                    for (int64_t j = 0; j < d; ++j) kvt[h * d * d + j * d + i] = kv[h * d * d + i * d + j]; \
+            memset(dkv, 0, (size_t)hdd * sizeof(float));                                                \
+            for (int64_t n = 0; n < N; ++n) {                                                           \
+                const float *gr = p->g + base + n * D;                                                  \
+                for (int64_t j = 0; j < D; ++j) gs[j] = gr[j] * p->scale;                               \
+                for (int64_t h = 0; h < H; ++h) {                                                       \
+                    const float *gh = gs + h * d;                                                       \
+                    if (p->dq) { /* dq[n][i] = sum_j gs[j] kv[i][j], gs dense */                        \
+                        attn_rows(kvt + h * d * d, d, every, gh, d, acc);                               \
+                        STOR *o = (STOR *)p->dq + base + n * D + h * d;                                 \
+                        for (int64_t i = 0; i < d; ++i) o[i] = STORE(acc[i]);                           \
+                    }                                                                                   \
+                    int64_t count; /* dkv[i][j] += q[n][i] gs[j] */                                     \
+                    ATTN_NONZEROS(NZ, LOAD, q + n * D + h * d, d, at, val, count);                      \
+                    for (int64_t c = 0; c < count; ++c) {                                               \
+                        float *r = dkv + h * d * d + at[c] * d;                                         \
+                        const float qi = val[c];                                                        \
+                        for (int64_t j = 0; j < d; ++j) r[j] += qi * gh[j];                             \
+                    }                                                                                   \
+                }                                                                                       \
+            }                                                                                           \
+            for (int64_t h = 0; h < H; ++h)                                                             \
+                for (int64_t i = 0; i < d; ++i)                                                         \
+                    for (int64_t j = 0; j < d; ++j) dkvt[h * d * d + j * d + i] = dkv[h * d * d + i * d + j]; \
+            for (int64_t n = 0; n < N; ++n)                                                             \
+                for (int64_t h = 0; h < H; ++h) {                                                       \
+                    const int64_t off = base + n * D + h * d;                                           \
+                    int64_t count;                                                                      \
+                    if (p->dk) { /* dk[n][i] = sum_j v[n][j] dkv[i][j] */                               \
+                        ATTN_NONZEROS(NZ, LOAD, (const STOR *)p->v + off, d, at, val, count);           \
+                        attn_rows(dkvt + h * d * d, d, at, val, count, acc);                            \
+                        for (int64_t i = 0; i < d; ++i) ((STOR *)p->dk)[off + i] = STORE(acc[i]);       \
+                    }                                                                                   \
+                    if (p->dv) { /* dv[n][j] = sum_i k[n][i] dkv[i][j] */                               \
+                        ATTN_NONZEROS(NZ, LOAD, (const STOR *)p->k + off, d, at, val, count);           \
+                        attn_rows(dkv + h * d * d, d, at, val, count, acc);                             \
+                        for (int64_t j = 0; j < d; ++j) ((STOR *)p->dv)[off + j] = STORE(acc[j]);       \
+                    }                                                                                   \
+                }                                                                                       \
+        }                                                                                               \
+        free(kv);                                                                                       \
+    }
+
+ATTN_DEFINE(attn_f32, float, ID, ID, nonzeros_32)
+ATTN_DEFINE(attn_bf16, uint16_t, bf16_load, bf16_store, nonzeros_16)
+
+static int attn_parallel(attn_job *job, int backward, int nthreads) {
+    if ((job->dtype != LIF_F32 && job->dtype != LIF_BF16) || job->H < 1 || job->D % job->H != 0) return -1;
+    const int bf16 = job->dtype == LIF_BF16;
+    range_fn fn = backward ? (bf16 ? attn_bf16_attn_backward : attn_f32_attn_backward)
+                           : (bf16 ? attn_bf16_attn_forward : attn_f32_attn_forward);
+    job->status = 0;
+    parallel_ranges(fn, job, job->S, job->S * job->N * job->D, 16384, nthreads);
+    return job->status;
+}
+
+/* out [S][N][D] (float32) = scale * Q (K^T V) per head of d = D / H channels. Returns 0, -1 or -2. */
+int spike_attention_forward(int dtype, const void *q, const void *k, const void *v, float *out, int64_t S,
+                            int64_t N, int64_t D, int64_t H, double scale, int nthreads) {
+    attn_job job = {dtype, q, k, v, NULL, out, NULL, NULL, NULL, S, N, D, H, (float)scale, 0};
+    return attn_parallel(&job, 0, nthreads);
+}
+
+/* dq, dk, dv [S][N][D] (each may be NULL) from the gradient g [S][N][D] of spike_attention_forward's out. */
+int spike_attention_backward(int dtype, const void *q, const void *k, const void *v, const float *g, void *dq,
+                             void *dk, void *dv, int64_t S, int64_t N, int64_t D, int64_t H, double scale,
+                             int nthreads) {
+    attn_job job = {dtype, q, k, v, g, NULL, dq, dk, dv, S, N, D, H, (float)scale, 0};
+    return attn_parallel(&job, 1, nthreads);
 }
