@@ -1,7 +1,7 @@
 """bfloat16 training and inference against the bfloat16 floor, step by step in one process.
 
 Usage: python benchmarks/bench_bf16.py [--model spikformer_cifar_4_384] [--train-batch 32] [--infer-batch 64]
-       [--rounds 5] [--threads N] [--no-record]
+       [--rounds 5] [--threads N] [--glibc-defaults] [--no-record]
 
 The floor is ``bench_model.py``'s: the same model's convolutions and matrix products alone (forward, and
 backward to inputs and weights for training), here on bfloat16 spike inputs under bfloat16 autocast. Every
@@ -14,7 +14,12 @@ with ``--threads 1`` the CPU-time ratio is the steadier measure of the same thin
 - ``ours``: the training step as ``spikformer train train.amp=bf16`` runs it (autocast, 1-bit spike storage,
   AdamW ``fused=True``);
 - ``ours, spikes unpacked``: the same with ``model.pack_saved_spikes = False`` (what the 1-bit storage costs);
+- ``ours, PyTorch's SSA products and max-pool``: the same with the C kernels for the attention products and
+  the stem's max-pool turned off (``kernel_on_cpu = False``), i.e. the step before those kernels;
 - inference: ``ours`` (eval, ``inference_mode``) and ``ours, BN folded`` (``model.fuse()``).
+
+The process keeps freed memory as the ``spikformer`` commands do (``spikformer.allocator``); with
+``--glibc-defaults`` it runs on glibc's defaults instead, as an imported library does.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from bench_model import Floor
 from benchutil import markdown_table, record
 
 from spikformer import create_model
+from spikformer.allocator import keep_freed_memory
+from spikformer.layers import SpikingSelfAttention
+from spikformer.memory import SpikeMaxPool2d
 
 
 def training_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
@@ -84,17 +92,24 @@ def main() -> None:
     parser.add_argument("--infer-batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc's malloc as it is")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    kept = False if args.glibc_defaults else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base = create_model(args.model)
     unpacked = copy.deepcopy(base)
     unpacked.pack_saved_spikes = False
+    unfused = copy.deepcopy(base)
+    for module in unfused.modules():
+        if isinstance(module, SpikingSelfAttention | SpikeMaxPool2d):
+            module.kernel_on_cpu = False
     configs: dict[tuple[str, str], Callable[[], None]] = {
         ("train", "ours"): training_step(copy.deepcopy(base), args.train_batch),
         ("train", "ours, spikes unpacked"): training_step(unpacked, args.train_batch),
+        ("train", "ours, PyTorch's SSA products and max-pool"): training_step(unfused, args.train_batch),
         ("train", "floor"): floor_step(copy.deepcopy(base), args.train_batch, train=True),
         ("infer", "ours"): inference_step(copy.deepcopy(base), args.infer_batch),
         ("infer", "ours, BN folded"): inference_step(copy.deepcopy(base).fuse(), args.infer_batch),
@@ -127,7 +142,8 @@ def main() -> None:
               "range over rounds", "CPU s/step", "CPU time vs floor", "range over rounds"]
     table = markdown_table(header, rows)
     notes = [f"`{args.model}`, T={base.T}, bfloat16 autocast, eager, {torch.get_num_threads()} threads; "
-             f"{args.rounds} rounds after a warm-up, one step of each configuration per round, in turn."]
+             f"{args.rounds} rounds after a warm-up, one step of each configuration per round, in turn; "
+             f"freed memory {'kept in the process (as the commands do)' if kept else 'returned (glibc defaults)'}."]
     if args.no_record:
         print(table)
         print(*notes)

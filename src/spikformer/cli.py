@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spikformer: error: choose a command: {', '.join(COMMANDS)} (spikformer --help says what each "
               f"does)", file=sys.stderr)
         return 2
+    from .allocator import keep_freed_memory_unless_disabled
     from .train import NonFiniteLossError, TrainingInterrupted
 
+    keep_freed_memory_unless_disabled()  # our own process: no page faults for every step's tensors
     try:
         with console_logging():
             return int(args.func(args) or 0)

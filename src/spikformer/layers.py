@@ -205,6 +205,10 @@ class SpikingSelfAttention(nn.Module):
     paper's DVS128 Gesture variant; see ``token_max_pool``).
     """
 
+    # On the CPU the products run on the C kernel where it applies (scaled_spike_attention); benchmarks/
+    # bench_bf16.py turns it off per module to measure PyTorch's products side by side.
+    kernel_on_cpu: bool = True
+
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool, scale: float, attn_threshold: float = 0.5,
         neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None, qk_pool: int = 0,
@@ -238,7 +242,8 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = self.pool_qk(q, k)
-        return self.proj(self.attn_lif(scaled_spike_attention(q, k, v, self.num_heads, self.scale)))
+        out = scaled_spike_attention(q, k, v, self.num_heads, self.scale, use_kernel=self.kernel_on_cpu)
+        return self.proj(self.attn_lif(out))
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -248,11 +253,11 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def scaled_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-                           scale: float) -> torch.Tensor:
+                           scale: float, use_kernel: bool = True) -> torch.Tensor:
     """``(Q K^T) V * scale`` per head of the spike tensors ``[T, B, N, D]``, as ``[T, B, N, D]``: the input of the
     attention neuron. :func:`spike_attention` on the split heads, or where it applies the CPU kernel
-    (:class:`_SpikeAttentionKernel`), which gives the same values bit for bit."""
-    if _attention_kernel_applies(q, k, v, num_heads):
+    (:class:`_SpikeAttentionKernel`, unless ``use_kernel`` is false), which gives the same values bit for bit."""
+    if use_kernel and _attention_kernel_applies(q, k, v, num_heads):
         return _SpikeAttentionKernel.apply(q, k, v, num_heads, float(scale))
     T, B, N, D = q.shape
     out = spike_attention(*(split_heads(t, num_heads) for t in (q, k, v)))  # [T, B, h, N, d], integers

@@ -249,12 +249,15 @@ class SpikeMaxPool2d(nn.MaxPool2d):
     LIF is a spike map stored at 1 bit per element. Falls back to the built-in pooling for options neither
     covers (dilation, ceil mode, returned indices) and outside :func:`plain_eager` execution."""
 
+    # benchmarks/bench_bf16.py turns the C kernel off per module to measure PyTorch's pooling side by side
+    kernel_on_cpu: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_indices or self.ceil_mode or self.dilation not in (1, (1, 1)) or not plain_eager():
             return super().forward(x)
         kernel, stride, padding = _pair(self.kernel_size), _pair(self.stride or self.kernel_size), _pair(self.padding)
         training = torch.is_grad_enabled() and x.requires_grad
-        if _kernel_pools(x, kernel):
+        if self.kernel_on_cpu and _kernel_pools(x, kernel):
             if training:
                 return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
             from .kernels import cpu
