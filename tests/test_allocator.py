@@ -12,32 +12,39 @@ import pytest
 
 from spikformer import allocator, cli
 
-FAULTS_OF_A_REALLOCATION = textwrap.dedent("""
+FAULTS_PER_STEP = textwrap.dedent("""
     import resource, sys, torch
     from spikformer import allocator
     if sys.argv[1] == "keep":
         assert allocator.keep_freed_memory()
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(2):  # a step's activation: 48 MiB, above any threshold glibc would pick itself
+    per_step = []
+    for _ in range(12):  # a "step": activations of 48 and 12 MiB, above any threshold glibc would pick
         before = faults()
-        torch.empty(12 << 20).fill_(1.0)  # allocated, touched, freed
-        used = faults() - before
-    print(used)
+        a = torch.empty(12 << 20).fill_(1.0)
+        b = torch.empty(3 << 20).fill_(1.0)
+        del a
+        c = torch.empty(12 << 20).fill_(1.0)
+        del b, c
+        per_step.append(faults() - before)
+    print(*per_step)
 """)
 
 
-def page_faults_of_the_second_allocation(mode: str) -> int:
-    result = subprocess.run([sys.executable, "-c", FAULTS_OF_A_REALLOCATION, mode], capture_output=True, text=True,
+def page_faults_per_step(mode: str) -> list[int]:
+    result = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, mode], capture_output=True, text=True,
                             check=True, timeout=120)
-    return int(result.stdout.split()[-1])
+    return [int(n) for n in result.stdout.split()]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_kept_memory_serves_a_steps_buffers_again_without_page_faults():
-    defaults, kept = page_faults_of_the_second_allocation("defaults"), page_faults_of_the_second_allocation("keep")
-    assert defaults > 10_000  # 48 MiB of fresh 4 KiB pages, every time
-    assert kept < 100
+    defaults, kept = page_faults_per_step("defaults"), page_faults_per_step("keep")
+    assert min(defaults[-4:]) > 10_000  # 48 MiB of fresh 4 KiB pages, every step
+    # kept: the first steps grow the heap (PyTorch's 64-byte aligned requests take a few steps to fit into
+    # freed buffers), then the buffers are reused
+    assert max(kept[-4:]) < 100
 
 
 def test_every_command_keeps_freed_memory_unless_switched_off(monkeypatch, capsys):

@@ -63,9 +63,9 @@ def operands(monkeypatch):
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     original = layers.scaled_spike_attention
 
-    def recording(q, k, v, num_heads, scale):
+    def recording(q, k, v, num_heads, scale, **options):
         seen.append(tuple(layers.split_heads(t, num_heads) for t in (q, k, v)))
-        return original(q, k, v, num_heads, scale)
+        return original(q, k, v, num_heads, scale, **options)
 
     monkeypatch.setattr(layers, "scaled_spike_attention", recording)
     return seen

@@ -44,9 +44,9 @@ def test_q_and_k_are_pooled_and_v_is_not(monkeypatch):
 
     seen, original = [], layers.scaled_spike_attention
 
-    def recording(q, k, v, num_heads, scale):
+    def recording(q, k, v, num_heads, scale, **options):
         seen.append((q, k, v))
-        return original(q, k, v, num_heads, scale)
+        return original(q, k, v, num_heads, scale, **options)
 
     monkeypatch.setattr(layers, "scaled_spike_attention", recording)
     x = torch.randint(0, 3, (2, 2, 9, 16)).float()
