@@ -256,7 +256,8 @@ def scaled_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nu
                            scale: float, use_kernel: bool = True) -> torch.Tensor:
     """``(Q K^T) V * scale`` per head of the spike tensors ``[T, B, N, D]``, as ``[T, B, N, D]``: the input of the
     attention neuron. :func:`spike_attention` on the split heads, or where it applies the CPU kernel
-    (:class:`_SpikeAttentionKernel`, unless ``use_kernel`` is false), which gives the same values bit for bit."""
+    (:class:`_SpikeAttentionKernel`, unless ``use_kernel`` is false), which gives the same values bit for bit
+    on 0/1 operands (and on any small integers: every sum is exact); on other values, to float rounding."""
     if use_kernel and _attention_kernel_applies(q, k, v, num_heads):
         return _SpikeAttentionKernel.apply(q, k, v, num_heads, float(scale))
     T, B, N, D = q.shape
