@@ -394,6 +394,54 @@ BNLIF_DEFINE(lif_bf16, uint16_t, float, bf16_load, bf16_store, ID, lif_expf)
 BNLIF_DEFINE(lif_f16, _Float16, float, F16_LOAD, F16_STORE, ID, lif_expf)
 #endif
 
+/* --- work split over threads ---------------------------------------------------------------------
+ * [0, n) in `tasks` equal chunks (rounded up to a multiple of `align` items), the calling thread taking
+ * the first; a thread that cannot be started has its share done by the caller. fn gets its task's index,
+ * so that sums can be kept per task and added in task order: results never depend on scheduling. */
+
+typedef void (*range_fn)(const void *ctx, int64_t i0, int64_t i1, int task);
+
+typedef struct {
+    range_fn fn;
+    const void *ctx;
+    int64_t i0, i1;
+    int task;
+} range_task;
+
+static void *range_run(void *arg) {
+    const range_task *t = (const range_task *)arg;
+    if (t->i0 < t->i1) t->fn(t->ctx, t->i0, t->i1, t->task);
+    return NULL;
+}
+
+/* How many tasks: at most nthreads and n, each with at least min_work of `work`, and at least one. */
+static int task_count(int64_t n, int64_t work, int64_t min_work, int nthreads) {
+    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
+    if ((int64_t)nthreads * min_work > work) nthreads = (int)(work / min_work);
+    if (nthreads > n) nthreads = (int)n;
+    return nthreads < 1 ? 1 : nthreads;
+}
+
+static void parallel_ranges(range_fn fn, const void *ctx, int64_t n, int64_t align, int tasks) {
+    range_task task[LIF_MAX_THREADS];
+    pthread_t threads[LIF_MAX_THREADS];
+    int started[LIF_MAX_THREADS];
+    const int64_t chunk = ((n + tasks - 1) / tasks + align - 1) / align * align;
+    for (int k = 0; k < tasks; ++k) {
+        const int64_t i0 = (int64_t)k * chunk, i1 = i0 + chunk;
+        task[k] = (range_task){fn, ctx, i0 < n ? i0 : n, i1 < n ? i1 : n, k};
+        started[k] = 0;
+    }
+    for (int k = 1; k < tasks; ++k) started[k] = pthread_create(&threads[k], NULL, range_run, &task[k]) == 0;
+    range_run(&task[0]);
+    for (int k = 1; k < tasks; ++k) {
+        if (started[k])
+            pthread_join(threads[k], NULL);
+        else
+            range_run(&task[k]);
+    }
+}
+
 /* --- dispatch and threads ------------------------------------------------------------------------ */
 
 static size_t compute_size(int dtype) { return dtype == LIF_F64 ? sizeof(double) : sizeof(float); }
@@ -429,51 +477,21 @@ static void run_range(lif_job *job, int backward, int64_t i0, int64_t i1) {
     free(hbuf);
 }
 
-typedef struct {
-    lif_job *job;
-    int backward;
-    int64_t i0, i1;
-} lif_task;
-
-static void *run_task(void *arg) {
-    lif_task *task = (lif_task *)arg;
-    run_range(task->job, task->backward, task->i0, task->i1);
-    return NULL;
+static void lif_forward_range(const void *job, int64_t i0, int64_t i1, int task) {
+    (void)task;
+    run_range((lif_job *)job, 0, i0, i1);
 }
 
-/* Split [0, M) into nthreads chunks aligned to 64 elements, so that no two threads share a cache line. */
+static void lif_backward_range(const void *job, int64_t i0, int64_t i1, int task) {
+    (void)task;
+    run_range((lif_job *)job, 1, i0, i1);
+}
+
+/* Split [0, M) into chunks aligned to 64 elements, so that no two threads share a cache line. */
 static int run_parallel(lif_job *job, int backward, int nthreads) {
-    const int64_t M = job->M;
-    const int64_t min_per_thread = 16384;
-    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
-    if ((int64_t)nthreads * min_per_thread > M * job->T) nthreads = (int)(M * job->T / min_per_thread);
-    if (nthreads < 1) nthreads = 1;
     job->status = 0;
-    if (nthreads == 1) {
-        run_range(job, backward, 0, M);
-        return job->status;
-    }
-    lif_task tasks[LIF_MAX_THREADS];
-    pthread_t threads[LIF_MAX_THREADS];
-    int started[LIF_MAX_THREADS];
-    const int64_t chunk = ((M + nthreads - 1) / nthreads + 63) / 64 * 64;
-    for (int k = 0; k < nthreads; ++k) {
-        int64_t i0 = (int64_t)k * chunk, i1 = i0 + chunk;
-        tasks[k].job = job;
-        tasks[k].backward = backward;
-        tasks[k].i0 = i0 < M ? i0 : M;
-        tasks[k].i1 = i1 < M ? i1 : M;
-        started[k] = 0;
-    }
-    for (int k = 1; k < nthreads; ++k)
-        started[k] = pthread_create(&threads[k], NULL, run_task, &tasks[k]) == 0;
-    run_task(&tasks[0]);
-    for (int k = 1; k < nthreads; ++k) {
-        if (started[k])
-            pthread_join(threads[k], NULL);
-        else
-            run_task(&tasks[k]); /* could not start a thread: do its share here */
-    }
+    parallel_ranges(backward ? lif_backward_range : lif_forward_range, job, job->M, 64,
+                    task_count(job->M, job->M * job->T, 16384, nthreads));
     return job->status;
 }
 
@@ -555,51 +573,34 @@ static void bn_run(bn_task *task) {
     free(hbuf);
 }
 
-static void *bn_run_thread(void *arg) {
-    bn_run((bn_task *)arg);
-    return NULL;
+typedef struct {
+    bn_job *job;
+    int kind;
+    double *sums; /* [tasks][2][C] (backward, statistics), or NULL */
+} bn_call;
+
+static void bn_range(const void *ctx, int64_t r0, int64_t r1, int task) {
+    const bn_call *call = (const bn_call *)ctx;
+    bn_task t = {call->job, call->kind, r0, r1, call->sums ? call->sums + (size_t)task * 2 * call->job->C : NULL};
+    bn_run(&t);
 }
 
 /* Rows split over threads; for the backward pass and the statistics each thread sums into its own [2][C]
  * buffer and the buffers are added in thread order, so the result does not depend on scheduling. */
 static int bn_parallel(bn_job *job, int kind, int nthreads, double *sums_out) {
-    const int64_t R = job->R, work = job->R * job->L * job->T, min_per_thread = 16384;
-    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
-    if ((int64_t)nthreads * min_per_thread > work) nthreads = (int)(work / min_per_thread);
-    if (nthreads > R) nthreads = (int)R;
-    if (nthreads < 1) nthreads = 1;
+    const int tasks = task_count(job->R, job->R * job->L * job->T, 16384, nthreads);
     job->status = 0;
     double *sums = NULL;
     if (kind == BN_BACKWARD || kind == BN_STATS_SUM || kind == BN_STATS_SQUARES) {
-        sums = (double *)calloc((size_t)nthreads * 2 * job->C, sizeof(double));
+        sums = (double *)calloc((size_t)tasks * 2 * job->C, sizeof(double));
         if (!sums) return -2;
     }
-    bn_task tasks[LIF_MAX_THREADS];
-    pthread_t threads[LIF_MAX_THREADS];
-    int started[LIF_MAX_THREADS];
-    const int64_t chunk = (R + nthreads - 1) / nthreads;
-    for (int k = 0; k < nthreads; ++k) {
-        int64_t r0 = (int64_t)k * chunk, r1 = r0 + chunk;
-        tasks[k].job = job;
-        tasks[k].kind = kind;
-        tasks[k].r0 = r0 < R ? r0 : R;
-        tasks[k].r1 = r1 < R ? r1 : R;
-        tasks[k].sums = sums ? sums + (size_t)k * 2 * job->C : NULL;
-        started[k] = 0;
-    }
-    for (int k = 1; k < nthreads; ++k)
-        started[k] = pthread_create(&threads[k], NULL, bn_run_thread, &tasks[k]) == 0;
-    bn_run(&tasks[0]);
-    for (int k = 1; k < nthreads; ++k) {
-        if (started[k])
-            pthread_join(threads[k], NULL);
-        else
-            bn_run(&tasks[k]);
-    }
+    const bn_call call = {job, kind, sums};
+    parallel_ranges(bn_range, &call, job->R, 1, tasks);
     if (sums) {
         for (int64_t i = 0; i < 2 * job->C; ++i) {
             double total = 0.0;
-            for (int k = 0; k < nthreads; ++k) total += sums[(size_t)k * 2 * job->C + i];
+            for (int k = 0; k < tasks; ++k) total += sums[(size_t)k * 2 * job->C + i];
             sums_out[i] = total;
         }
         free(sums);
@@ -901,62 +902,23 @@ typedef struct {
 POOL_DEFINE(pool_f32, float, ID, ID)
 POOL_DEFINE(pool_bf16, uint16_t, bf16_load, bf16_store)
 
-/* --- work split over threads: [0, n) in equal chunks, the calling thread taking the first --------------- */
-
-typedef void (*range_fn)(const void *ctx, int64_t i0, int64_t i1);
-
-typedef struct {
-    range_fn fn;
-    const void *ctx;
-    int64_t i0, i1;
-} range_task;
-
-static void *range_run(void *arg) {
-    const range_task *t = (const range_task *)arg;
-    if (t->i0 < t->i1) t->fn(t->ctx, t->i0, t->i1);
-    return NULL;
-}
-
-/* nthreads is capped so that every thread gets at least min_work of `work` (and one item of n). */
-static void parallel_ranges(range_fn fn, const void *ctx, int64_t n, int64_t work, int64_t min_work, int nthreads) {
-    if (nthreads > LIF_MAX_THREADS) nthreads = LIF_MAX_THREADS;
-    if ((int64_t)nthreads * min_work > work) nthreads = (int)(work / min_work);
-    if (nthreads > n) nthreads = (int)n;
-    if (nthreads < 1) nthreads = 1;
-    range_task tasks[LIF_MAX_THREADS];
-    pthread_t threads[LIF_MAX_THREADS];
-    int started[LIF_MAX_THREADS];
-    const int64_t chunk = (n + nthreads - 1) / nthreads;
-    for (int k = 0; k < nthreads; ++k) {
-        const int64_t i0 = (int64_t)k * chunk, i1 = i0 + chunk;
-        tasks[k] = (range_task){fn, ctx, i0 < n ? i0 : n, i1 < n ? i1 : n};
-        started[k] = 0;
-    }
-    for (int k = 1; k < nthreads; ++k) started[k] = pthread_create(&threads[k], NULL, range_run, &tasks[k]) == 0;
-    range_run(&tasks[0]);
-    for (int k = 1; k < nthreads; ++k) {
-        if (started[k])
-            pthread_join(threads[k], NULL);
-        else
-            range_run(&tasks[k]); /* could not start a thread: do its share here */
-    }
-}
-
-static void pool_forward_range(const void *job, int64_t n0, int64_t n1) {
+static void pool_forward_range(const void *job, int64_t n0, int64_t n1, int task) {
     const pool_job *p = (const pool_job *)job;
+    (void)task;
     (p->dtype == LIF_BF16 ? pool_bf16_pool_forward : pool_f32_pool_forward)(p, n0, n1);
 }
 
-static void pool_backward_range(const void *job, int64_t n0, int64_t n1) {
+static void pool_backward_range(const void *job, int64_t n0, int64_t n1, int task) {
     const pool_job *p = (const pool_job *)job;
+    (void)task;
     (p->dtype == LIF_BF16 ? pool_bf16_pool_backward : pool_f32_pool_backward)(p, n0, n1);
 }
 
 static int pool_parallel(const pool_job *job, int backward, int nthreads) {
     if (job->dtype != LIF_F32 && job->dtype != LIF_BF16) return -1;
     if (job->kh * job->kw > 255) return -3;
-    parallel_ranges(backward ? pool_backward_range : pool_forward_range, job, job->N,
-                    job->N * job->H * job->W * job->C, 16384, nthreads);
+    parallel_ranges(backward ? pool_backward_range : pool_forward_range, job, job->N, 1,
+                    task_count(job->N, job->N * job->H * job->W * job->C, 16384, nthreads));
     return 0;
 }
 
@@ -1109,8 +1071,9 @@ static void attn_rows(const float *rows, int64_t d, const int32_t *at, const flo
         }                                                                                               \
     }                                                                                                   \
                                                                                                         \
-    static void NAME##_attn_forward(const void *job, int64_t s0, int64_t s1) {                           \
+    static void NAME##_attn_forward(const void *job, int64_t s0, int64_t s1, int task) {                           \
         const attn_job *p = (const attn_job *)job;                                                      \
+        (void)task;                                                                                     \
         const int64_t N = p->N, D = p->D, H = p->H, d = p->D / p->H;                                    \
         float *kv = (float *)malloc((size_t)(H * d * d + D + 2 * d) * sizeof(float) + (size_t)d * sizeof(int32_t)); \
         if (!kv) {                                                                                      \
@@ -1134,8 +1097,9 @@ static void attn_rows(const float *rows, int64_t d, const int32_t *at, const flo
         free(kv);                                                                                       \
     }                                                                                                   \
                                                                                                         \
-    static void NAME##_attn_backward(const void *job, int64_t s0, int64_t s1) {                          \
+    static void NAME##_attn_backward(const void *job, int64_t s0, int64_t s1, int task) {                          \
         const attn_job *p = (const attn_job *)job;                                                      \
+        (void)task;                                                                                     \
         const int64_t N = p->N, D = p->D, H = p->H, d = p->D / p->H, hdd = p->H * d * d;                \
         /* per head: kv, its transpose, d(kv) and its transpose; two rows of D; the nonzeros' places */ \
         float *kv = (float *)malloc((size_t)(4 * hdd + 2 * D + 2 * d) * sizeof(float)                   \
@@ -1207,7 +1171,7 @@ static int attn_parallel(attn_job *job, int backward, int nthreads) {
     range_fn fn = backward ? (bf16 ? attn_bf16_attn_backward : attn_f32_attn_backward)
                            : (bf16 ? attn_bf16_attn_forward : attn_f32_attn_forward);
     job->status = 0;
-    parallel_ranges(fn, job, job->S, job->S * job->N * job->D, 16384, nthreads);
+    parallel_ranges(fn, job, job->S, 1, task_count(job->S, job->S * job->N * job->D, 16384, nthreads));
     return job->status;
 }
 
