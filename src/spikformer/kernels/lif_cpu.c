@@ -979,8 +979,7 @@ static inline int64_t nonzeros_16(const uint16_t *x, int64_t d, int32_t *at) {
     return count;
 }
 
-static inline int64_t nonzeros_32(const float *xf, int64_t d, int32_t *at) {
-    const uint32_t *x = (const uint32_t *)(const void *)xf;
+static inline int64_t nonzeros_32(const float *x, int64_t d, int32_t *at) {
     int64_t count = 0, i = 0;
 #if defined(__AVX512F__)
     const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF);
@@ -990,7 +989,7 @@ static inline int64_t nonzeros_32(const float *xf, int64_t d, int32_t *at) {
 #endif
     for (; i < d; ++i) {
         at[count] = (int32_t)i;
-        count += (x[i] & 0x7FFFFFFFu) != 0;
+        count += x[i] != 0.0f; /* a NaN counts (it is unequal to everything), a -0.0 does not */
     }
     return count;
 }
