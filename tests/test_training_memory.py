@@ -189,6 +189,16 @@ def test_spike_max_pool_gives_the_built_in_outputs_and_gradients_bit_for_bit(dty
         assert [t.dtype for t in saved_b] == [dtype]
 
 
+@pytest.mark.parametrize("options", [dict(kernel_size=3, padding=2), dict(kernel_size=5, stride=2)])
+def test_spike_max_pool_refuses_what_the_built_in_refuses_with_its_message(options):
+    x = torch.rand(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with pytest.raises(RuntimeError) as builtin:
+        nn.MaxPool2d(**options)(x)
+    with pytest.raises(RuntimeError) as ours:
+        memory.SpikeMaxPool2d(**options)(x)
+    assert str(ours.value) == str(builtin.value)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_spike_max_pool_kernel_splits_images_over_threads_without_changing_a_bit(threads):
     x = (torch.rand(7, 16, 20, 20) < 0.2).contiguous(memory_format=torch.channels_last)

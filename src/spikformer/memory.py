@@ -232,12 +232,16 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         return cpu.max_pool_backward(places, grad_out, *ctx.config), None, None, None
 
 
-def _kernel_pools(x: torch.Tensor, kernel_size: list[int]) -> bool:
-    if x.device.type != "cpu":
+def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int]) -> bool:
+    """Whether the C kernel pools ``x``: a map it takes, with options PyTorch accepts for it (anything else
+    goes to PyTorch, whose own error then says what is wrong)."""
+    if x.device.type != "cpu" or x.ndim != 4:
+        return False
+    if any(2 * p > k or s < 1 or size + 2 * p < k for k, s, p, size in zip(kernel, stride, padding, x.shape[2:])):
         return False
     from .kernels import cpu
 
-    return cpu.max_pool_applies(x, kernel_size)
+    return cpu.max_pool_applies(x, kernel)
 
 
 class SpikeMaxPool2d(nn.MaxPool2d):
@@ -257,7 +261,7 @@ class SpikeMaxPool2d(nn.MaxPool2d):
             return super().forward(x)
         kernel, stride, padding = _pair(self.kernel_size), _pair(self.stride or self.kernel_size), _pair(self.padding)
         training = torch.is_grad_enabled() and x.requires_grad
-        if self.kernel_on_cpu and _kernel_pools(x, kernel):
+        if self.kernel_on_cpu and _kernel_pools(x, kernel, stride, padding):
             if training:
                 return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
             from .kernels import cpu
