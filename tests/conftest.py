@@ -13,6 +13,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The commands tune glibc's malloc of their process (spikformer.allocator). Tests call them inside the test
+# process, which must keep glibc's defaults for the tests after them (the memory soak reads the resident
+# set): the allocator's own tests switch it on where they measure it.
+os.environ.setdefault("SPIKFORMER_KEEP_FREED_MEMORY", "0")
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

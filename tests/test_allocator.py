@@ -50,6 +50,7 @@ def test_kept_memory_serves_a_steps_buffers_again_without_page_faults():
 def test_every_command_keeps_freed_memory_unless_switched_off(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)  # (conftest switches it off for the test process)
     assert cli.main(["configs"]) == 0
     assert calls == [True]
     monkeypatch.setenv(allocator.ENV_SWITCH, "0")
