@@ -3,8 +3,9 @@
 glibc's ``malloc`` serves buffers above its mmap threshold (at most 32 MiB, adjusted as it goes) with fresh
 pages from the kernel and unmaps them when freed, and trims the heap's free top beyond its trim threshold;
 PyTorch's CPU allocator calls ``malloc`` for every tensor. A training step of ``spikformer_cifar_4_384`` at
-batch 32 allocates its activations afresh every step, and so took 40,000 to 125,000 page faults a step,
-about 8% of its CPU time (docs/performance.md, "The CPU allocator"). :func:`keep_freed_memory` raises
+batch 32 allocates its activations afresh every step, and so takes about 40,000 page faults a step
+(1 to 5% of its CPU time; docs/performance.md, "The CPU allocator", measured by
+benchmarks/bench_cpu_kernels.py). :func:`keep_freed_memory` raises
 both thresholds, so freed buffers are reused: the resident set stays at the step's peak instead of
 following its allocations down and up again.
 

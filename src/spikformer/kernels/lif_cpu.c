@@ -839,37 +839,43 @@ typedef struct {
         STOR *out = (STOR *)p->out;                                                                     \
         const int64_t H = p->H, W = p->W, C = p->C;                                                     \
         float m[LIF_BLOCK];                                                                             \
-        STOR raw[LIF_BLOCK];                                                                            \
-        uint8_t at[LIF_BLOCK];                                                                          \
+        int32_t at[LIF_BLOCK]; /* (int32 lanes beside the float ones: the loop stays one vector width) */\
         for (int64_t n = n0; n < n1; ++n)                                                               \
             for (int64_t oh = 0; oh < p->OH; ++oh)                                                      \
                 for (int64_t ow = 0; ow < p->OW; ++ow) {                                                \
                     const int64_t a = oh * p->sh - p->ph, b = ow * p->sw - p->pw;                       \
-                    const int64_t h1 = a + p->kh < H ? a + p->kh : H, w1 = b + p->kw < W ? b + p->kw : W; \
+                    const int64_t h1 = a + p->kh < H ? a + p->kh : H, w1 = b + p->kw < W ? b + p->kw : W;\
                     const int64_t o = ((n * p->OH + oh) * p->OW + ow) * C;                              \
                     /* an all -inf window keeps its first element, as PyTorch's */                      \
-                    const uint8_t first = (uint8_t)(((a < 0 ? 0 : a) - a) * p->kw + ((b < 0 ? 0 : b) - b)); \
+                    const int32_t first = (int32_t)(((a < 0 ? 0 : a) - a) * p->kw + ((b < 0 ? 0 : b) - b));\
                     for (int64_t c0 = 0; c0 < C; c0 += LIF_BLOCK) {                                     \
                         const int64_t nc = C - c0 < LIF_BLOCK ? C - c0 : LIF_BLOCK;                     \
                         for (int64_t j = 0; j < nc; ++j) {                                              \
                             m[j] = -INFINITY;                                                           \
-                            raw[j] = STORE(-INFINITY);                                                  \
                             at[j] = first;                                                              \
                         }                                                                               \
                         for (int64_t ih = a < 0 ? 0 : a; ih < h1; ++ih)                                 \
                             for (int64_t iw = b < 0 ? 0 : b; iw < w1; ++iw) {                           \
                                 const STOR *xp = x + ((n * H + ih) * W + iw) * C + c0;                  \
-                                const uint8_t place = (uint8_t)((ih - a) * p->kw + (iw - b));           \
+                                if (!p->where) { /* inference: the values alone */                      \
+                                    for (int64_t j = 0; j < nc; ++j) {                                  \
+                                        const float v = LOAD(xp[j]);                                    \
+                                        m[j] = v > m[j] || v != v ? v : m[j];                           \
+                                    }                                                                   \
+                                    continue;                                                           \
+                                }                                                                       \
+                                const int32_t place = (int32_t)((ih - a) * p->kw + (iw - b));           \
                                 for (int64_t j = 0; j < nc; ++j) {                                      \
                                     const float v = LOAD(xp[j]);                                        \
                                     const int take = v > m[j] || v != v;                                \
                                     m[j] = take ? v : m[j];                                             \
-                                    raw[j] = take ? xp[j] : raw[j];                                     \
                                     at[j] = take ? place : at[j];                                       \
                                 }                                                                       \
                             }                                                                           \
-                        memcpy((STOR *)out + o + c0, raw, (size_t)nc * sizeof(STOR));                   \
-                        if (p->where) memcpy(p->where + o + c0, at, (size_t)nc);                        \
+                        /* the maximum is an input value (a NaN may come back as the canonical one) */  \
+                        for (int64_t j = 0; j < nc; ++j) out[o + c0 + j] = STORE(m[j]);                 \
+                        if (p->where)                                                                   \
+                            for (int64_t j = 0; j < nc; ++j) p->where[o + c0 + j] = (uint8_t)at[j];     \
                     }                                                                                   \
                 }                                                                                       \
     }                                                                                                   \
