@@ -1,7 +1,11 @@
 """bfloat16 training and inference against the bfloat16 floor, step by step in one process.
 
 Usage: python benchmarks/bench_bf16.py [--model spikformer_cifar_4_384] [--train-batch 32] [--infer-batch 64]
-       [--rounds 5] [--threads N] [--glibc-defaults] [--no-record]
+       [--rounds 5] [--threads N] [--amp bf16|off] [--glibc-defaults] [--no-record]
+
+``--amp off`` runs every configuration, the floor included, in float32 instead: what an AVX2-only machine
+runs (``amp=auto`` keeps float32 there), and with the environment of docs/performance.md ("AVX2") this
+machine runs as one.
 
 The floor is ``bench_model.py``'s: the same model's convolutions and matrix products alone (forward, and
 backward to inputs and weights for training), here on bfloat16 spike inputs under bfloat16 autocast. Every
@@ -39,16 +43,21 @@ from spikformer import create_model
 from spikformer.allocator import keep_freed_memory
 from spikformer.layers import SpikingSelfAttention
 from spikformer.memory import SpikeMaxPool2d
+from spikformer.train.engine import autocast
+
+CPU = torch.device("cpu")
 
 
-def training_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
+def training_step(model: torch.nn.Module, batch: int, dtype: torch.dtype | None = torch.bfloat16
+                  ) -> Callable[[], None]:
+    """One training step as ``spikformer train`` runs it, under ``dtype`` autocast (None: float32)."""
     x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
     y = torch.randint(0, model.num_classes, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     model.train()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(CPU, dtype):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
@@ -57,29 +66,31 @@ def training_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
     return step
 
 
-def inference_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
+def inference_step(model: torch.nn.Module, batch: int, dtype: torch.dtype | None = torch.bfloat16
+                   ) -> Callable[[], None]:
     x = torch.randn(batch, model.in_chans, model.img_size, model.img_size)
     model.eval()
 
     def step() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), autocast(CPU, dtype):
             model(x)
 
     return step
 
 
-def floor_step(model: torch.nn.Module, batch: int, train: bool) -> Callable[[], None]:
-    net = Floor(model, batch, model.img_size, torch.device("cpu"), torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def floor_step(model: torch.nn.Module, batch: int, train: bool, dtype: torch.dtype | None = torch.bfloat16
+               ) -> Callable[[], None]:
+    net = Floor(model, batch, model.img_size, CPU, dtype or torch.float32)
+    with autocast(CPU, dtype):
         grads = [torch.randn_like(o) for o in net()]
 
     def step() -> None:
         if train:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(CPU, dtype):
                 outs = net()
             torch.autograd.backward(outs, grads)
         else:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.inference_mode(), autocast(CPU, dtype):
                 net()
 
     return step
@@ -92,12 +103,14 @@ def main() -> None:
     parser.add_argument("--infer-batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--amp", choices=("bf16", "off"), default="bf16", help="off: float32 throughout")
     parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc's malloc as it is")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     kept = False if args.glibc_defaults else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.amp == "bf16" else None
     torch.manual_seed(0)
     base = create_model(args.model)
     unpacked = copy.deepcopy(base)
@@ -107,13 +120,13 @@ def main() -> None:
         if isinstance(module, SpikingSelfAttention | SpikeMaxPool2d):
             module.kernel_on_cpu = False
     configs: dict[tuple[str, str], Callable[[], None]] = {
-        ("train", "ours"): training_step(copy.deepcopy(base), args.train_batch),
-        ("train", "ours, spikes unpacked"): training_step(unpacked, args.train_batch),
-        ("train", "ours, PyTorch's SSA products and max-pool"): training_step(unfused, args.train_batch),
-        ("train", "floor"): floor_step(copy.deepcopy(base), args.train_batch, train=True),
-        ("infer", "ours"): inference_step(copy.deepcopy(base), args.infer_batch),
-        ("infer", "ours, BN folded"): inference_step(copy.deepcopy(base).fuse(), args.infer_batch),
-        ("infer", "floor"): floor_step(copy.deepcopy(base), args.infer_batch, train=False),
+        ("train", "ours"): training_step(copy.deepcopy(base), args.train_batch, dtype),
+        ("train", "ours, spikes unpacked"): training_step(unpacked, args.train_batch, dtype),
+        ("train", "ours, PyTorch's SSA products and max-pool"): training_step(unfused, args.train_batch, dtype),
+        ("train", "floor"): floor_step(copy.deepcopy(base), args.train_batch, True, dtype),
+        ("infer", "ours"): inference_step(copy.deepcopy(base), args.infer_batch, dtype),
+        ("infer", "ours, BN folded"): inference_step(copy.deepcopy(base).fuse(), args.infer_batch, dtype),
+        ("infer", "floor"): floor_step(copy.deepcopy(base), args.infer_batch, False, dtype),
     }
     for step in configs.values():
         step()  # warm-up: kernel builds, oneDNN primitive caches, AdamW state
@@ -141,14 +154,15 @@ def main() -> None:
     header = ["mode", "path", "batch", "s/step (median)", "images/s", "time vs floor (median of rounds)",
               "range over rounds", "CPU s/step", "CPU time vs floor", "range over rounds"]
     table = markdown_table(header, rows)
-    notes = [f"`{args.model}`, T={base.T}, bfloat16 autocast, eager, {torch.get_num_threads()} threads; "
+    precision = "bfloat16 autocast" if dtype else "float32"
+    notes = [f"`{args.model}`, T={base.T}, {precision}, eager, {torch.get_num_threads()} threads; "
              f"{args.rounds} rounds after a warm-up, one step of each configuration per round, in turn; "
              f"freed memory {'kept in the process (as the commands do)' if kept else 'returned (glibc defaults)'}."]
     if args.no_record:
         print(table)
         print(*notes)
     else:
-        record(f"bfloat16 against its floor, {args.model}, cpu", "cpu", table, notes)
+        record(f"{precision.split()[0]} against its floor, {args.model}, cpu", "cpu", table, notes)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The CPU kernels of issue 17 against PyTorch side by side, and what keeping freed memory does to a step.
 
 Usage: python benchmarks/bench_cpu_kernels.py [--model spikformer_cifar_4_384] [--batch 32] [--repeats 7]
-       [--steps 30] [--threads 1] [--no-record]
+       [--steps 30 (0: the kernels only)] [--threads 1] [--no-record]
 
 Kernels (one process, the two paths taking turns, median of ``--repeats``), on the model's own shapes at
 T=4 and ``--batch``, bfloat16 and float32 spike maps:
@@ -13,7 +13,8 @@ T=4 and ``--batch``, bfloat16 and float32 spike maps:
 
 Allocator (``--steps`` bfloat16 training steps in a fresh process each): glibc's defaults against
 ``spikformer.allocator.keep_freed_memory()`` (what the commands call): page faults and CPU time per step over
-the last ten steps, and the resident set at the end and at its peak.
+the last ten steps, and the resident set at the end and at its peak. ``--steps 0`` skips it (on a machine
+run as an AVX2 one, docs/performance.md "AVX2", bfloat16 steps are emulated and take minutes each).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main() -> None:
     kernels = markdown_table(["operation", "input", "dtype", "pass", "C kernel ms", "PyTorch ms", "speed-up"],
                              kernel_rows(copy.deepcopy(model), args.batch, args.repeats))
     rows = []
-    for keep in (False, True):
+    for keep in (False, True) if args.steps else ():
         r = run_worker(__file__, {"keep": keep, "model": args.model, "batch": args.batch, "steps": args.steps,
                                   "threads": args.threads})
         rows.append(["kept (the commands)" if r["kept"] else "glibc defaults", f"{r['faults']:.0f}",
@@ -141,9 +142,9 @@ def main() -> None:
     memory = markdown_table(["freed memory", "page faults/step (median, last 10)", "max of last 10",
                              "CPU s/step (median, last 10)", "resident GiB at the end", "peak GiB"], rows)
     notes = [f"`{args.model}`, T=4, batch {args.batch}, {args.threads} thread(s). Kernels: median of "
-             f"{args.repeats}, the paths taking turns; bfloat16 attention under autocast. Allocator: "
-             f"{args.steps} bfloat16 training steps in a fresh process per row."]
-    table = kernels + "\n\n" + memory
+             f"{args.repeats}, the paths taking turns; bfloat16 attention under autocast."
+             + (f" Allocator: {args.steps} bfloat16 training steps in a fresh process per row." if rows else "")]
+    table = kernels + ("\n\n" + memory if rows else "")
     if args.no_record:
         print(table)
         print(*notes)

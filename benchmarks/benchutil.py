@@ -80,10 +80,23 @@ def machine(device: torch.device | str) -> str:
         except OSError:
             pass
         what = f"{cpu_model()} ({flags}), {torch.get_num_threads()} threads"
+        caps = isa_caps()
+        if caps:
+            what += f", run as an older CPU: PyTorch's kernels at {torch.backends.cpu.get_cpu_capability()}, " + \
+                ", ".join(f"{name}={value}" for name, value in caps.items())
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.1f} at start"
     return f"{what}; torch {torch.__version__}, Python {platform.python_version()}{load}"
+
+
+# What runs this machine as an older one (docs/performance.md, "AVX2"): PyTorch's own kernels, oneDNN's
+# convolutions and bf16 products, MKL's float32 products, and our C kernels, each held to an instruction set.
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "SPIKFORMER_CPU_ARCH")
+
+
+def isa_caps() -> dict[str, str]:
+    return {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)}
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -95,7 +108,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def record(title: str, device: torch.device | str, table: str, notes: list[str] | None = None,
            path: Path = RESULTS) -> None:
     """Print ``table`` and append it to docs/benchmarks.md with the machine, the command and the date."""
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    settings = "".join(f"{name}={shlex.quote(value)} " for name, value in isa_caps().items())
+    command = settings + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     block = [f"### {title}", "", f"- date: {stamp}", f"- machine: {machine(device)}", f"- command: `{command}`",
              "", table, ""]

@@ -6,6 +6,11 @@ takes a minute); the shared library is cached under ``$SPIKFORMER_CACHE_DIR`` (d
 found, or ``SPIKFORMER_NO_CPU_KERNEL=1`` is set, :func:`available` is false and the LIF layers use the
 pure-PyTorch ``fused`` backend instead; nothing else changes.
 
+It is compiled for the CPU it runs on (``-march=native``). ``SPIKFORMER_CPU_ARCH`` names another ``-march``
+target: ``x86-64-v3`` builds the AVX2 code an AVX2-only machine runs (without AVX-512 the attention kernel is
+off, :func:`spike_attention_vectorised`), so that path can be tested and measured on an AVX-512 machine, and a
+library built for the oldest CPU of a cluster runs on all of them.
+
 Both entry points take and return ``[T, ...]`` tensors. ``ctypes`` releases the GIL during the call.
 """
 
@@ -31,8 +36,8 @@ from . import as_time_major_dense, like_layout
 _SOURCE = "lif_cpu.c"
 # -ffp-contract=off: no fused multiply-adds, so results round exactly as PyTorch's; -fno-trapping-math lets
 # conditional selects vectorise (it changes no value, only the assumption that FP exceptions are unobserved).
-_CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
-           "-shared", "-pthread")
+_CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread")
+_ARCH_ENV = "SPIKFORMER_CPU_ARCH"
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
@@ -53,13 +58,27 @@ def _cpu_fingerprint() -> str:
         return platform.processor() + platform.machine()
 
 
+def target_arch() -> str:
+    """The ``-march`` the kernel is built for: ``$SPIKFORMER_CPU_ARCH``, or ``native``."""
+    arch = os.environ.get(_ARCH_ENV, "").strip() or "native"
+    if not all(c.isalnum() or c in "-_." for c in arch):
+        raise ValueError(f"{_ARCH_ENV}={arch!r} is not a -march name (such as native, x86-64-v3 or "
+                         "skylake-avx512); unset it to build for this CPU")
+    return arch
+
+
+def _cflags() -> tuple[str, ...]:
+    return (*_CFLAGS, f"-march={target_arch()}")
+
+
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
 def _build(source: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([source, compiler, version, *_CFLAGS, _cpu_fingerprint()]).encode())
+    flags = _cflags()
+    key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_fingerprint()]).encode())
     target = cache_dir() / f"lif_cpu_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -68,7 +87,7 @@ def _build(source: str, compiler: str) -> Path:
         src = Path(tmp) / _SOURCE
         src.write_text(source)
         out = Path(tmp) / target.name
-        result = subprocess.run([compiler, *_CFLAGS, str(src), "-o", str(out)], capture_output=True,
+        result = subprocess.run([compiler, *flags, str(src), "-o", str(out)], capture_output=True,
                                 text=True, timeout=300)
         if result.returncode != 0:
             raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()}")
@@ -86,7 +105,7 @@ def _library() -> ctypes.CDLL | None:
     try:
         source = resources.files(__package__).joinpath(_SOURCE).read_text()
         lib = ctypes.CDLL(str(_build(source, compiler)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as err:
         warnings.warn(f"spikformer: the CPU LIF kernel could not be built ({err}); using the pure-PyTorch "
                       "'fused' backend", RuntimeWarning, stacklevel=3)
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +27,29 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), read from /proc/cpuinfo."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as handle:
-            flags = set(handle.read().split())
+            return set(handle.read().split())
     except OSError:
+        return set()
+
+
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bfloat16 is emulated under them.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether bfloat16 runs natively here: the CPU has AVX512_BF16 or AMX (/proc/cpuinfo), and neither
+    PyTorch's own kernels (``ATEN_CPU_CAPABILITY``) nor oneDNN's (``ONEDNN_MAX_CPU_ISA``) are held below
+    AVX-512, as they are to run an AVX2 machine's code on this one (docs/performance.md, "AVX2")."""
+    if not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return onednn_cap.strip().upper() not in _ONEDNN_ISAS_WITHOUT_BF16
 
 
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
