@@ -88,3 +88,43 @@ def test_the_kernel_benchmark_runs_as_the_avx2_machine_without_its_bfloat16_allo
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len([r for r in rows if r[0].strip().startswith(("max-pool", "SSA"))]) == 8
     assert not any("glibc" in r[0] for r in rows)
+
+
+AVX2_CPU_FLAGS = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2"}
+
+
+def test_a_target_the_cpu_cannot_run_is_refused_before_it_is_loaded(monkeypatch, tmp_path):
+    compiler = cpu._compiler()
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: AVX2_CPU_FLAGS)
+    cpu._check_arch_runs_here(compiler, "x86-64-v3")
+    cpu._check_arch_runs_here(compiler, "native")
+    with pytest.raises(RuntimeError, match=r"SPIKFORMER_CPU_ARCH=x86-64-v4 uses instructions this CPU lacks "
+                                           r"\(avx512bw, avx512cd, avx512dq, avx512f, avx512vl\)"):
+        cpu._check_arch_runs_here(compiler, "x86-64-v4")
+
+    # As a user meets it: a warning that says why, and the pure-PyTorch backend; never an illegal instruction.
+    monkeypatch.setenv("SPIKFORMER_CPU_ARCH", "x86-64-v4")
+    monkeypatch.setenv("SPIKFORMER_CACHE_DIR", str(tmp_path))
+    cpu._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="lacks .*avx512f.*'fused' backend"):
+            assert not cpu.available()
+        assert not list(tmp_path.glob("*.so")), "nothing is built for a target that cannot run here"
+    finally:
+        monkeypatch.undo()
+        cpu._library.cache_clear()
+    assert cpu.available()
+
+
+def test_a_build_for_a_named_target_is_shared_by_every_cpu_and_a_native_one_is_not(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPIKFORMER_CACHE_DIR", str(tmp_path))
+    source, compiler = "int f(void) { return 1; }\n", cpu._compiler()
+    monkeypatch.setenv("SPIKFORMER_CPU_ARCH", "x86-64-v3")
+    monkeypatch.setattr(cpu, "_cpu_fingerprint", lambda: "model name: one CPU")
+    v3_here = cpu._build(source, compiler)
+    monkeypatch.setattr(cpu, "_cpu_fingerprint", lambda: "model name: another CPU")
+    assert cpu._build(source, compiler) == v3_here
+    monkeypatch.delenv("SPIKFORMER_CPU_ARCH")
+    native_there = cpu._build(source, compiler)
+    monkeypatch.setattr(cpu, "_cpu_fingerprint", lambda: "model name: one CPU")
+    assert len({v3_here, native_there, cpu._build(source, compiler)}) == 3

@@ -9,7 +9,8 @@ pure-PyTorch ``fused`` backend instead; nothing else changes.
 It is compiled for the CPU it runs on (``-march=native``). ``SPIKFORMER_CPU_ARCH`` names another ``-march``
 target: ``x86-64-v3`` builds the AVX2 code an AVX2-only machine runs (without AVX-512 the attention kernel is
 off, :func:`spike_attention_vectorised`), so that path can be tested and measured on an AVX-512 machine, and a
-library built for the oldest CPU of a cluster runs on all of them.
+library built for the oldest CPU of a cluster runs on all of them (such a build's cache key leaves out the
+CPU). A target with instructions this CPU lacks is refused (a warning, then ``fused``), never loaded.
 
 Both entry points take and return ``[T, ...]`` tensors. ``ctypes`` releases the GIL during the call.
 """
@@ -58,6 +59,45 @@ def _cpu_fingerprint() -> str:
         return platform.processor() + platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+# What a -march target may use (the compiler's predefined macros) and the /proc/cpuinfo flag the CPU must
+# have for it: a library built for more than the CPU has would stop the process at an illegal instruction.
+_ISA_MACRO_FLAGS = {
+    "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c", "__BMI__": "bmi1",
+    "__BMI2__": "bmi2", "__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq",
+    "__AVX512VL__": "avx512vl", "__AVX512CD__": "avx512cd", "__AVX512BF16__": "avx512_bf16",
+    "__AVX512VNNI__": "avx512_vnni", "__AVX512FP16__": "avx512_fp16", "__AVX512VBMI__": "avx512vbmi",
+    "__AVX512VBMI2__": "avx512_vbmi2", "__AVXVNNI__": "avx_vnni",
+}
+
+
+def _check_arch_runs_here(compiler: str, arch: str) -> None:
+    """Refuse a ``-march`` whose instructions this CPU lacks (x86 Linux; elsewhere the user's word)."""
+    flags = cpu_flags()
+    if arch == "native" or not flags or platform.machine() not in ("x86_64", "AMD64"):
+        return
+    macros = subprocess.run([compiler, f"-march={arch}", "-dM", "-E", "-x", "c", os.devnull], capture_output=True,
+                            text=True, timeout=60)
+    if macros.returncode != 0:
+        raise RuntimeError(f"{compiler} failed:\n{macros.stderr.strip()}")
+    defined = {line.split()[1] for line in macros.stdout.splitlines() if line.startswith("#define ")}
+    missing = sorted(flag for macro, flag in _ISA_MACRO_FLAGS.items() if macro in defined and flag not in flags)
+    if missing:
+        raise RuntimeError(f"{_ARCH_ENV}={arch} uses instructions this CPU lacks ({', '.join(missing)}): "
+                           "the process would stop at an illegal instruction; unset it, or name an older target")
+
+
 def target_arch() -> str:
     """The ``-march`` the kernel is built for: ``$SPIKFORMER_CPU_ARCH``, or ``native``."""
     arch = os.environ.get(_ARCH_ENV, "").strip() or "native"
@@ -78,7 +118,9 @@ def _compiler() -> str | None:
 def _build(source: str, compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     flags = _cflags()
-    key = hashlib.sha256("\0".join([source, compiler, version, *flags, _cpu_fingerprint()]).encode())
+    # Only a native build depends on the CPU it is built on; one for a named target is the same everywhere.
+    host = _cpu_fingerprint() if target_arch() == "native" else ""
+    key = hashlib.sha256("\0".join([source, compiler, version, *flags, host]).encode())
     target = cache_dir() / f"lif_cpu_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -104,6 +146,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     try:
         source = resources.files(__package__).joinpath(_SOURCE).read_text()
+        _check_arch_runs_here(compiler, target_arch())
         lib = ctypes.CDLL(str(_build(source, compiler)))
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as err:
         warnings.warn(f"spikformer: the CPU LIF kernel could not be built ({err}); using the pure-PyTorch "
