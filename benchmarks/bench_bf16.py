@@ -91,7 +91,7 @@ def floor_step(model: torch.nn.Module, batch: int, train: bool, dtype: torch.dty
             torch.autograd.backward(outs, grads)
         else:
             with torch.inference_mode(), autocast(CPU, dtype):
-                net()
+                net.infer()
 
     return step
 

@@ -183,12 +183,24 @@ class Floor(nn.Module):
             spikes = spikes.contiguous(memory_format=torch.channels_last)
         return spikes.requires_grad_(requires_grad)
 
+    @staticmethod
+    def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        N, d = q.shape[-2:]
+        return q @ (k.transpose(-2, -1) @ v) if N > d else (q @ k.transpose(-2, -1)) @ v
+
     def forward(self) -> list[torch.Tensor]:
+        """Every product, all outputs kept (a training step's backward needs them)."""
         outs = [module(x) for (module, _, _), x in zip(self.layers, self.inputs)]
+        return outs + [self._attention(q, k, v) for q, k, v in self.qkv]
+
+    def infer(self) -> None:
+        """Every product, each output dropped as soon as it is made, as an inference pass holds one layer's
+        output at a time: holding them all (about 2 GiB at batch 64) made the floor take page faults that the
+        model's own pass does not, flattering the model by up to 18% under glibc's default allocator."""
+        for (module, _, _), x in zip(self.layers, self.inputs):
+            module(x)
         for q, k, v in self.qkv:
-            N, d = q.shape[-2:]
-            outs.append(q @ (k.transpose(-2, -1) @ v) if N > d else (q @ k.transpose(-2, -1)) @ v)
-        return outs
+            self._attention(q, k, v)
 
 
 # --- one configuration, in its own process -----------------------------------------------------------
@@ -216,10 +228,13 @@ def worker(cfg: dict) -> dict:
             grads = [torch.randn_like(o) for o in net()]
 
         def step():
+            if not train:  # as the model's inference step runs: no autograd records, one output at a time
+                with torch.inference_mode(), amp or torch.autocast(device.type, enabled=False):
+                    net.infer()
+                return
             with amp or torch.autocast(device.type, enabled=False):
                 outs = net()
-            if train:
-                torch.autograd.backward(outs, grads)
+            torch.autograd.backward(outs, grads)
     else:
         if path == "reference":
             backend = "cupy" if device.type == "cuda" and _has_cupy() else "torch"
