@@ -158,11 +158,8 @@ def main() -> None:
     notes = [f"`{args.model}`, T={base.T}, {precision}, eager, {torch.get_num_threads()} threads; "
              f"{args.rounds} rounds after a warm-up, one step of each configuration per round, in turn; "
              f"freed memory {'kept in the process (as the commands do)' if kept else 'returned (glibc defaults)'}."]
-    if args.no_record:
-        print(table)
-        print(*notes)
-    else:
-        record(f"{precision.split()[0]} against its floor, {args.model}, cpu", "cpu", table, notes)
+    record(f"{precision.split()[0]} against its floor, {args.model}, cpu", "cpu", table, notes,
+           write=not args.no_record)
 
 
 if __name__ == "__main__":

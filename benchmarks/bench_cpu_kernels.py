@@ -145,11 +145,7 @@ def main() -> None:
              f"{args.repeats}, the paths taking turns; bfloat16 attention under autocast."
              + (f" Allocator: {args.steps} bfloat16 training steps in a fresh process per row." if rows else "")]
     table = kernels + ("\n\n" + memory if rows else "")
-    if args.no_record:
-        print(table)
-        print(*notes)
-    else:
-        record(f"CPU kernels and the allocator, {args.model}, cpu", "cpu", table, notes)
+    record(f"CPU kernels and the allocator, {args.model}, cpu", "cpu", table, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

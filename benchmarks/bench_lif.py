@@ -96,10 +96,7 @@ def main() -> None:
     table = markdown_table(header, rows)
     notes = ["Speed-ups are relative to SpikingJelly's torch backend; float32; median of the repeats, the "
              "implementations taking turns in every round."]
-    if args.no_record:
-        print(table)
-    else:
-        record(f"LIF layer, {device.type}", device, table, notes)
+    record(f"LIF layer, {device.type}", device, table, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -161,11 +161,7 @@ def main() -> None:
              f"`{args.model}`, {precision}, eager. Growth: peak resident set over the resident set before the first "
              "of two training steps (activations, gradients, AdamW state), in GiB, and per image in MiB. Times: "
              f"median of {args.rounds} steps per path, the paths taking turns step by step in one process."]
-    if args.no_record:
-        print(table)
-        print(*notes, sep="\n")
-    else:
-        record(f"Training memory, {args.model}, cpu", "cpu", table, notes)
+    record(f"Training memory, {args.model}, cpu", "cpu", table, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

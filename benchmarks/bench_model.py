@@ -365,11 +365,7 @@ def main() -> None:
              + f"; per configuration the median of {args.repeats} steps after one warm-up step, fastest of "
              f"{args.rounds} rounds. Reference-path logits differ from "
              f"ours by at most {check_reference_path(args.model, device)} (same weights, eval, batch 2)."]
-    if args.no_record:
-        print(table)
-        print(*notes)
-    else:
-        record(f"Whole model, {args.model}, {device.type}", device, table, notes)
+    record(f"Whole model, {args.model}, {device.type}", device, table, notes, write=not args.no_record)
 
 
 if __name__ == "__main__":

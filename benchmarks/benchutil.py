@@ -106,8 +106,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def record(title: str, device: torch.device | str, table: str, notes: list[str] | None = None,
-           path: Path = RESULTS) -> None:
-    """Print ``table`` and append it to docs/benchmarks.md with the machine, the command and the date."""
+           path: Path = RESULTS, write: bool = True) -> None:
+    """Print ``table`` with the machine, the command and the date, and append it to docs/benchmarks.md
+    (``write=False``, the scripts' ``--no-record``: print only)."""
     settings = "".join(f"{name}={shlex.quote(value)} " for name, value in isa_caps().items())
     command = settings + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -116,6 +117,8 @@ def record(title: str, device: torch.device | str, table: str, notes: list[str] 
     block += [f"{note}" for note in notes or []]
     text = "\n".join(block).rstrip() + "\n\n"
     print("\n" + text)
+    if not write:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.write_text("# Benchmarks\n\nAppended by the scripts in `benchmarks/`; newest last. "

@@ -72,6 +72,8 @@ def test_the_float32_benchmark_runs_as_the_avx2_machine_and_says_so(tmp_path, mo
 
     for name, value in AVX2_MACHINE.items():
         monkeypatch.setenv(name, value)
+    benchutil.record("a table", "cpu", "| a |\n|---|\n| 1 |", path=tmp_path / "unwritten.md", write=False)
+    assert not (tmp_path / "unwritten.md").exists()  # --no-record prints only
     out = tmp_path / "benchmarks.md"
     benchutil.record("a table", "cpu", "| a |\n|---|\n| 1 |", path=out)
     text = out.read_text()
