@@ -9,12 +9,18 @@ Random augmentation: with ``num_workers=0`` it draws from the process's RNGs, wh
 processes have RNGs of their own that no checkpoint can see, so a training loader with workers seeds them
 per sample from (seed, epoch, rank, position) instead (``SeededSamples``): a sample's augmentation is then
 the same whatever the number of workers and wherever the epoch was resumed.
+
+Signals: worker processes ignore SIGINT and SIGTERM. A scheduler (Slurm, ``kill -TERM -PGID``) or a terminal's
+Ctrl-C signals every process of the job; the main process then finishes its step, saves and stops, which needs
+its workers alive until it has saved. Workers still end with the main process: the loader shuts them down when
+its iteration ends, and each worker stops by itself when its parent has gone.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -117,11 +123,15 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, 
     return OneLineErrorLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
         pin_memory=pin_memory, persistent_workers=False, generator=generator,
-        worker_init_fn=_seed_worker if num_workers else None,
+        worker_init_fn=_init_worker if num_workers else None,
     )
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
+    # The main process decides when to stop (see the module docstring); PyTorch's own SIGTERM handler in a
+    # worker would end it at once, and the loader would then fail the step being saved.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # numpy and random in workers follow torch's per-worker seed, so augmentation is reproducible.
     import random
 
