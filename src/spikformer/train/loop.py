@@ -221,6 +221,7 @@ class RunLoop:
         self.signal_received: int | None = None  # this process's, set by the handler
         self.stop_signal: int | None = None  # agreed by every rank: the loop acts on this one only
         self.consecutive_skips = 0
+        self.folder_lock = None  # rank 0's RunFolderLock while fit() runs
         self.has_checkpoint = False  # whether the run folder holds this run's last.safetensors (see train_one_epoch)
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
         task.setup(self)
@@ -253,8 +254,12 @@ class RunLoop:
 
     def fit(self) -> dict[str, Any]:
         """Run the configured epochs; return the task's result (the last metrics and what it adds)."""
-        with lock_run_folder(self.out_dir, self.is_main):  # one run writes a folder at a time
-            return self._fit()
+        with lock_run_folder(self.out_dir, self.is_main) as lock:  # one run writes a folder at a time
+            self.folder_lock = lock
+            try:
+                return self._fit()
+            finally:
+                self.folder_lock = None
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config.train
@@ -293,6 +298,7 @@ class RunLoop:
                 if improved or score is None:
                     self.check_finite_weights()
                 if self.is_main:
+                    self.check_run_folder()
                     self.task.save_outputs(self, metrics, improved)
                 # The log row first: a crash between the two repeats the epoch, and the resume drops the row.
                 self.write_metrics(metrics, writer)
@@ -458,11 +464,18 @@ class RunLoop:
         if self.dist.enabled:
             self.position.rank_epoch_sums = [sums for _, sums in per_rank]
         if self.is_main:
+            self.check_run_folder()
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                 position=self.position, config=config_to_dict(self.config), metrics=metrics,
                                 rng_states=[rng for rng, _ in per_rank])
         barrier(self.dist)
+
+    def check_run_folder(self) -> None:
+        """Before writing into the run folder: raise ``ConfigError`` if it was moved or removed since the run
+        locked it (the run would otherwise write into a new, unlocked folder of the old name)."""
+        if self.folder_lock is not None:
+            self.folder_lock.check_in_place()
 
     def write_metrics(self, metrics: dict[str, Any], writer) -> None:
         if not self.is_main:
