@@ -6,9 +6,9 @@ Used by the trainer and the pre-trainer, in this order:
 - ``lock_run_folder(out_dir)`` (a context manager, rank 0): an exclusive ``flock`` on ``<out_dir>/.spikformer.lock``
   that holds this process's id; a second run into the folder is refused naming the first one's. The lock file is
   never opened through a link, and the lock is bound to the folder's identity: a run whose folder is renamed or
-  removed under it stops (``RunFolderLock.check_in_place``) instead of writing into a new folder of the old name. The kernel
-  drops the lock when its process dies, so the lock of a killed run is taken over, never stale. While holding
-  it, the temporary files of writes a kill interrupted (``.last.safetensors.*.tmp``) are removed.
+  removed under it stops (``RunFolderLock.check_in_place``) instead of writing into a new folder of the old name.
+  The kernel drops the lock when its process dies, so the lock of a killed run is taken over, never stale. While
+  holding it, the temporary files of writes a kill interrupted (``.last.safetensors.*.tmp``) are removed.
 - ``replace_run_file(path, text)``: how the run rewrites its own text files (``config.yaml``, a trimmed
   ``metrics.csv``): whole or not at all, like a checkpoint.
 - ``prepare_run_folder(out_dir, resume, overwrite, config)``: decides between a fresh start and a resume and
