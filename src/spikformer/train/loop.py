@@ -37,6 +37,7 @@ from ..data import build_dataset, build_loader
 from ..errors import ConfigError
 from ..models import resolve_config
 from .distributed import (
+    agree_on_config,
     all_reduce_max,
     all_reduce_sum,
     barrier,
@@ -159,6 +160,7 @@ class RunLoop:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.dist = init_distributed(self.device.type)
+        agree_on_config(config_to_dict(config), self.dist)  # before any rank acts on its own settings
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         self.is_main = self.dist.is_main
