@@ -153,7 +153,7 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
     if meta.get("kind") != "training":
         raise CheckpointError(f"{path} holds weights only, not a training state to resume from; start a new "
                               f"run with model.pretrained={path} instead")
-    problem = training_state_problem(meta)
+    problem = training_state_problem(meta) or _layout_problem(meta, optimizer, scheduler)
     if problem:
         raise CheckpointError(f"{path}: its training state is incomplete or corrupt ({problem}); resume from another "
                               f"checkpoint, or start over with --overwrite")
@@ -240,6 +240,36 @@ def training_state_problem(meta: dict[str, Any]) -> str | None:
                 problem = f"scheduler.base_values.{index}={_show(value)}: negative"
         if problem:
             return problem
+    return None
+
+
+def _layout_problem(meta: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler) -> str | None:
+    """Where the stored optimizer groups or scheduler state differ in structure or type from this run's own (the
+    run is built from the same config, so its state has the stored one's keys, lengths and kinds of value)."""
+    live = {"optimizer.param_groups": optimizer.state_dict()["param_groups"]}
+    if scheduler is not None and meta.get("scheduler"):
+        live["scheduler"] = scheduler.state_dict()
+    for where, own in live.items():
+        section, _, key = where.partition(".")
+        stored = meta[section][key] if key else meta[section]
+        problem = _same_layout(stored, _jsonable(own), where)
+        if problem:
+            return problem
+    return None
+
+
+def _same_layout(stored: Any, own: Any, where: str) -> str | None:
+    if isinstance(own, dict):
+        if not isinstance(stored, dict) or set(stored) != set(own):
+            return f"{where}: not the fields this run's state has"
+        return next((p for k in own if (p := _same_layout(stored[k], own[k], f"{where}.{k}"))), None)
+    if isinstance(own, list):
+        if not isinstance(stored, list) or len(stored) != len(own):
+            return f"{where}={_show(stored)}: not a list of {len(own)}"
+        return next((p for i, v in enumerate(own) if (p := _same_layout(stored[i], v, f"{where}.{i}"))), None)
+    kind = "a number" if _is_number(own) else type(own).__name__
+    if (_is_number(own) and not _is_number(stored)) or (not _is_number(own) and type(stored) is not type(own)):
+        return f"{where}={_show(stored)}: not {kind}"
     return None
 
 
