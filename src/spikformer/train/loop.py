@@ -299,8 +299,8 @@ class RunLoop:
                     self.position.best_top1, self.position.best_epoch = score, epoch
                 if improved or score is None:
                     self.check_finite_weights()
+                self.check_run_folder()
                 if self.is_main:
-                    self.check_run_folder()
                     self.task.save_outputs(self, metrics, improved)
                 # The log row first: a crash between the two repeats the epoch, and the resume drops the row.
                 self.write_metrics(metrics, writer)
@@ -465,8 +465,8 @@ class RunLoop:
         per_rank = gather_objects((capture_rng(), dict(self.position.epoch_sums)), self.dist)
         if self.dist.enabled:
             self.position.rank_epoch_sums = [sums for _, sums in per_rank]
+        self.check_run_folder()
         if self.is_main:
-            self.check_run_folder()
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                 position=self.position, config=config_to_dict(self.config), metrics=metrics,
@@ -474,10 +474,20 @@ class RunLoop:
         barrier(self.dist)
 
     def check_run_folder(self) -> None:
-        """Before writing into the run folder: raise ``ConfigError`` if it was moved or removed since the run
-        locked it (the run would otherwise write into a new, unlocked folder of the old name)."""
+        """Before writing into the run folder (every rank): raise ``ConfigError`` if it was moved or removed since
+        rank 0 locked it (the run would otherwise write into a new, unlocked folder of the old name)."""
+        problem = None
         if self.folder_lock is not None:
-            self.folder_lock.check_in_place()
+            try:
+                self.folder_lock.check_in_place()
+            except ConfigError as error:
+                problem = error
+        (moved,) = all_reduce_max([1.0 if problem else 0.0], self.device, self.dist)  # every rank stops
+        if problem is not None:
+            raise problem
+        if moved:
+            raise ConfigError(f"run folder {self.out_dir} was moved or removed while this run wrote it (process 0 "
+                              f"says where it is now); the run stopped")
 
     def write_metrics(self, metrics: dict[str, Any], writer) -> None:
         if not self.is_main:

@@ -192,7 +192,7 @@ class RunFolderLock:
         if here == self.identity:
             return
         now = _current_path(self.dir_fd)
-        where = f"it is now {now}" if now else "it is gone"
+        where = f"it is now {now}" if now else "it is no longer there"
         hint = f"train.out_dir={now} train.resume=auto" if now else "train.resume=auto in a folder of its files"
         raise ConfigError(f"run folder {self.out_dir} was moved or removed while this run wrote it ({where}); the "
                           f"run stopped rather than write into another folder of that name. Continue it with "
