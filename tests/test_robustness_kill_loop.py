@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -235,9 +237,6 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_the_position_and
         tmp_path):
     # Slurm and ``kill -TERM -PGID`` signal every process of the job: the loader's worker processes too. The run
     # must finish its step, save its position and exit 143, whatever the workers were doing.
-    import subprocess
-    import sys
-
     def argv(out: Path) -> list[str]:
         return tiny_training_argv(tmp_path, out, "data.num_workers=2", "train.save_every_steps=1")
 
