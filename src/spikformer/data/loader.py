@@ -10,10 +10,12 @@ processes have RNGs of their own that no checkpoint can see, so a training loade
 per sample from (seed, epoch, rank, position) instead (``SeededSamples``): a sample's augmentation is then
 the same whatever the number of workers and wherever the epoch was resumed.
 
-Signals: worker processes ignore SIGINT and SIGTERM. A scheduler (Slurm, ``kill -TERM -PGID``) or a terminal's
-Ctrl-C signals every process of the job; the main process then finishes its step, saves and stops, which needs
-its workers alive until it has saved. Workers still end with the main process: the loader shuts them down when
-its iteration ends, and each worker stops by itself when its parent has gone.
+Signals: a scheduler (Slurm, ``kill -TERM -PGID``) or a terminal's Ctrl-C signals every process of the job; the
+main process then finishes its step, saves and stops, which needs its workers alive until it has saved. So worker
+processes ignore SIGINT, and a SIGTERM from anyone but their parent. Their parent's SIGTERM (multiprocessing stops
+daemonic children that way when the main process exits with an iteration unfinished) still ends them, and each
+worker stops by itself when its parent has gone. (Where the sender of a signal cannot be known, as on macOS, a
+worker keeps PyTorch's handling: any SIGTERM ends it.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -128,10 +131,7 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, 
 
 
 def _init_worker(worker_id: int) -> None:
-    # The main process decides when to stop (see the module docstring); PyTorch's own SIGTERM handler in a
-    # worker would end it at once, and the loader would then fail the step being saved.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    leave_stopping_to_the_parent()
     # numpy and random in workers follow torch's per-worker seed, so augmentation is reproducible.
     import random
 
@@ -140,6 +140,27 @@ def _init_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def leave_stopping_to_the_parent() -> None:
+    """In a worker process: ignore SIGINT, and SIGTERM unless the parent sends it (see the module docstring).
+    PyTorch's own SIGTERM handler in a worker ends it whoever the sender, and the loader would then fail the
+    step the main process is saving."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    # Blocked here, before the worker starts any other thread (they inherit the mask), and taken by one thread
+    # that learns each signal's sender.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_stop_on_sigterm_from, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+def _stop_on_sigterm_from(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)  # as PyTorch's handler does: the parent asked, nothing is left to hand over
 
 
 def debug_enabled() -> bool:
