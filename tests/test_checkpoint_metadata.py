@@ -197,8 +197,9 @@ def test_a_weights_file_whose_stored_model_was_edited_is_refused(run_folder, tmp
     (lambda meta: meta["optimizer"]["param_groups"][0].update(lr=-0.1), "optimizer.param_groups.0.lr=-0.1"),
     (lambda meta: meta["scheduler"]["base_values"].__setitem__(0, math.inf), "scheduler.base_values.0=inf"),
     (lambda meta: meta["scheduler"]["base_values"].__setitem__(0, -1.0), "scheduler.base_values.0=-1.0"),
+    (lambda meta: meta.update(scaler={"scale": math.inf}), "scaler.scale=inf"),
 ], ids=["epoch", "batch", "step", "step bool", "best nan", "best inf", "best epoch ahead", "best without score",
-        "sums", "lr nan", "lr negative", "base inf", "base negative"])
+        "sums", "lr nan", "lr negative", "base inf", "base negative", "scaler"])
 def test_an_out_of_range_training_position_or_schedule_is_refused_on_resume(tmp_path, spoil, named):
     path, parts = corrupt_training_state(tmp_path, lambda tensors, meta: spoil(meta))
     with pytest.raises(CheckpointError, match=r"last.safetensors: its training state is incomplete or corrupt") as info:

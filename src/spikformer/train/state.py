@@ -191,8 +191,8 @@ NON_NEGATIVE_HYPERPARAMETERS = ("lr", "initial_lr", "weight_decay", "momentum", 
 
 def training_state_problem(meta: dict[str, Any]) -> str | None:
     """What is out of range in a training state's metadata (``"position.epoch=-3: ..."``), or None. Checks the
-    values a resume acts on: the position and best score, the epoch's partial sums, the optimizer's groups and
-    the scheduler's state (every number finite, rates non-negative)."""
+    values a resume acts on: the position and best score, the epoch's partial sums, the optimizer's groups, the
+    loss scaler and the scheduler's state (every number finite, rates non-negative)."""
     position = meta.get("position")
     if not isinstance(position, dict):
         return "position: missing"
@@ -230,6 +230,13 @@ def training_state_problem(meta: dict[str, Any]) -> str | None:
                 problem = f"optimizer.param_groups.{index}.{key}={_show(group[key])}: negative"
     if problem:
         return problem
+    scaler = meta.get("scaler")
+    if scaler is not None:
+        if not isinstance(scaler, dict):
+            return f"scaler={_show(scaler)}: not a mapping"
+        problem = _non_finite(scaler, "scaler")
+        if problem:
+            return problem
     scheduler = meta.get("scheduler")
     if scheduler is not None:
         if not isinstance(scheduler, dict):
