@@ -226,6 +226,61 @@ def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
         importlib.reload(triton_lif)
 
 
+def round_to_nearest_in_the_interpreter(monkeypatch) -> None:
+    """Make the Triton interpreter round float32 to bfloat16 to nearest-even, as the GPU does (``cvt.rn``).
+
+    The interpreter truncates that conversion; its float32 to float16 conversion (numpy's) already rounds to
+    nearest."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16)
+            return interpreter.TensorHandle(rounded.numpy().view(np.uint16), dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast)
+
+
+def just_below_threshold(dtype: torch.dtype) -> torch.Tensor:
+    """``[3, 8]`` inputs (tau 2, threshold 1, so ``h1 = x0 / 4 + x1 / 2``) whose second membrane lies below the
+    threshold in float32 but within half a unit of it in ``dtype``: ``x1 = 2 - eps``, ``x0`` in ``(eps, 2 eps)``.
+    A third step carries a gradient back through the second one's reset."""
+    eps = torch.finfo(dtype).eps
+    return torch.stack([eps * torch.linspace(1.1, 1.9, 8), torch.full((8,), 2.0 - eps), torch.ones(8)]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_lif_backward_sees_no_spike_on_a_membrane_just_below_threshold(monkeypatch, dtype):
+    pytest.importorskip("triton")
+    import importlib
+
+    from spikformer.kernels import triton_lif
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    round_to_nearest_in_the_interpreter(monkeypatch)
+    importlib.reload(triton_lif)
+    try:
+        x = just_below_threshold(dtype)
+        h32 = (x[0].float() / 2 + x[1].float()) / 2
+        assert (h32 < 1).all() and (h32.to(dtype) == 1).any()  # the case: rounding would reach the threshold
+        grad_out = torch.ones(x.shape, dtype=dtype)
+        for detach in (True, False):
+            params = LIFParams(detach_reset=detach)
+            ref, ref_grad = grad_of(lambda t, p=params: lif_reference(t, p), x, grad_out)
+            spikes, h = triton_lif.lif_forward(x, 2.0, 1.0, 0.0, True)
+            grad = triton_lif.lif_backward(h, grad_out, 2.0, 1.0, 0.0, 4.0, detach)
+            assert torch.equal(spikes, ref) and grad.dtype == dtype
+            assert relative_error(grad, ref_grad) < 2e-2, (dtype, detach)  # the GPU test's tolerance
+    finally:
+        monkeypatch.undo()
+        importlib.reload(triton_lif)
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
