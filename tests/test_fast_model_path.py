@@ -19,7 +19,7 @@ from spikformer.layers import (
     exact_spike_products,
     spike_attention,
 )
-from spikformer.neurons.batchnorm import batch_norm
+from spikformer.neurons.batchnorm import batch_norm, normalize
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -165,6 +165,30 @@ def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
     norm.eval(), ours.eval()
     with torch.no_grad():
         torch.testing.assert_close(batch_norm(y, ours), norm(y), rtol=1e-5, atol=1e-5)
+
+
+# tokens [T, B, N, D] with N != D, and N == D (where the wrong axis would give no error)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (2, 3, 8, 8), (2, 3, 8, 6, 6)], ids=["tokens", "square", "images"])
+def test_sync_batchnorm_normalises_over_the_same_channels_as_batchnorm(shape):
+    norm = nn.BatchNorm2d(shape[2]) if len(shape) == 5 else nn.BatchNorm1d(shape[-1])
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(nn.Sequential(norm)))[0]
+    assert isinstance(sync, nn.SyncBatchNorm)
+    x = torch.randn(shape) * 3 + 1
+    # without a process group SyncBatchNorm normalises with this process's batch statistics
+    torch.testing.assert_close(normalize(x, sync), normalize(x, norm), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sync.running_mean, norm.running_mean)
+    sync.eval(), norm.eval()
+    torch.testing.assert_close(normalize(x, sync), normalize(x, norm), rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_sync_batchnorm_runs_forward_and_backward():
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(spikformer.create_model("spikformer_cifar_4_256", **TINY))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    model(images()).square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
