@@ -200,6 +200,37 @@ def test_a_failing_compiler_warns_and_falls_back(fresh_kernel_state, monkeypatch
         assert default_backend("cpu", torch.float32) == "fused"
 
 
+def fused_layer_calls(device: str):
+    """Every entry point that runs a LIF kernel: alone, after a BatchNorm (training, eval), after conv + BN."""
+    from torch import nn
+
+    from spikformer.neurons.batchnorm import batch_norm_lif, conv_batch_norm_lif
+
+    tokens, images = torch.randn(2, 3, 5, 8, device=device), torch.randn(4, 3, 6, 6, device=device)
+    bn1, bn2 = nn.BatchNorm1d(8, device=device), nn.BatchNorm2d(4, device=device)
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False, device=device)
+    return {
+        "lif": lambda backend: lif_multistep(tokens, LIFParams(), backend),
+        "bn_train": lambda backend: batch_norm_lif(tokens.requires_grad_(), bn1.train(), LIFParams(), backend),
+        "bn_eval": lambda backend: batch_norm_lif(tokens, bn1.eval(), LIFParams(), backend),
+        "conv_bn": lambda backend: conv_batch_norm_lif(images, conv, bn2.train(), LIFParams(), 2, backend),
+    }
+
+
+@pytest.mark.parametrize("call", ["lif", "bn_train", "bn_eval", "conv_bn"])
+def test_c_backend_refuses_cuda_tensors_with_the_backend_error(call):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), pytest.raises(RuntimeError, match="LIF backend 'c' cannot run on a cuda .*'auto'"):
+        fused_layer_calls("cuda")[call]("c")
+
+
+@pytest.mark.parametrize("call", ["lif", "bn_train", "bn_eval", "conv_bn"])
+def test_triton_backend_refuses_cpu_tensors_with_the_backend_error(call):
+    with pytest.raises(RuntimeError, match="LIF backend 'triton' cannot run on a cpu .*'auto'"):
+        fused_layer_calls("cpu")[call]("triton")
+
+
 def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     import importlib

@@ -308,6 +308,9 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     name = default_backend(x.device.type, x.dtype) if backend == "auto" else backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown LIF backend {name!r}; available: auto, {', '.join(lif_backends())}")
+    # the compiled kernels serve one device each: refuse the others here, before a fused layer calls a kernel
+    if name in ("c", "triton") and not _can_run(name, x.device.type, x.dtype):
+        raise RuntimeError(_unavailable_reason(name, x))
     return name
 
 
