@@ -231,6 +231,38 @@ def test_triton_backend_refuses_cpu_tensors_with_the_backend_error(call):
         fused_layer_calls("cpu")[call]("triton")
 
 
+def test_triton_kernels_launch_on_the_device_of_their_tensors(monkeypatch):
+    # Triton launches on the current CUDA device, which stays cuda:0 in a process that trains on cuda:1
+    # without torchrun. The CUDA device switch and the launches are recorded on fake cuda:1 tensors.
+    pytest.importorskip("triton")
+    import contextlib
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from spikformer.kernels import triton_lif
+
+    current, launches = ["cuda:0"], []
+
+    @contextlib.contextmanager
+    def device(d):
+        previous, current[0] = current[0], str(torch.device(d))
+        yield
+        current[0] = previous
+
+    class RecordedKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **options: launches.append(current[0])
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(triton_lif, "_lif_forward_kernel", RecordedKernel())
+    monkeypatch.setattr(triton_lif, "_lif_backward_kernel", RecordedKernel())
+    with FakeTensorMode():
+        x = torch.empty(4, 3, 8, device="cuda:1")
+    spikes, h = triton_lif.lif_forward(x, 2.0, 1.0, 0.0, True)
+    triton_lif.lif_backward(h, spikes, 2.0, 1.0, 0.0, 4.0, True)
+    assert launches == ["cuda:1", "cuda:1"]
+
+
 def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     import importlib

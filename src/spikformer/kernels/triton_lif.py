@@ -15,6 +15,7 @@ copy rounded to nearest would put a membrane just below the threshold onto it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -103,6 +104,11 @@ def _inv_tau(tau: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(_as_dtype(tau, dtype), dtype=torch.float32))
 
 
+def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``t``'s (one process may train on ``cuda:1``)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _launch_options() -> dict:
     return {} if _interpreting() else {"enable_fp_fusion": False}
 
@@ -118,9 +124,10 @@ def lif_forward(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
     if M:
         v_reset = _as_dtype(v_reset, x.dtype)
         grid = (triton.cdiv(M, BLOCK),)
-        _lif_forward_kernel[grid](x, spikes, h if keep_h else spikes, T, M, _inv_tau(tau, x.dtype),
-                                  _as_dtype(v_threshold, x.dtype), v_reset, v_reset, KEEP_H=keep_h,
-                                  BLOCK_SIZE=BLOCK, **_launch_options())
+        with _on_device_of(x):
+            _lif_forward_kernel[grid](x, spikes, h if keep_h else spikes, T, M, _inv_tau(tau, x.dtype),
+                                      _as_dtype(v_threshold, x.dtype), v_reset, v_reset, KEEP_H=keep_h,
+                                      BLOCK_SIZE=BLOCK, **_launch_options())
     return spikes, h
 
 
@@ -134,7 +141,8 @@ def lif_backward(h: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_thres
     M = h.numel() // T if T else 0
     if M:
         grid = (triton.cdiv(M, BLOCK),)
-        _lif_backward_kernel[grid](h, grad_spikes, grad_x, T, M, (T - 1) * M, _inv_tau(tau, h.dtype),
-                                   _as_dtype(v_threshold, h.dtype), _as_dtype(v_reset, h.dtype), float(alpha),
-                                   DETACH_RESET=detach_reset, BLOCK_SIZE=BLOCK, **_launch_options())
+        with _on_device_of(h):
+            _lif_backward_kernel[grid](h, grad_spikes, grad_x, T, M, (T - 1) * M, _inv_tau(tau, h.dtype),
+                                       _as_dtype(v_threshold, h.dtype), _as_dtype(v_reset, h.dtype), float(alpha),
+                                       DETACH_RESET=detach_reset, BLOCK_SIZE=BLOCK, **_launch_options())
     return grad_x
