@@ -25,6 +25,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"train.device={name} but this machine has {count} GPUs (cuda:0 to cuda:{count - 1}); "
+                          "use one of those, or train.device=cuda")
     return device
 
 
@@ -44,6 +48,12 @@ def cpu_has_native_bfloat16() -> bool:
     return onednn_cap.strip().upper() not in _ONEDNN_ISAS_WITHOUT_BF16
 
 
+def cuda_has_native_bfloat16(device: torch.device) -> bool:
+    """Whether this GPU computes bfloat16 natively (compute capability 8.0, Ampere, and later). Earlier ones
+    emulate it many times slower, which ``torch.cuda.is_bf16_supported()`` counts as support."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device`` (None: full precision)."""
     if amp == "off":
@@ -57,6 +67,8 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     if device.type == "cpu":
         # Without native bfloat16 instructions the CPU emulates it, over ten times slower than float32.
         return torch.bfloat16 if cpu_has_native_bfloat16() else None
+    if device.type == "cuda":
+        return torch.bfloat16 if cuda_has_native_bfloat16(device) else torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
