@@ -19,9 +19,19 @@ from spikformer.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src" / "spikformer")
 READS = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist")
-TINY = ["model.embed_dim=16", "model.num_heads=2", "model.depth=1", "model.T=2", "model.img_size=8",
-        "model.patch_size=4", "data.train_fraction=0.1", "data.batch_size=32", "train.epochs=1",
-        "train.progress=false", "train.tensorboard=false"]
+TINY = [
+    "model.embed_dim=16",
+    "model.num_heads=2",
+    "model.depth=1",
+    "model.T=2",
+    "model.img_size=8",
+    "model.patch_size=4",
+    "data.train_fraction=0.1",
+    "data.batch_size=32",
+    "train.epochs=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
 
 
 class HostReads:
@@ -91,8 +101,9 @@ def test_evaluation_reads_the_device_once(monkeypatch, batches):
     import spikformer
     from spikformer.train.engine import evaluate
 
-    model = spikformer.create_model("spikformer_cifar_4_256", embed_dim=16, depth=1, num_heads=2, img_size=8,
-                                    patch_size=4, T=1)
+    model = spikformer.create_model(
+        "spikformer_cifar_4_256", embed_dim=16, depth=1, num_heads=2, img_size=8, patch_size=4, T=1
+    )
     loader = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(batches)]
     reads = HostReads(monkeypatch, "train")
     reads.active = True
