@@ -53,3 +53,45 @@ def test_resume_gives_every_gpu_its_own_random_state(monkeypatch):
     tensors = {f"rng.cuda.{i}": torch.tensor([i], dtype=torch.uint8) for i in range(12)}
     restore_rng(tensors, {})
     assert restored == list(range(12))
+
+
+def as_fake_cuda(model: torch.nn.Module, mode) -> torch.nn.Module:
+    """``model`` with fake CUDA parameters and buffers (shapes and dtypes only) for tracing its CUDA path."""
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, value in store.items():
+                if value is None:
+                    continue
+                with mode:
+                    fake = mode.from_tensor(value.detach()).to("cuda")
+                store[key] = torch.nn.Parameter(fake, value.requires_grad) if store is module._parameters else fake
+    return model
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", ["spikformer_cifar_4_256", "spikformer_v2_8_512"])
+def test_training_forward_traces_on_fake_cuda_tensors(monkeypatch, name, autocast_dtype):
+    # The CUDA branches of the model (spike products, BatchNorm + LIF, spike packing) run on fake CUDA tensors;
+    # packing's one data-dependent read answers "binary" (a fake tensor has no values).
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import spikformer
+    from spikformer import memory
+
+    monkeypatch.setattr(memory, "_binary", lambda t: True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = spikformer.create_model(name, embed_dim=32, depth=1, num_heads=2, img_size=32, num_classes=10)
+    model = as_fake_cuda(model.train(), mode)
+    enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    try:
+        with mode:
+            x = torch.randn(2, 3, 32, 32, device="cuda")
+            torch.set_autocast_enabled("cuda", autocast_dtype is not None)
+            torch.set_autocast_dtype("cuda", autocast_dtype or previous)
+            with memory.spike_packing():
+                out = model(x)
+    finally:
+        torch.set_autocast_enabled("cuda", enabled)
+        torch.set_autocast_dtype("cuda", previous)
+    assert out.shape == (2, 10) and out.device.type == "cuda"
+    assert out.dtype == (autocast_dtype or torch.float32)
