@@ -95,9 +95,10 @@ class Task:
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch's first micro-batch (also a resumed one)."""
 
-    def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """One micro-batch (on the device) -> the mean loss (a graph to backward) and statistics to sum over
-        the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``)."""
+        the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``). Statistics may be
+        one-element device tensors: the loop reads them together with the loss, in one transfer."""
         raise NotImplementedError
 
     def epoch_stats(self, sums: dict[str, float]) -> dict[str, float]:
@@ -350,17 +351,18 @@ class RunLoop:
             sync = last_of_group or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 loss, stats = self.task.step(self, batch)
+                loss_value, stats = read_step(loss, stats)
                 # Every rank must take the same path: a rank skipping backward would leave the others waiting.
-                if not self.agree_on_step(loss):
+                if not self.agree_on_step(loss_value):
                     # Counted across epochs, so that a diverged run with short epochs still stops.
-                    self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
+                    self.consecutive_skips = self.handle_non_finite(loss_value, epoch, batch_index,
                                                                     self.consecutive_skips)
                     continue
                 self.consecutive_skips = 0
                 self.scaler.scale(loss / self.accum_steps).backward()
             if last_of_group:
                 self.optimizer_step()
-            sums["loss"] += float(loss.detach()) * stats["count"]
+            sums["loss"] += loss_value * stats["count"]
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
             now = time.perf_counter()
@@ -389,9 +391,9 @@ class RunLoop:
         return {**self.task.epoch_stats(reduced), "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": seconds, "train_images_per_s": reduced["count"] / max(seconds, 1e-9)}
 
-    def agree_on_step(self, loss: torch.Tensor) -> bool:
+    def agree_on_step(self, loss: float) -> bool:
         """Whether the loss is finite on every rank."""
-        (bad,) = all_reduce_max([0.0 if torch.isfinite(loss) else 1.0], self.device, self.dist)
+        (bad,) = all_reduce_max([0.0 if math.isfinite(loss) else 1.0], self.device, self.dist)
         return not bad
 
     def agree_on_stop(self) -> int | None:
@@ -415,9 +417,9 @@ class RunLoop:
         if not self.scheduler.t_in_epochs:
             set_schedule_position(self.scheduler, self.position.epoch, self.position.step)
 
-    def handle_non_finite(self, loss: torch.Tensor, epoch: int, batch_index: int, skips: int) -> int:
+    def handle_non_finite(self, loss: float, epoch: int, batch_index: int, skips: int) -> int:
         where = f"epoch {epoch + 1}, batch {batch_index + 1} (optimizer step {self.position.step + 1})"
-        value = float(loss.detach())
+        value = loss
         what = f"non-finite loss ({value})" if not math.isfinite(value) else \
             f"non-finite loss on another process (here {value:.4g})"
         self.optimizer.zero_grad(set_to_none=True)
@@ -442,7 +444,9 @@ class RunLoop:
     def check_finite_weights(self) -> None:
         """Refuse to save weights that an optimizer step made NaN/Inf (a finite loss can still give an
         overflowing update), so that saved files always hold the last good state."""
-        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        params = dict(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params.values()]).tolist() if params else []
+        bad = [name for name, ok in zip(params, finite) if not ok]
         if bad:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after optimizer step "
@@ -531,6 +535,15 @@ class RunLoop:
     def restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def read_step(loss: torch.Tensor, stats: dict[str, float | torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The micro-batch's loss and statistics as host numbers, read in one device-to-host transfer: the one
+    host synchronisation of a step (the non-finite policy needs the loss before the backward pass)."""
+    on_device = [key for key, value in stats.items() if isinstance(value, torch.Tensor)]
+    scalars = [loss, *(stats[key] for key in on_device)]
+    loss_value, *read = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
+    return loss_value, {**stats, **dict(zip(on_device, read))}
 
 
 def own_epoch_sums(position: Position, rank: int, world_size: int) -> dict[str, float]:
