@@ -127,7 +127,50 @@ def test_a_cifar_pickle_declaring_an_absurd_shape_is_refused_before_allocating(t
     folder = write_cifar10(tmp_path, per_batch=2, test=2)
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": HugeArray(), b"labels": [0, 1]}, protocol=2))
     with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
-                                           r"the shape \(1000000000000,\), larger than any CIFAR array\)"):
+                                           r"the shape \(1000000000000,\) without the data to fill it"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+class DeclaredArray:
+    """Pickles as NumPy's array reconstruction of ``shape`` and ``dtype`` with no data to fill it (NumPy's own
+    pickles declare an empty ``(0,)`` array and then set its shape and bytes from the data that follows)."""
+
+    def __init__(self, shape, dtype) -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, self.shape, self.dtype)
+
+
+def test_a_cifar_pickle_whose_arrays_are_declared_but_never_filled_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": DeclaredArray((2, 3072), "u1"), b"labels": [0, 1]},
+                                                     protocol=2))
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
+                                           r"the shape \(2, 3072\) without the data to fill it"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+def test_a_cifar_pickle_with_a_sub_array_dtype_past_the_bound_is_refused_before_allocating(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    # 300 rows of a 1000x1000 sub-array: 300 million elements from a few hundred bytes
+    huge = DeclaredArray((300,), ("u1", (1000, 1000)))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": huge, b"labels": [0, 1]}, protocol=2))
+    assert (folder / "test_batch").stat().st_size < 400
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
+                                           r"the shape \(300,\)"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+def test_a_cifar_pickle_holding_an_array_of_python_objects_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    # NumPy fills an object array from a pickled list; a list shorter than the shape crashes the interpreter
+    data = np.array([[0] * 3072, [1] * 3072], dtype=object)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array of "
+                                           r"Python objects"):
         build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
 
 
