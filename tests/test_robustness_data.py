@@ -234,6 +234,41 @@ def test_gesture_coordinates_that_int16_would_wrap_are_refused(tmp_path, column,
         dataset[0]
 
 
+@pytest.mark.parametrize("value", [2**62, 1e300, -1e300], ids=["int64-wraps-x1000", "huge-float", "negative-float"])
+def test_gesture_timestamps_that_would_overflow_microseconds_are_refused(tmp_path, value):
+    write_dvsgesture(tmp_path, {"ibmGestureTest/user25_led": [0]})
+    path = tmp_path / "DVSGesture/ibmGestureTest/user25_led/0.npy"
+    table = np.load(path).astype(np.int64 if isinstance(value, int) else np.float64)
+    table[-1, 3] = value  # x1000 wraps int64 (or casts to garbage): the event would land in a wrong frame
+    np.save(path, table)
+    dataset = build_dataset(event_config("dvs128gesture", tmp_path), "val")
+    with pytest.raises(DatasetError, match=r"user25_led/0\.npy: timestamps .* do not fit"):
+        dataset[0]
+
+
+@pytest.mark.parametrize("times", [[0.0, 1e300], [-(2**62), 2**62]], ids=["float-beyond-int64", "span-beyond-int64"])
+def test_event_timestamps_beyond_int64_are_refused_not_cast(times):
+    events = random_events(50, dtype=np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "u1"),
+                                               ("t", "<f8" if isinstance(times[0], float) else "<i8")]))
+    events["t"][0], events["t"][-1] = times
+    recordings = EventRecordings("test", ListReader(events), [0], ["rec0"], [0], (128, 128, 2), ["a"])
+    with pytest.raises(DatasetError, match=r"rec0.aedat4: timestamps .* do not fit"):
+        EventFrameDataset(recordings, T=2, size=(32, 32))[0]
+
+
+def test_a_replaced_recording_is_not_served_from_the_frame_cache(tmp_path):
+    write_dvsgesture(tmp_path, {"ibmGestureTest/user25_led": [0]}, events_per_file=400)
+    path = tmp_path / "DVSGesture/ibmGestureTest/user25_led/0.npy"
+    config = event_config("dvs128gesture", tmp_path, cache_dir=str(tmp_path / "cache"))
+    before = build_dataset(config, "val")[0][0]
+    table = np.load(path)
+    table[:, 0] = 127 - table[:, 0]  # the same recording mirrored: other frames, same path, same size
+    np.save(path, table)
+    fresh = build_dataset(event_config("dvs128gesture", tmp_path), "val")[0][0]  # no cache
+    assert not torch.equal(before, fresh)
+    assert torch.equal(build_dataset(config, "val")[0][0], fresh)
+
+
 # --- cached frames ---------------------------------------------------------------------------------------
 
 
@@ -267,8 +302,9 @@ def save_frames(frames):
 @pytest.mark.parametrize("spoil", [truncate, damage_crc, save_frames(np.zeros((2, 2, 16, 16), np.int32)),
                                    save_frames(np.full((2, 2, 32, 32), np.nan, np.float32)),
                                    save_frames(np.full((2, 2, 32, 32), -1, np.int32)),
+                                   save_frames(np.full((2, 2, 32, 32), 2**30, np.int32)),
                                    lambda path: path.write_bytes(b"PK\x03\x04 not a zip")],
-                         ids=["truncated", "crc", "shape", "nan", "negative", "foreign"])
+                         ids=["truncated", "crc", "shape", "nan", "negative", "huge-counts", "foreign"])
 def test_a_bad_cache_file_is_rebuilt_from_the_source_with_a_one_line_notice(cached, spoil, caplog):
     dataset, path, good = cached
     spoil(path)
