@@ -408,6 +408,12 @@ def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], strict: b
         shown = ", ".join(wrong_kind[:4]) + (f", ... ({len(wrong_kind)} in all)" if len(wrong_kind) > 4 else "")
         raise CheckpointError(f"{source}: tensors of the wrong kind of dtype: {shown}; the file was not written "
                               f"from this model's weights (corrupt or forged)")
+    non_finite = [k for k in expected if k in state and state[k].is_floating_point()
+                  and state[k].device.type != "meta" and not bool(torch.isfinite(state[k]).all())]
+    if non_finite:
+        shown = ", ".join(non_finite[:4]) + (f", ... ({len(non_finite)} in all)" if len(non_finite) > 4 else "")
+        raise CheckpointError(f"{source}: non-finite values (NaN or infinite) in {shown}; these weights would "
+                              f"evaluate to NaN: use a checkpoint saved before the run diverged")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, use_ema: bool = False

@@ -8,6 +8,7 @@ cannot). Overrides change the model, e.g. ``model.T=8`` or ``model.embed_dim=64`
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def run(args) -> int:
     fmt = args.format or FORMATS.get(Path(args.out).suffix.lower())
     if fmt is None:
         raise ConfigError(f"cannot tell the format from {args.out!r}; add --format onnx or --format nir")
+    if not (math.isfinite(args.dt) and args.dt > 0):
+        raise ConfigError(f"--dt must be a positive number of seconds, got {args.dt}")
     model = _load_model(args)
     if fmt == "onnx":
         path = export_onnx(model, args.out, frames=True if args.frames else None)
