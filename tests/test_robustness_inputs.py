@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from spikformer.checkpoint import load_model_from_checkpoint, save_model
 from spikformer.cli import main
@@ -63,3 +64,41 @@ def test_a_nir_time_step_that_is_not_a_positive_number_is_refused(tmp_path, caps
                  "--out", str(out)]) == 2
     assert f"--dt must be a positive number of seconds, got {float(dt)}" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- image depths ----------------------------------------------------------------------------------------
+
+
+def grey_ramp(path: Path, mode: str) -> np.ndarray:
+    """A 256x256 horizontal ramp from black to white stored in ``mode``; returns its values scaled to [0, 1]."""
+    ramp = np.tile(np.linspace(0.0, 1.0, 256), (256, 1))
+    if mode == "I;16":
+        Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(path)
+    elif mode == "I":
+        Image.fromarray(np.round(ramp * 65535).astype(np.int32), "I").save(path)
+    else:
+        Image.fromarray(ramp.astype(np.float32), "F").save(path)
+    assert Image.open(path).mode == mode
+    return ramp
+
+
+@pytest.mark.parametrize("mode, name", [("I;16", "ramp.png"), ("I", "ramp.tif"), ("F", "ramp.tiff")])
+@pytest.mark.parametrize("target", ["L", "RGB"])
+def test_16_bit_and_float_images_keep_their_grey_levels(tmp_path, mode, name, target):
+    from spikformer.data.folder import ImageFolderDataset
+
+    ramp = grey_ramp(tmp_path / name, mode)
+    image = ImageFolderDataset([], [], mode=target).load(str(tmp_path / name))
+    assert image.mode == target
+    pixels = np.asarray(image, dtype=np.float64).reshape(256, 256, -1)[..., 0] / 255
+    assert np.abs(pixels - ramp).max() <= 1 / 255  # not clipped to white, nor thresholded to 0/1
+
+
+@pytest.mark.parametrize("values", [[-0.5, 0.5], [0.0, 2.0], [0.0, float("nan")]])
+def test_a_float_image_outside_zero_to_one_is_refused_not_clipped(tmp_path, values):
+    from spikformer.data.folder import ImageFolderDataset
+    from spikformer.errors import DatasetError
+
+    Image.fromarray(np.array([values], dtype=np.float32), "F").save(tmp_path / "f.tif")
+    with pytest.raises(DatasetError, match=r"f.tif: a floating-point image with values outside \[0, 1\]"):
+        ImageFolderDataset([], [], mode="L").load(str(tmp_path / "f.tif"))
