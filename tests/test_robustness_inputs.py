@@ -102,3 +102,80 @@ def test_a_float_image_outside_zero_to_one_is_refused_not_clipped(tmp_path, valu
     Image.fromarray(np.array([values], dtype=np.float32), "F").save(tmp_path / "f.tif")
     with pytest.raises(DatasetError, match=r"f.tif: a floating-point image with values outside \[0, 1\]"):
         ImageFolderDataset([], [], mode="L").load(str(tmp_path / "f.tif"))
+
+
+# --- files far larger than they claim ----------------------------------------------------------------------
+
+
+def stored_config_weights(path: Path, **sections) -> Path:
+    """A tiny model's weights under a stored config with ``sections`` changed (the weights stay tiny)."""
+    config = config_to_dict(load_config(None, TINY))
+    for section, values in sections.items():
+        config[section].update(values)
+    save_model(path, build_model(load_config(None, TINY).model), config)
+    return path
+
+
+def test_stored_sizes_are_bounded_by_their_product_not_only_one_by_one(tmp_path):
+    # each below its own limit (256, 1024, 4096), together a 2.2e12-value feature map at width 16
+    path = stored_config_weights(tmp_path / "w.safetensors", model={"T": 256, "img_size": 1024},
+                                 data={"eval_batch_size": 4096})
+    with pytest.raises(CheckpointError, match=r"asks for model.T=256 x model.embed_dim=16 x model.img_size=1024 x "
+                                              r"data.eval_batch_size=4096: a first feature map of .* more than"):
+        load_model_from_checkpoint(path)
+    # a user who chooses the sizes may have them
+    _, config = load_model_from_checkpoint(path, ["model.T=256", "model.img_size=1024", "data.eval_batch_size=4096"])
+    assert (config.model.T, config.model.img_size, config.data.eval_batch_size) == (256, 1024, 4096)
+
+
+def spy_on_tensor_reads(monkeypatch) -> list[str]:
+    """Record every whole-file tensor read of the checkpoint module (the data, not the header)."""
+    import spikformer.checkpoint as ckpt
+
+    reads: list[str] = []
+    real = ckpt.safetensors_load_file
+    monkeypatch.setattr(ckpt, "safetensors_load_file", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    return reads
+
+
+def sparse_safetensors_with_extra_tensor(source: Path, out: Path, extra_bytes: int) -> Path:
+    """``source`` with one more F32 tensor of ``extra_bytes`` in its header, the data a hole of that length
+    (sparse: nothing is written, the file takes no disk space)."""
+    import json
+    import struct
+
+    raw = source.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    data = raw[8 + length:]
+    header["smuggled.weight"] = {"dtype": "F32", "shape": [extra_bytes // 4],
+                                 "data_offsets": [len(data), len(data) + extra_bytes]}
+    text = json.dumps(header).encode()
+    with out.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text + data)
+        handle.truncate(8 + len(text) + len(data) + extra_bytes)
+    return out
+
+
+def test_a_sparse_checkpoint_with_a_foreign_tensor_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    source = stored_config_weights(tmp_path / "w.safetensors")
+    path = sparse_safetensors_with_extra_tensor(source, tmp_path / "sparse.safetensors", 6 * 2**30)
+    assert path.stat().st_size > 6 * 2**30 and path.stat().st_blocks * 512 < 2**20
+    reads = spy_on_tensor_reads(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"sparse.safetensors does not fit the model(.|\n)*unexpected keys: "
+                                              r"smuggled.weight"):
+        load_model_from_checkpoint(path)
+    assert reads == []  # refused from the header alone
+
+
+def test_a_zip_pth_that_inflates_far_beyond_its_size_is_refused_before_loading(tmp_path):
+    import zipfile
+
+    from spikformer.checkpoint import read_legacy_checkpoint
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb/data.pkl", b"\0" * (64 * 2**20))  # 64 MiB of zeros in a 64 KB file
+    assert path.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"bomb.pth: its zip members inflate to 67108864 bytes from a "):
+        read_legacy_checkpoint(path)
