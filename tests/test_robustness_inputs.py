@@ -179,3 +179,105 @@ def test_a_zip_pth_that_inflates_far_beyond_its_size_is_refused_before_loading(t
     assert path.stat().st_size < 2**20
     with pytest.raises(CheckpointError, match=r"bomb.pth: its zip members inflate to 67108864 bytes from a "):
         read_legacy_checkpoint(path)
+
+
+# --- from_pretrained: every source through the checkpoint guards -------------------------------------------
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("spikformer_v2_8_384", embed_dim=32, depth=1, num_heads=4, img_size=32, T=2,
+                              num_classes=3)
+    save_for_hf(model, tmp_path / "hf", safe_serialization=True)
+    return tmp_path / "hf"
+
+
+def edit_config_json(folder: Path, edit) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_sparse_4_gib_config_json_is_refused_by_its_length(hf_folder):
+    import spikformer
+
+    with (hf_folder / "config.json").open("r+b") as handle:
+        handle.truncate(4 * 2**30)
+    with pytest.raises(CheckpointError, match=r"config.json .* is 4294967296 bytes, more than the"):
+        spikformer.from_pretrained(hf_folder)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", r"config.json is not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, r"config.json is not valid JSON"),
+    ('{"num_classes": 3}', r"config.json names no 'architecture'"),
+    ('{"architecture": "spikformer_v2_8_384", "model_args": [1]}', r"config.json: 'model_args' must be a mapping"),
+    ('{"architecture": "no_such_model"}', r"config.json: cannot build 'no_such_model'"),
+])
+def test_a_broken_config_json_is_one_line_naming_the_file(hf_folder, text, message):
+    import spikformer
+
+    (hf_folder / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=message) as info:
+        spikformer.from_pretrained(hf_folder)
+    assert "\n" not in str(info.value)
+
+
+def test_hub_model_args_are_bounded_like_a_stored_config(hf_folder):
+    import spikformer
+
+    edit_config_json(hf_folder, lambda c: c["model_args"].update(embed_dim=10**6))
+    with pytest.raises(CheckpointError, match=r"asks for model.embed_dim=1000000, more than the 4096"):
+        spikformer.from_pretrained(hf_folder)
+
+
+def test_int64_weights_in_a_folder_are_refused_not_cast(hf_folder):
+    from safetensors.torch import load_file, save_file
+
+    import spikformer
+
+    state = load_file(hf_folder / "model.safetensors")
+    state["head.weight"] = state["head.weight"].round().to(torch.int64)
+    save_file(state, hf_folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"tensors of the wrong kind of dtype: head.weight \(torch.int64"):
+        spikformer.from_pretrained(hf_folder)
+
+
+def test_a_pytorch_model_bin_that_would_run_code_is_refused_without_timms_advice(hf_folder):
+    import spikformer
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (hf_folder / "model.safetensors").unlink()
+    torch.save({"head.weight": RunsCode()}, hf_folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"refused to load .*pytorch_model.bin") as info:
+        spikformer.from_pretrained(hf_folder)
+    assert "weights_only" not in str(info.value)
+
+
+def test_from_pretrained_of_an_own_file_bounds_its_stored_sizes(tmp_path):
+    import spikformer
+
+    path = stored_config_weights(tmp_path / "w.safetensors", model={"T": 10**6})
+    with pytest.raises(CheckpointError, match=r"asks for model.T=1000000, more than the 256"):
+        spikformer.from_pretrained(path)
+
+
+def test_from_pretrained_of_an_own_file_refuses_int64_weights(tmp_path):
+    import spikformer
+    from spikformer.checkpoint import write_checkpoint
+
+    config = config_to_dict(load_config(None, TINY))
+    state = build_model(load_config(None, TINY).model).state_dict()
+    state["head.weight"] = state["head.weight"].to(torch.int64)
+    write_checkpoint(tmp_path / "w.safetensors", state, {"layout": "state_dict", "config": config})
+    with pytest.raises(CheckpointError, match=r"wrong kind of dtype: head.weight"):
+        spikformer.from_pretrained(tmp_path / "w.safetensors")
