@@ -28,8 +28,7 @@ def run(args) -> int:
     import torch
 
     from .. import ssl
-    from ..checkpoint import check_state_fits, described_model_state, match_state_dict, read_checkpoint, \
-        stored_config
+    from ..checkpoint import check_state_fits, described_model_state, match_state_dict, read_checkpoint, stored_config
     from ..data import build_dataset
     from ..errors import CheckpointError, ConfigError
     from ..models import resolve_config
