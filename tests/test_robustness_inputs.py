@@ -281,3 +281,29 @@ def test_from_pretrained_of_an_own_file_refuses_int64_weights(tmp_path):
     write_checkpoint(tmp_path / "w.safetensors", state, {"layout": "state_dict", "config": config})
     with pytest.raises(CheckpointError, match=r"wrong kind of dtype: head.weight"):
         spikformer.from_pretrained(tmp_path / "w.safetensors")
+
+
+# --- output paths, checked before the work -----------------------------------------------------------------
+
+
+def test_frames_out_naming_a_folder_or_a_suffix_matplotlib_cannot_write_fails_before_reading(tmp_path, capsys):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    assert main(["frames", "--config", "digits_dvs", "--out", str(folder)]) == 2
+    assert f"--out {folder} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "figures.png").exists()
+    assert main(["frames", "--config", "digits_dvs", "--out", str(tmp_path / "f.xyz")]) == 2
+    assert "matplotlib cannot write .xyz" in capsys.readouterr().err
+
+
+def test_analyze_json_and_export_out_naming_a_folder_fail_before_the_work(tmp_path, capsys):
+    folder = tmp_path / "result.json"
+    folder.mkdir()
+    assert main(["analyze", "--model", "spikformer_cifar_4_256", *TINY, "--json", str(folder),
+                 "--out", str(tmp_path / "analysis")]) == 2
+    assert f"--json {folder} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "analysis").exists()  # nothing was measured
+    onnx = tmp_path / "m.onnx"
+    onnx.mkdir()
+    assert main(["export", "--model", "spikformer_cifar_4_256", *TINY, "--out", str(onnx)]) == 2
+    assert f"--out {onnx} is a folder" in capsys.readouterr().err
