@@ -307,3 +307,16 @@ def test_analyze_json_and_export_out_naming_a_folder_fail_before_the_work(tmp_pa
     onnx.mkdir()
     assert main(["export", "--model", "spikformer_cifar_4_256", *TINY, "--out", str(onnx)]) == 2
     assert f"--out {onnx} is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [{0: torch.zeros(2), "head.bias": torch.ones(1)},
+                                     {"state_dict": {0: torch.zeros(2)}}, {1: {"a": torch.zeros(1)}}],
+                         ids=["raw", "under-state_dict", "top-level"])
+def test_a_legacy_pth_with_integer_keys_is_refused_with_one_line(tmp_path, content):
+    from spikformer.checkpoint import read_model_state
+
+    torch.save(content, tmp_path / "int.pth")
+    with pytest.raises(CheckpointError, match=r"int.pth: (no model state dict found|the state dict has non-string "
+                                              r"keys)") as info:
+        read_model_state(tmp_path / "int.pth")
+    assert "\n" not in str(info.value)

@@ -345,11 +345,21 @@ def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> 
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner
+            return _named_tensors(inner, path)
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
+        return _named_tensors(obj, path)
     raise CheckpointError(f"{path}: no model state dict found (looked for the keys 'state_dict' and "
-                          f"'model', and for a raw mapping of tensors); top-level keys: {sorted(obj)[:10]}")
+                          f"'model', and for a raw mapping of tensors); top-level keys: "
+                          f"{sorted(map(repr, obj))[:10]}")
+
+
+def _named_tensors(state: dict[Any, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` if every key is a parameter name (a string); a pickle may use any hashable."""
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise CheckpointError(f"{path}: the state dict has non-string keys ({', '.join(map(repr, odd[:4]))}); "
+                              f"parameter names are strings: the file is not a model's state dict")
+    return state
 
 
 def read_model_state(path: str | Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
