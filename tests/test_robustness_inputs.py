@@ -320,3 +320,16 @@ def test_a_legacy_pth_with_integer_keys_is_refused_with_one_line(tmp_path, conte
                                               r"keys)") as info:
         read_model_state(tmp_path / "int.pth")
     assert "\n" not in str(info.value)
+
+
+def test_random_interpolation_trains_with_a_random_filter_and_evaluates_with_bicubic():
+    from torchvision.transforms import InterpolationMode
+
+    from spikformer.data.transforms import image_transform
+
+    data = load_config(None, ["data.interpolation=random"]).data
+    evaluation = image_transform(data, False, 32, 3, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0)
+    resize = evaluation.transforms[0]
+    assert resize.interpolation == InterpolationMode.BICUBIC
+    assert evaluation(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
+    image_transform(data, True, 32, 3, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0)  # training keeps 'random'
