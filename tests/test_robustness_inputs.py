@@ -333,3 +333,52 @@ def test_random_interpolation_trains_with_a_random_filter_and_evaluates_with_bic
     assert resize.interpolation == InterpolationMode.BICUBIC
     assert evaluation(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
     image_transform(data, True, 32, 3, (0.5,) * 3, (0.5,) * 3, crop_pct=1.0)  # training keeps 'random'
+
+
+# --- run folders --------------------------------------------------------------------------------------------
+
+
+def tiny_run(out_dir, *extra: str) -> list[str]:
+    """Overrides for a run of a few seconds on the embedded digits."""
+    return ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "model.T=2", "model.img_size=16",
+            "model.in_chans=1", "model.num_classes=10", "data.batch_size=16", "data.train_fraction=0.05",
+            "data.eval_batch_size=180", "train.epochs=1", "train.amp=off", "train.progress=false",
+            f"train.out_dir={out_dir}", *extra]
+
+
+def test_out_dir_with_a_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "digits", *tiny_run("~/runs/x")]) == 0
+    assert (tmp_path / "home/runs/x/last.safetensors").is_file()
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_restart_with_resume_auto_after_a_failure_before_the_first_checkpoint_is_accepted(tmp_path):
+    import yaml
+
+    from spikformer.train.run_folder import prepare_run_folder
+
+    first = config_to_dict(load_config(None, tiny_run(tmp_path / "run")))  # started without train.resume
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/config.yaml").write_text(yaml.safe_dump(first, sort_keys=False))  # then it failed
+    again = config_to_dict(load_config(None, tiny_run(tmp_path / "run", "train.resume=auto")))
+    assert prepare_run_folder(tmp_path / "run", "auto", False, again) is None  # a fresh start, not refused
+
+
+def test_resuming_a_finished_run_with_fewer_epochs_is_refused_and_keeps_its_config(tmp_path, capsys):
+    assert main(["train", "--config", "digits", *tiny_run(tmp_path / "run", "train.epochs=2")]) == 0
+    before = (tmp_path / "run/config.yaml").read_text()
+    assert main(["train", "--config", "digits", *tiny_run(tmp_path / "run", "train.epochs=1"), "--resume", "auto"]) == 2
+    assert "has trained 2 epochs, more than train.epochs=1" in capsys.readouterr().err
+    assert (tmp_path / "run/config.yaml").read_text() == before
+
+
+def test_overwrite_refuses_to_delete_the_config_file_it_is_reading(tmp_path, capsys):
+    # out_dir is the folder that holds the config file, as with out_dir=.
+    assert main(["train", "--config", "digits", *tiny_run(tmp_path)]) == 0
+    config_file = tmp_path / "config.yaml"
+    before = config_file.read_text()
+    assert main(["train", "--config", str(config_file), "--overwrite"]) == 2
+    assert "would delete the config file it reads" in capsys.readouterr().err
+    assert config_file.read_text() == before
