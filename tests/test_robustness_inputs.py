@@ -382,3 +382,22 @@ def test_overwrite_refuses_to_delete_the_config_file_it_is_reading(tmp_path, cap
     assert main(["train", "--config", str(config_file), "--overwrite"]) == 2
     assert "would delete the config file it reads" in capsys.readouterr().err
     assert config_file.read_text() == before
+
+
+def test_eval_writes_event_frames_to_the_local_cache_not_under_the_stored_data_root(tmp_path, monkeypatch):
+    from event_writers import write_dvsgesture
+
+    root = tmp_path / "gesture"
+    write_dvsgesture(root, {"ibmGestureTest/user25_led": [0, 1]}, events_per_file=60)
+    model_keys = ["model.name=spikformer_dvs_2_256", "model.embed_dim=16", "model.depth=1", "model.num_heads=2",
+                  "model.img_size=32", "model.T=2", "model.num_classes=11"]
+    config = load_config(None, [*model_keys, "data.name=dvs128gesture", f"data.root={root}", "train.progress=false",
+                                "train.amp=off"])
+    save_model(tmp_path / "w.safetensors", build_model(config.model), config_to_dict(config))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors")]) == 0
+    assert not (root / "cache").exists()  # the file's data.root says where to read, not where to write
+    assert list((tmp_path / "xdg/spikformer/frames").glob("dvs128gesture-*/**/*.npz"))
+    # a data.root the user gives is the user's choice: its default cache folder is used
+    assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), f"data.root={root}"]) == 0
+    assert (root / "cache").is_dir()
