@@ -401,3 +401,10 @@ def test_eval_writes_event_frames_to_the_local_cache_not_under_the_stored_data_r
     # a data.root the user gives is the user's choice: its default cache folder is used
     assert main(["eval", "--checkpoint", str(tmp_path / "w.safetensors"), f"data.root={root}"]) == 0
     assert (root / "cache").is_dir()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_lif_backend_this_machine_cannot_run_is_refused_when_the_run_starts(tmp_path, capsys):
+    assert main(["train", "--config", "digits", *tiny_run(tmp_path / "run", "model.lif_backend=triton")]) == 2
+    assert "model.lif_backend=triton cannot run on cpu" in capsys.readouterr().err
+    assert not (tmp_path / "run/last.safetensors").exists()

@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..data import build_dataset, build_loader
     from ..errors import ConfigError
     from ..models import resolve_config
-    from ..train.engine import autocast_dtype, evaluate, resolve_device
+    from ..train.engine import autocast_dtype, check_lif_backend, evaluate, resolve_device
 
     if args.json and Path(args.json).is_dir():  # found out before the evaluation, not after it
         raise ConfigError(f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}")
@@ -48,6 +48,7 @@ def run(args) -> int:
         config.data.cache_dir = str(local_cache_folder())
     config = resolve_config(config)  # a no-op for a complete description; the datasets read its input size
     device = resolve_device(config.train.device)
+    check_lif_backend(config.model.lif_backend, device)
     dataset = build_dataset(config, args.split)
     loader = build_loader(dataset, config.data.eval_batch_size or config.data.batch_size, train=False,
                           num_workers=config.data.num_workers)

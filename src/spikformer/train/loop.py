@@ -44,7 +44,7 @@ from .distributed import (
     gradient_accumulation_steps,
     init_distributed,
 )
-from .engine import autocast_dtype, resolve_device
+from .engine import autocast_dtype, check_lif_backend, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder, replace_run_file
 from .state import Position, capture_rng, load_training_state, save_training_state
@@ -158,6 +158,7 @@ class RunLoop:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        check_lif_backend(config.model.lif_backend, self.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
