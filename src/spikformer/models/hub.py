@@ -70,7 +70,9 @@ def _from_folder(folder: Path, name: str | None, **kwargs: Any) -> nn.Module:
                           f"best.safetensors; pass the weight file itself")
 
 
-# The weight files timm's local-dir loader may pick (it prefers model.safetensors, then any of these).
+# The weight files timm's local-dir loader may pick: these names first, else any file of these suffixes.
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                    "open_clip_pytorch_model.bin")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".pth.tar", ".ckpt")
 
 
@@ -106,7 +108,9 @@ def _check_timm_folder(folder: Path, kwargs: dict[str, Any]) -> None:
     except (RuntimeError, TypeError, ValueError, KeyError, RecursionError) as error:
         raise CheckpointError(f"{where}: cannot build {config['architecture']!r} from its model_args "
                               f"({type(error).__name__}: {_first_line(error)})") from None
-    for weights in sorted(p for p in folder.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES) and p.is_file()):
+    named = [folder / name for name in _HF_WEIGHT_FILES if (folder / name).is_file()]
+    candidates = named or sorted(p for p in folder.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES) and p.is_file())
+    for weights in candidates:
         described = described_model_state(weights)
         if described is not None:  # names and shapes from the header, before the data is read
             check_state_fits(meta, described[0], strict=True, source=str(weights))
@@ -133,7 +137,8 @@ def _from_file(path: Path, name: str | None, **kwargs: Any) -> nn.Module:
     if config:
         # the checkpoint's own guards: bounded sizes, then names, shapes, dtype kinds and finite values against
         # the model it describes (meta: nothing allocated) before timm reads the file
-        chosen = [f"model.{key}={value}" for key, value in kwargs.items() if key in ("T", "img_size", "embed_dim")]
+        chosen = [f"model.{key}={value}" for key, value in kwargs.items()
+                  if key in ("T", "img_size", "embed_dim") and type(value) is int]
         model_config = resolve_model_config(stored_config(path, metadata, chosen).model)
         with torch.device("meta"):
             meta = build_model(model_config)
