@@ -344,8 +344,9 @@ MAX_OPTION_DEPTH = 16  # stem and neuron options are flat keyword arguments; a f
 
 def _check_int64(value: int, where: str) -> None:
     if not INT64_BOUNDS[0] <= value <= INT64_BOUNDS[1]:
-        raise ConfigError(f"{where} must be an integer of at most 64 bits (between -2^63 and 2^63 - 1), got "
-                          f"{str(value)[:30]}... ({value.bit_length()} bits)")
+        digits = len(str(abs(value)))
+        shown = str(value) if digits <= 30 else f"{str(value)[:30]}... ({digits} digits)"
+        raise ConfigError(f"{where} must be an integer of at most 64 bits (between -2^63 and 2^63 - 1), got {shown}")
 
 
 def _check_plain_tree(value: Any, where: str, parents: tuple[int, ...]) -> None:
