@@ -17,6 +17,7 @@ each neuron from its ``lif_constants()`` (see ``spikformer.neurons.SpikingNeuron
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,12 @@ def folded_model(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).cpu().float()
     if hasattr(model, "fuse"):
         model.fuse()
+    non_finite = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if non_finite:
+        shown = ", ".join(non_finite[:4]) + (f", ... ({len(non_finite)} in all)" if len(non_finite) > 4 else "")
+        raise ExportError(f"non-finite values (NaN or infinite) in {shown}: an exported graph would compute NaN; "
+                          f"export weights saved before the run diverged")
     return model.eval()
 
 
@@ -246,6 +253,8 @@ def export_nir(model: nn.Module, path: str | Path | None = None, partial: bool =
     v_reset)``, whose Euler step of length ``dt`` is this package's charge equation. NIR fires on
     ``v > v_threshold``, the model on ``>=`` (they differ only where ``v`` equals the threshold exactly).
     """
+    if not (math.isfinite(dt) and dt > 0):
+        raise ExportError(f"dt must be a positive number of seconds per model step, got {dt}")
     try:
         import nir
         import numpy as np

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from . import add_config_arguments
+from .paths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ def run(args) -> int:
     from ..errors import ConfigError
 
     _check_counts(args)
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.out and Path(args.out).expanduser().is_file():
+        raise ConfigError(f"--out {args.out} is a file; name the folder for the CSV files and figures")
     energy_model = energy_model_from_args(args)
     model, config, trained = load_model(args)
     name = config.model.name

@@ -32,6 +32,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def check_lif_backend(name: str, device: torch.device) -> None:
+    """``ConfigError`` when ``model.lif_backend`` names a kernel this device cannot run (``triton`` on a CPU,
+    ``c`` on a GPU): found when the run starts, not at the first forward pass. Whether a kernel runs is a
+    property of the machine, so a checkpoint's config that names one still loads elsewhere."""
+    from ..neurons.lif_backends import backend_available
+
+    if name not in ("auto", "torch", "fused") and not backend_available(name, device.type, torch.float32):
+        raise ConfigError(f"model.lif_backend={name} cannot run on {device.type} here; use model.lif_backend=auto "
+                          f"(the fastest available) or fused")
+
+
 # oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bfloat16 is emulated under them.
 _ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 

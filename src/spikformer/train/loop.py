@@ -44,7 +44,7 @@ from .distributed import (
     gradient_accumulation_steps,
     init_distributed,
 )
-from .engine import autocast_dtype, resolve_device
+from .engine import autocast_dtype, check_lif_backend, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder, replace_run_file
 from .state import Position, capture_rng, load_training_state, save_training_state
@@ -159,11 +159,12 @@ class RunLoop:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        check_lif_backend(config.model.lif_backend, self.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         self.is_main = self.dist.is_main
-        self.out_dir = Path(cfg.out_dir)
+        self.out_dir = Path(cfg.out_dir).expanduser()  # ~/runs is the home folder's, as in a shell
         if cfg.sync_bn and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); set "
                               "train.sync_bn=false for CPU runs")
@@ -243,7 +244,7 @@ class RunLoop:
         resume = self.config.train.resume
         if resume is None:
             return None
-        path = self.out_dir / "last.safetensors" if resume == "auto" else Path(resume)
+        path = self.out_dir / "last.safetensors" if resume == "auto" else Path(resume).expanduser()
         if resume == "auto" and not path.exists():
             return None  # nothing to resume yet: start fresh
         if not path.exists():
@@ -267,6 +268,11 @@ class RunLoop:
         if path is not None:
             check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
+            if self.position.epoch > cfg.epochs:  # before config.yaml records the shorter run
+                raise ConfigError(f"cannot resume from {path}: the run has trained {self.position.epoch} epochs, "
+                                  f"more than train.epochs={cfg.epochs}; resume with train.epochs >= "
+                                  f"{self.position.epoch}, or fine-tune from its weights in a new run "
+                                  f"(model.pretrained={path})")
             self.has_checkpoint = path == self.out_dir / "last.safetensors"
         if self.is_main:
             # save_config's text, written whole or not at all (a restart compares it with its own config)
