@@ -45,7 +45,10 @@ def test_analyze_random_weights_writes_json_csv_and_figures(tmp_path, capsys):
             assert layer["firing_rate"] is None and layer["sops"] == 0
         else:
             assert layer["firing_rate"] >= 0
-            assert layer["sops"] == pytest.approx(layer["firing_rate"] * 4 * layer["flops"])
+            full_fan_out = layer["firing_rate"] * 4 * layer["flops"]  # a conv's padded borders reach fewer
+            assert layer["sops"] <= full_fan_out * (1 + 1e-12)
+            if not layer["name"].endswith(".conv"):
+                assert layer["sops"] == pytest.approx(full_fan_out)
     assert [layer["kind"] for layer in doc["layers"]][0] == "MAC"  # random pixels into the first conv
     total = doc["total"]
     assert {"flops", "sops", "energy_mj", "ann_energy_mj"} <= set(total)
