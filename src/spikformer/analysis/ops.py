@@ -89,16 +89,18 @@ class OpCounter:
 
     ``model`` takes ``[B, C, H, W]`` images or ``[B, T, C, H, W]`` frames when it has a ``time_first`` method
     (a ``Spikformer``); any other module is taken to receive time-first input ``[T, B, ...]``. Layers are
-    reported in the order they first ran. Works on the meta device (FLOPs only, no firing rates; the first layer
-    is then taken to see pixels, a MAC layer, as in the paper).
+    reported in the order they first ran; ``weight_layers=False`` counts the SSA products alone. Works on the
+    meta device (FLOPs only, no firing rates; the first layer is then taken to see pixels, a MAC layer, as in
+    the paper).
     """
 
-    def __init__(self, model: nn.Module, attention_order: str = "as_computed") -> None:
+    def __init__(self, model: nn.Module, attention_order: str = "as_computed", weight_layers: bool = True) -> None:
         if attention_order not in ATTENTION_ORDERS:
             raise ValueError(f"attention_order must be one of {', '.join(ATTENTION_ORDERS)}, "
                              f"got {attention_order!r}")
         self.model = model
         self.attention_order = attention_order
+        self.weight_layers = weight_layers  # False: the SSA products only
         self.tallies: dict[str, _Tally] = {}
         self.samples = 0  # samples seen over all forward passes
         self._T = self._B = 0
@@ -110,7 +112,7 @@ class OpCounter:
     def __enter__(self) -> OpCounter:
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
         for name, module in self.model.named_modules():
-            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and self.weight_layers:
                 self._handles.append(module.register_forward_hook(self._weight_layer_hook(name)))
             elif isinstance(module, SpikingSelfAttention):
                 for part in ("q", "k", "v"):
