@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import spikformer
-from spikformer.export import NIR_DT, export_nir, inference_model
+from spikformer.export import NIR_DT, ExportError, export_nir, import_nir, inference_model
 
 nir = pytest.importorskip("nir")
 
@@ -99,6 +99,45 @@ def test_spikingjelly_2_import_fires_the_model_s_spikes(name, tmp_path):
     got = run_steps(import_from_nir(written_and_read(model, tmp_path)), step_inputs(model, x))
     assert expected.sum() > 0
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_import_nir_reads_the_graph_back_into_our_modules_with_the_model_s_spikes(name, tmp_path):
+    model = tiny_variant(name)
+    x = model_input(model, batch=2)
+    export_nir(model, tmp_path / "model.nir", partial=True)
+    network = import_nir(tmp_path / "model.nir")  # dt from the file's metadata
+    with torch.no_grad():
+        got = network(torch.stack(step_inputs(model, x)))
+    torch.testing.assert_close(got, stem_spikes(model, x), rtol=0, atol=0)
+
+
+def test_import_nir_runs_pooling_flatten_and_affine_heads_like_torch():
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    nodes = {
+        "input": nir.Input({"input": np.array([4, 2, 2])}),
+        "pool": nir.AvgPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+        "flat": nir.Flatten({"input": np.array([4, 1, 1])}, start_dim=0),
+        "head": nir.Affine(weight=weight, bias=np.ones(3, dtype=np.float32)),
+        "output": nir.Output({"output": np.array([3])}),
+    }
+    edges = [("input", "pool"), ("pool", "flat"), ("flat", "head"), ("head", "output")]
+    x = torch.rand(2, 5, 4, 2, 2)  # [T, B, C, H, W]
+    with torch.no_grad():
+        got = import_nir(nir.NIRGraph(nodes=nodes, edges=edges))(x)
+    expected = x.mean((-1, -2)) @ torch.from_numpy(weight).T + 1
+    torch.testing.assert_close(got, expected)
+
+
+def test_import_nir_names_a_node_it_cannot_read():
+    nodes = {
+        "input": nir.Input({"input": np.array([3])}),
+        "delay": nir.Delay(delay=np.ones(3, dtype=np.float32)),
+        "output": nir.Output({"output": np.array([3])}),
+    }
+    graph = nir.NIRGraph(nodes=nodes, edges=[("input", "delay"), ("delay", "output")])
+    with pytest.raises(ExportError, match="NIR node delay is a Delay"):
+        import_nir(graph)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -321,3 +321,114 @@ def export_nir(model: nn.Module, path: str | Path | None = None, partial: bool =
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         nir.write(str(path), graph)
     return graph
+
+
+class NIRNetwork(nn.Module):
+    """A NIR graph run by this package's modules: ``[T, B, ...]`` inputs, one per step, to ``[T, B, ...]``.
+
+    Nodes run in the graph's order, each on the sum of the edges that meet at it, over all ``T`` steps at once
+    (the graphs are feed-forward): ``Conv2d``, ``Affine`` and ``Linear`` as torch layers, ``LIF`` as
+    :class:`spikformer.neurons.LIF`, ``AvgPool2d`` and ``Flatten`` as their torch counterparts.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], order: list[str], sources: dict[str, list[str]],
+                 output: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleDict({name.replace(".", "/"): module for name, module in modules.items()})
+        self.order, self.sources, self.output = order, sources, output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {}
+        for name in self.order:
+            inputs = [values[source] for source in self.sources[name]]
+            y = x if not inputs else sum(inputs[1:], inputs[0])
+            layer = self.layers[key] if (key := name.replace(".", "/")) in self.layers else None
+            if isinstance(layer, SpikingNeuron):
+                y = layer(y)
+            elif layer is not None:
+                y = layer(y.flatten(0, 1)).unflatten(0, y.shape[:2])  # per step: time folded into the batch
+            values[name] = y
+        return values[self.output]
+
+
+def import_nir(graph: Any, dt: float | None = None) -> NIRNetwork:
+    """This package's modules for a NIR graph (a ``nir.NIRGraph`` or a file path) of the nodes NIR export writes.
+
+    ``dt`` (seconds per step) defaults to the file's ``metadata["dt"]``, else 1e-4. A ``nir.LIF`` must be
+    uniform over its neurons with ``r = 1`` and ``v_leak = v_reset`` (this package's charge equation); it becomes
+    a :class:`~spikformer.neurons.LIF` of ``tau = tau_nir / dt`` steps, which fires on ``v >= v_threshold``.
+    Any other node raises :class:`ExportError` naming it.
+    """
+    from .extras import require
+    from .neurons import LIF
+
+    nir = require("nir", "reading a NIR graph")
+    import numpy as np
+
+    if not isinstance(graph, nir.NIRGraph):
+        graph = nir.read(str(graph))
+    dt = float(dt if dt is not None else graph.metadata.get("dt", NIR_DT))
+
+    def uniform(name: str, field: str, value: Any) -> float:
+        values = np.unique(np.asarray(value, dtype=np.float64))
+        if values.size != 1:
+            raise ExportError(f"NIR node {name}: {field} differs between neurons; only uniform LIF layers import")
+        return float(values[0])
+
+    def pair(value: Any) -> tuple[int, int]:
+        values = np.broadcast_to(np.asarray(value, dtype=np.int64), (2,))
+        return int(values[0]), int(values[1])
+
+    modules: dict[str, nn.Module] = {}
+    output = None
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.Input):
+            continue
+        if isinstance(node, nir.Output):
+            output = name
+        elif isinstance(node, nir.Conv2d):
+            weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float32))
+            padding = node.padding if isinstance(node.padding, str) else pair(node.padding)
+            conv = nn.Conv2d(weight.shape[1] * node.groups, weight.shape[0], tuple(weight.shape[2:]),
+                             pair(node.stride), padding, pair(node.dilation), node.groups)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                conv.bias.copy_(torch.from_numpy(np.asarray(node.bias, dtype=np.float32)))
+            modules[name] = conv
+        elif isinstance(node, nir.Affine | nir.Linear):
+            weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float32))
+            bias = isinstance(node, nir.Affine)
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if bias:
+                    linear.bias.copy_(torch.from_numpy(np.asarray(node.bias, dtype=np.float32)))
+            modules[name] = linear
+        elif isinstance(node, nir.LIF):
+            r, v_leak = uniform(name, "r", node.r), uniform(name, "v_leak", node.v_leak)
+            v_reset = uniform(name, "v_reset", node.v_reset)
+            if r != 1.0 or v_leak != v_reset:
+                raise ExportError(f"NIR node {name}: a LIF with r={r:g}, v_leak={v_leak:g}, v_reset={v_reset:g}; "
+                                  "this package's LIF is r=1, v_leak=v_reset")
+            # tau is stored in float32: rounding tau / dt to float32 gives back the model's steps (2e-4 -> 2.0)
+            tau = float(np.float32(uniform(name, "tau", node.tau) / dt))
+            modules[name] = LIF(tau=tau,
+                                v_threshold=uniform(name, "v_threshold", node.v_threshold), v_reset=v_reset)
+        elif isinstance(node, nir.AvgPool2d):
+            modules[name] = nn.AvgPool2d(pair(node.kernel_size), pair(node.stride), pair(node.padding))
+        elif isinstance(node, nir.Flatten):
+            end = node.end_dim + 1 if node.end_dim >= 0 else node.end_dim  # NIR counts dims without the batch
+            modules[name] = nn.Flatten(node.start_dim + 1, end)
+        else:
+            raise ExportError(f"NIR node {name} is a {type(node).__name__}, which this package does not import; "
+                              "it reads Conv2d, Affine, Linear, LIF, AvgPool2d and Flatten")
+    if output is None:
+        raise ExportError("the NIR graph has no Output node")
+    sources = {name: [s for s, d in graph.edges if d == name] for name in graph.nodes}
+    order: list[str] = []
+    while len(order) < len(graph.nodes):
+        ready = [n for n in graph.nodes if n not in order and all(s in order for s in sources[n])]
+        if not ready:
+            raise ExportError("the NIR graph has a cycle; only feed-forward graphs import")
+        order += ready
+    return NIRNetwork(modules, order, sources, output)
