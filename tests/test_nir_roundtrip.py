@@ -4,6 +4,9 @@ spikes exactly, for every registered variant."""
 
 from __future__ import annotations
 
+import functools
+from importlib import metadata
+
 import numpy as np
 import pytest
 import torch
@@ -16,8 +19,10 @@ nir = pytest.importorskip("nir")
 VARIANTS = spikformer.list_models()
 
 
+@functools.cache
 def tiny_variant(name: str) -> torch.nn.Module:
-    """``name`` at test size, with BatchNorm statistics of its own activity so that neurons fire."""
+    """``name`` at test size, with BatchNorm statistics of its own activity so that neurons fire (built once per
+    variant: the tests only read it, export and ``inference_model`` work on copies)."""
     model = spikformer.create_model(name, embed_dim=16, depth=1, num_heads=2, T=3, img_size=32)
     torch.manual_seed(0)
     for module in model.modules():
@@ -82,11 +87,11 @@ def test_snntorch_import_fires_the_model_s_spikes(name, tmp_path):
 
 
 def spikingjelly_2():
-    spikingjelly = pytest.importorskip("spikingjelly")
+    pytest.importorskip("spikingjelly")
     try:
         from spikingjelly.activation_based.nir_exchange import import_from_nir
     except ImportError:
-        pytest.skip(f"SpikingJelly {getattr(spikingjelly, '__version__', '?')} has no NIR importer (2.x has)")
+        pytest.skip(f"SpikingJelly {metadata.version('spikingjelly')} has no NIR importer (2.x has)")
     return import_from_nir
 
 
