@@ -130,6 +130,7 @@ def run(args) -> int:
     from ..analysis import attention_map, calibrate_batchnorm, measure_energy
     from ..analysis.attention import attention_blocks
     from ..analysis.firing import FiringRateRecorder
+    from ..analysis.footprint import static_figures
     from ..errors import ConfigError
 
     _check_counts(args)
@@ -161,6 +162,10 @@ def run(args) -> int:
                             progress=config.train.progress)
 
     log.info(report.format_table())
+    figures = static_figures(model)
+    log.info(f"\nfootprint {figures.footprint_bytes / 2**20:.2f} MiB ({figures.parameters:,} parameters and the "
+             f"buffers), connection sparsity {figures.connection_sparsity:.4f} (zero weights of linear and conv "
+             f"layers)")
     log.info("\nfiring rate of each spiking layer (spikes per neuron per time step):")
     for layer, rate in report.firing_rates.items():
         steps = " ".join(f"{r:.3f}" for r in report.firing_rates_per_step[layer])
@@ -172,7 +177,8 @@ def run(args) -> int:
     written = [out / "layers.csv", out / "firing_rates.csv"]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        document = {**report.to_dict(), "weights": str(args.checkpoint) if trained else "random",
+        document = {**report.to_dict(), "static": figures.to_dict(),
+                    "weights": str(args.checkpoint) if trained else "random",
                     "input": args.data if args.data != "auto" else ("val" if trained else "random")}
         Path(args.json).write_text(json.dumps(document, indent=2))
         written.append(Path(args.json))

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                         help="ONNX input as event frames [B, T, C, H, W] (the default for 2-channel models)")
     parser.add_argument("--partial", action="store_true",
                         help="NIR: write the graph up to the first part NIR cannot express")
-    parser.add_argument("--dt", type=float, default=1e-3, help="NIR: seconds per model time step (default 1e-3)")
+    parser.add_argument("--dt", type=float, default=1e-4,
+                        help="NIR: seconds per model time step (default 1e-4, the step NIR importers assume)")
     parser.set_defaults(func=run)
 
 
