@@ -41,3 +41,11 @@ def test_import_spikformer_alone_imports_neither_timm_nor_torch():
     seen = run_fresh("import json, spikformer\nprint(json.dumps([m for m in ('timm', 'torch', 'spikformer.models') "
                      "if m in sys.modules]))")
     assert seen == []
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["configs"], ["train", "--config", "digitz"],
+                                  ["pretrain", "--config", "digitz"]])
+def test_commands_that_need_no_model_answer_without_importing_torch(argv):
+    seen = run_fresh(f"import json\nfrom spikformer.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n"
+                     f"    pass\nprint(json.dumps([m for m in ('timm', 'torch') if m in sys.modules]))")
+    assert seen == []
