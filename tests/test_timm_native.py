@@ -203,9 +203,28 @@ def test_torchscript_compiles_the_model():
     torch.jit.script(timm.create_model("spikformer_cifar_4_256", **tiny("spikformer_cifar_4_256")).eval())
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="torch.fx symbolic tracing cannot follow the input checks on the shape (images or event "
-                          "frames) and the neurons' time loop; timm's fx feature extraction does not apply, "
-                          "features_only uses forward_intermediates (docs/timm.md)")
-def test_fx_symbolic_trace():
-    torch.fx.symbolic_trace(timm.create_model("spikformer_cifar_4_256", **tiny("spikformer_cifar_4_256")).eval())
+@pytest.mark.parametrize("name", ["spikformer_cifar_4_256", "spikformer_dvs_2_256_qkpool", "spikformer_v2_8_384"])
+def test_fx_feature_extraction_gives_the_models_outputs_and_surrogate_gradients(name):
+    """timm's fx feature extraction (torchvision's create_feature_extractor with timm's leaf modules): the
+    traced graph taps each unit and computes what the model computes, forward and backward."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, **tiny(name)).train()
+    tracing = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, _ = get_graph_node_names(model, tracer_kwargs=tracing)
+    assert "blocks.0.attn.q" in train_nodes and "patch_embed.stages.0" in train_nodes  # every unit is a tap
+    traced = create_feature_extractor(model, return_nodes={train_nodes[-1]: "out", "blocks.0": "block0"},
+                                      tracer_kwargs=tracing)
+    x = inputs(model)
+    expected = model(x)
+    expected.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out = traced(x)
+    torch.testing.assert_close(out["out"], expected, rtol=0, atol=0)
+    assert out["block0"].shape[:2] == (model.T, 2)  # a block's output: [T, B, N, D]
+    out["out"].square().mean().backward()
+    for n, p in traced.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
