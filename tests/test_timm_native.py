@@ -4,6 +4,8 @@ cannot apply to a spiking model are pinned as such (docs/timm.md says why)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -172,6 +174,43 @@ def test_in_chans_on_load_adapts_the_first_conv_as_timm_does(tmp_path):
                              pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
     assert gray.patch_embed.stages[0].conv.weight.shape[1] == 1
     assert gray(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_a_files_head_of_the_requested_size_is_kept(tmp_path, caplog):
+    name = "spikformer_cifar_4_256"
+    source = weights_like_trained(name, num_classes=3)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        loaded = timm.create_model(name, pretrained=True, num_classes=3, **tiny(name),
+                                   pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    x = inputs(source)
+    assert torch.equal(loaded.eval()(x), source(x))  # the trained 3-class head, not a fresh one
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("file_classes, wanted", [(10, 5), (0, 5)])
+def test_a_dropped_classifier_is_said_in_one_line(tmp_path, caplog, file_classes, wanted):
+    name = "spikformer_cifar_4_256"
+    save_file(weights_like_trained(name, num_classes=file_classes).state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        timm.create_model(name, pretrained=True, num_classes=wanted, **tiny(name),
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert f"{wanted} classes" in said[0] and "initialised" in said[0]
+    assert (f"{file_classes} classes" if file_classes else "no classifier") in said[0]
+
+
+def test_a_one_channel_file_loads_as_one_channel_without_timms_warning(tmp_path, caplog):
+    name = "spikformer_cifar_4_256"
+    source = weights_like_trained(name, in_chans=1)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        gray = timm.create_model(name, pretrained=True, in_chans=1, **tiny(name),
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(gray.eval()(x), source(x))
 
 
 @pytest.mark.parametrize("layout", ["own_checkpoint", "official"])
