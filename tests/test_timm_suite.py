@@ -57,7 +57,9 @@ def run_timm_suite(variants: list[str], tmp_path: Path) -> dict[str, dict[str, s
     suite.mkdir()
     (suite / "test_models.py").write_bytes(source.read_bytes())
     report = tmp_path / "report.xml"
-    env = {**os.environ, "SPIKFORMER_TIMM_SUITE_MODELS": ",".join(variants),
+    # TIMEOUT: timm's per-test limit (120 s for a forward pass by default), too short for a full-size ImageNet
+    # variant on two shared cores.
+    env = {"TIMEOUT": "1200", **os.environ, "SPIKFORMER_TIMM_SUITE_MODELS": ",".join(variants),
            "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "timm_suite_plugin", "-p", "no:cacheprovider",
                            "-q", "-W", "ignore", "--tb=short", f"--junitxml={report}", "--rootdir", str(suite),
