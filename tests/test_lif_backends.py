@@ -132,17 +132,6 @@ def test_unknown_or_unusable_backend_is_a_clear_error():
         lif_multistep(membrane_input((2, 3)), LIFParams(), "triton")  # CPU tensor
 
 
-def test_lif_matches_spikingjelly_multistep_lif():
-    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
-    x = membrane_input((4, 16, 64, 32))
-    grad_out = torch.randn(x.shape)
-    node = sj_neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend="torch")
-    sj_spikes, sj_grad = grad_of(node, x, grad_out)
-    spikes, grad = grad_of(lambda t: lif_multistep(t, LIFParams(), "auto"), x, grad_out)
-    assert torch.equal(spikes, sj_spikes)
-    assert relative_error(grad, sj_grad) < 1e-6
-
-
 def test_lif_custom_op_passes_opcheck():
     x = membrane_input((3, 4, 5)).requires_grad_()
     from spikformer.neurons.lif_backends import _lif_c

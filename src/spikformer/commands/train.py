@@ -25,10 +25,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fit_run(run_class, args):
-    """Load the config ``args`` describe, build ``run_class(config)`` and fit it; returns ``(config, result,
-    is_main)``, ``is_main`` false on every process of a distributed run but rank 0's (which alone reports)."""
+    """Load the config ``args`` describe, build ``run_class()(config)`` and fit it; returns ``(config, result,
+    is_main)``, ``is_main`` false on every process of a distributed run but rank 0's (which alone reports).
+    ``run_class`` returns the class, so a config that does not load is reported before torch is imported."""
     from ..config import load_config
-    from ..train.distributed import shutdown_distributed
 
     overrides = list(args.overrides)
     if args.resume:
@@ -38,6 +38,9 @@ def fit_run(run_class, args):
     config = load_config(args.config, overrides)
     if config.train.overwrite:
         _check_overwrite_spares(args.config, config.train.out_dir)
+    from ..train.distributed import shutdown_distributed
+
+    run_class = run_class()
     try:
         runner = run_class(config)
         return runner.config, runner.fit(), runner.is_main
@@ -58,10 +61,14 @@ def _check_overwrite_spares(config_file: str | None, out_dir: str) -> None:
                           f"config.yaml; copy it elsewhere and pass that copy, or choose another train.out_dir")
 
 
-def run(args) -> int:
+def _trainer():
     from ..train import Trainer
 
-    config, result, is_main = fit_run(Trainer, args)
+    return Trainer
+
+
+def run(args) -> int:
+    config, result, is_main = fit_run(_trainer, args)
     if is_main:
         log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
                  f"{config.train.out_dir}")
