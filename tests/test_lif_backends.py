@@ -226,7 +226,7 @@ def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
         importlib.reload(triton_lif)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.gpu  # skipped without a GPU (conftest.py); benchmarks/gpu_check.sh runs these
 
 
 @cuda
