@@ -37,11 +37,12 @@ import fnmatch
 import json
 import os
 import platform
-import selectors
+import queue
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -331,6 +332,13 @@ def worker(cfg: dict) -> int:
         print("START " + row.id, flush=True)
         started = time.perf_counter()
         try:
+            fault = cfg.get("faults", {}).get(row.id)
+            if fault == "raise":
+                raise RuntimeError("injected fault")
+            if fault == "exit":
+                os._exit(9)
+            if fault == "hang":
+                time.sleep(10**6)
             result = {"status": "ok", **run_row(row, cfg)}
         except Exception as error:
             text = "".join(traceback.format_exception_only(type(error), error)).strip()
@@ -396,6 +404,14 @@ def _machine(device_type: str) -> str:
     return f"{what}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def worker_env(path: str, sites: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker for ``path``'s rows: its SpikingJelly folder first on the path (the two
+    versions share a package name), then this interpreter's path; the peer's LIF forced to Triton."""
+    env = {**os.environ, **(PEER_ENV if path == "peer" else {})}
+    env["PYTHONPATH"] = os.pathsep.join(([sites[path]] if path in sites else []) + [p for p in sys.path if p])
+    return env
+
+
 class Runner:
     """Runs the rows of one group (path, execution) in workers, enforcing the deadlines."""
 
@@ -403,14 +419,6 @@ class Runner:
         self.args, self.record, self.write = args, record, write
         self.by_id = {r["id"]: r for r in record["rows"]}
         self.end = time.monotonic() + args.budget
-
-    def env(self, path: str) -> dict:
-        env = {**os.environ, **(PEER_ENV if path == "peer" else {})}
-        site = self.args.sites.get(path)
-        parts = [site] if site else []
-        parts += [p for p in sys.path if p]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
-        return env
 
     def finish(self, row_id: str, result: dict) -> None:
         self.by_id[row_id].update(result)
@@ -422,21 +430,28 @@ class Runner:
             if self.end - time.monotonic() < self.args.min_row_seconds:
                 return  # the rest stay "not run"
             cfg = {"rows": [dataclasses.asdict(r) for r in pending], "device": self.args.device,
-                   "dry_run": self.args.dry_run, "steps": self.args.steps, "row_seconds": self.args.row_seconds}
+                   "dry_run": self.args.dry_run, "steps": self.args.steps, "row_seconds": self.args.row_seconds,
+                   "faults": self.args.faults}
             log = self.args.out / "workers.log"  # a file, not a pipe: a chatty worker never blocks on it
             with log.open("a", encoding="utf-8") as err:
                 err.write(f"--- worker for {pending[0].id} and {len(pending) - 1} more\n")
                 err.flush()
                 offset = err.tell()
                 proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(cfg)],
-                                        stdout=subprocess.PIPE, stderr=err, text=True, env=self.env(pending[0].path),
-                                        start_new_session=True)
+                                        stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                                        env=worker_env(pending[0].path, self.args.sites))
                 pending = self._follow(proc, pending, log, offset)
 
     def _follow(self, proc: subprocess.Popen, pending: list[Row], log: Path, offset: int) -> list[Row]:
         """Read the worker's results; return the rows still to run after it ends (or is killed)."""
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        lines: queue.Queue[str] = queue.Queue()  # a thread reads, so a deadline never waits on a blocked read
+
+        def read() -> None:
+            for text in proc.stdout:
+                lines.put(text)
+            lines.put("")  # end of output
+
+        threading.Thread(target=read, daemon=True).start()
         current: Row | None = None
         deadline = time.monotonic() + max(60.0, self.args.row_seconds)  # start-up: imports, CUDA initialisation
         started = time.monotonic()
@@ -450,12 +465,14 @@ class Runner:
                 if current is None:
                     self._fail_all(pending, "error", f"worker did not start within {why}")
                     return []
-                self.finish(current.id, {"status": "timeout", "error": f"stopped at {why}",
-                                         "seconds": round(now - started, 1)})
+                if self.by_id[current.id]["status"] == "running":  # (else it hung between rows)
+                    self.finish(current.id, {"status": "timeout", "error": f"stopped at {why}",
+                                             "seconds": round(now - started, 1)})
                 return pending[pending.index(current) + 1:]
-            if not sel.select(timeout=min(1.0, limit - now)):
+            try:
+                line = lines.get(timeout=min(1.0, limit - now))
+            except queue.Empty:
                 continue
-            line = proc.stdout.readline()
             if not line:  # the worker ended
                 proc.wait()
                 with log.open(encoding="utf-8", errors="replace") as f:
@@ -472,6 +489,7 @@ class Runner:
                 current = next(r for r in pending if r.id == line[6:].strip())
                 started = time.monotonic()
                 self.by_id[current.id]["status"] = "running"
+                self.write()  # a run killed now still says which row it was in
                 seconds = self.args.compile_row_seconds if current.compile else self.args.row_seconds
                 deadline = started + seconds
             elif line.startswith("RESULT "):
@@ -487,9 +505,9 @@ class Runner:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="folder for the JSON and table")
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds for the whole benchmark")
-    parser.add_argument("--row-seconds", type=float, default=30.0, help="deadline of an eager row")
-    parser.add_argument("--compile-row-seconds", type=float, default=150.0, help="deadline of a compiled row")
+    parser.add_argument("--budget", type=float, help="seconds for the whole benchmark (330; dry run 900)")
+    parser.add_argument("--row-seconds", type=float, help="deadline of an eager row (30; dry run 300)")
+    parser.add_argument("--compile-row-seconds", type=float, help="deadline of a compiled row (150; dry run 300)")
     parser.add_argument("--min-row-seconds", type=float, default=8.0, help="start no row with less budget left")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (fewer if the row's time ends)")
     parser.add_argument("--only", action="append", help="glob on row ids, e.g. 'spikformer_8_512|T4|*|ours'")
@@ -498,6 +516,8 @@ def main() -> int:
     parser.add_argument("--tests", default="", help="the GPU tests' summary line, copied into the record")
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: check every row's set-up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    # ROW_ID=raise|exit|hang: make a row fail in one of the ways a GPU row can (tests of the isolation)
+    parser.add_argument("--inject-fault", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
@@ -517,9 +537,11 @@ def main() -> int:
         args.sites = dict(s.split("=", 1) for s in args.site)
     except ValueError:
         raise SystemExit("--site takes PATH=DIR, e.g. --site peer=/tmp/site-peer") from None
-    if args.dry_run:
-        args.row_seconds = args.compile_row_seconds = max(args.row_seconds, 300.0)  # a slow CPU, not a GPU
-        args.budget = max(args.budget, 600.0)
+    # a dry run's deadlines are a slow shared CPU's, not a GPU's
+    args.budget = args.budget or (900.0 if args.dry_run else 330.0)
+    args.row_seconds = args.row_seconds or (300.0 if args.dry_run else 30.0)
+    args.compile_row_seconds = args.compile_row_seconds or (300.0 if args.dry_run else 150.0)
+    args.faults = dict(f.split("=", 1) for f in args.inject_fault)
 
     rows = plan(args.only)
     backends = {p: _probe(p, args) for p in ("reference", "peer")}
@@ -528,7 +550,7 @@ def main() -> int:
         "machine": _machine(args.device),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "tests": args.tests,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out", "inject_fault")},
         "notes": (f"Per row: the median of up to {args.steps} timed steps per mode after 2 warm-up steps, within "
                   f"{args.row_seconds:.0f} s ({args.compile_row_seconds:.0f} s compiled); train batch / infer batch "
                   + ", ".join(f"{m} {b[0]}/{b[1]}" for m, b in MODELS.items())
@@ -540,10 +562,10 @@ def main() -> int:
     for row in rows:
         entry = {"id": row.id, "status": "pending"}
         why = not_applicable(row, backends["reference"])
-        if why is None and row.path in backends and backends[row.path] is None:
-            why = MISSING[row.path]
         if why is not None:
             entry.update(status="not applicable", error=why)
+        elif row.path in backends and backends[row.path] is None:
+            entry.update(status="not installed", error=MISSING[row.path])
         record["rows"].append(entry)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -583,10 +605,8 @@ def _probe(path: str, args) -> str | None:
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_gpu import reference_backend as r; "
             + ("print(r(sys.argv[2]) or '')" if path == "reference" else
                "import spikingjelly.activation_based.model.spikformer; print('triton')"))
-    runner = Runner.__new__(Runner)
-    runner.args = args
     result = subprocess.run([sys.executable, "-c", code, str(HERE), args.device], capture_output=True, text=True,
-                            env=runner.env(path))
+                            env=worker_env(path, args.sites))
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
