@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import datetime
 import fnmatch
+import gc
 import json
 import os
 import platform
@@ -60,11 +61,13 @@ TIME_STEPS = (4, 1)
 PATHS = ("ours", "reference", "peer")
 TOY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32)  # --dry-run sizes (every patch size divides 32)
 PEER_ENV = {"SJ_LIF_CUDA_IMPLEMENTATION": "triton"}
-ANCHORS = ("Published anchors: Spikformer-8-512 (T=4), the original code: about 70 images/s of training per "
-           "V100; Spike-driven Transformer 8-512: about 133 images/s per A800.")
+ANCHORS = (
+    "Published anchors: Spikformer-8-512 (T=4), the original code: about 70 images/s of training per "
+    "V100; Spike-driven Transformer 8-512: about 133 images/s per A800."
+)
 MISSING = {
     "reference": "spikingjelly 0.0.0.0.14 is not installed: pip install 'spikformer[dev]', or carry its wheel "
-                 "(benchmarks/gpu_wheels.sh)",
+    "(benchmarks/gpu_wheels.sh)",
     "peer": "spikingjelly 2.x is not installed: carry its wheel (benchmarks/gpu_wheels.sh), --site peer=DIR",
 }
 
@@ -85,12 +88,18 @@ class Row:
 def plan(only: list[str] | None = None) -> list[Row]:
     """Every row, most wanted first: T=4 eager (ours, reference, peer), compiled bfloat16 T=4 (ours, then the
     others), T=1 eager, then the remaining compiled rows. ``only``: glob patterns on :attr:`Row.id`."""
+
     def rows(T, compile_, paths, dtypes=DTYPES):
         return [Row(m, T, d, compile_, p) for p in paths for m in MODELS for d in dtypes]
 
-    ordered = (rows(4, False, PATHS) + rows(4, True, ("ours",), ("bfloat16",))
-               + rows(4, True, ("peer", "reference"), ("bfloat16",)) + rows(1, False, PATHS)
-               + rows(4, True, PATHS) + rows(1, True, PATHS))
+    ordered = (
+        rows(4, False, PATHS)
+        + rows(4, True, ("ours",), ("bfloat16",))
+        + rows(4, True, ("peer", "reference"), ("bfloat16",))
+        + rows(1, False, PATHS)
+        + rows(4, True, PATHS)
+        + rows(1, True, PATHS)
+    )
     seen, out = set(), []
     for row in ordered:
         if row not in seen and (not only or any(fnmatch.fnmatchcase(row.id, p) for p in only)):
@@ -113,8 +122,7 @@ def not_applicable(row: Row, reference_backend: str | None) -> str | None:
     """Why ``row`` is recorded without running, or None. ``reference_backend``: the reference path's LIF
     backend on this machine (``"cupy"``/``"torch"``), None when its SpikingJelly is missing."""
     if row.path in ("reference", "peer") and row.model.startswith("spikformer_v2"):
-        return ("no original-code path for V2" if row.path == "reference"
-                else "SpikingJelly 2.x has no Spikformer V2")
+        return "no original-code path for V2" if row.path == "reference" else "SpikingJelly 2.x has no Spikformer V2"
     if row.path == "reference" and reference_backend == "cupy" and row.dtype == "bfloat16":
         return "SpikingJelly 0.0.0.0.14's cupy LIF takes float32/float16 only"
     return None
@@ -158,9 +166,18 @@ def _peer_model(name: str, T: int, toy: bool):
     v = dataclasses.asdict(get_variant(name))
     if toy:
         v.update(TOY)
-    return PeerSpikformer(T=T, in_channels=v["in_chans"], img_size_h=v["img_size"], img_size_w=v["img_size"],
-                          patch_size=v["patch_size"], num_classes=v["num_classes"], embed_dims=v["embed_dim"],
-                          num_heads=v["num_heads"], mlp_ratio=v["mlp_ratio"], depths=v["depth"])
+    return PeerSpikformer(
+        T=T,
+        in_channels=v["in_chans"],
+        img_size_h=v["img_size"],
+        img_size_w=v["img_size"],
+        patch_size=v["patch_size"],
+        num_classes=v["num_classes"],
+        embed_dims=v["embed_dim"],
+        num_heads=v["num_heads"],
+        mlp_ratio=v["mlp_ratio"],
+        depths=v["depth"],
+    )
 
 
 def _peer_backend() -> str:
@@ -168,8 +185,10 @@ def _peer_backend() -> str:
     try:
         from spikingjelly._ops.lif import _selection
 
-        chosen = [*getattr(_selection, "_selections", {}).values(),
-                  *getattr(_selection, "_compiled_selections", {}).values()]
+        chosen = [
+            *getattr(_selection, "_selections", {}).values(),
+            *getattr(_selection, "_compiled_selections", {}).values(),
+        ]
         names = {"torch reference (fallback)" if c is None else getattr(c, "name", str(c)) for c in chosen}
         return ", ".join(sorted(names)) or "none selected"
     except Exception as error:  # a private table: name what was asked if it moved
@@ -278,8 +297,11 @@ def run_row(row: Row, cfg: dict) -> dict:
     share = cfg["row_seconds"] / 3  # timed steps of each mode; warm-up (and compilation) has the rest
     result: dict = {}
     if toy and not dry_run_steps(row):
-        return {"status": "set up", "backend": backend, "note": "dry run: model, inputs and optimizer built, "
-                "no step taken"}
+        return {
+            "status": "set up",
+            "backend": backend,
+            "note": "dry run: model, inputs and optimizer built, no step taken",
+        }
 
     x, _ = inputs(infer_batch)
     params_of.eval(), net.eval()
@@ -345,6 +367,7 @@ def worker(cfg: dict) -> int:
             result = {"status": "error", "error": text[-1500:]}
         result["seconds"] = round(time.perf_counter() - started, 2)
         print("RESULT " + json.dumps({"id": row.id, **result}), flush=True)
+        gc.collect()  # the row's model, optimizer and compiled graphs, before the next row's peak is read
         if torch.cuda.is_available():
             torch._dynamo.reset()
             try:
@@ -365,8 +388,19 @@ def _fmt(value, scale=1.0, digits=1) -> str:
 
 
 def markdown(record: dict) -> str:
-    header = ["model", "T", "autocast", "exec", "path", "backend", "train img/s", "infer img/s",
-              "train peak GiB", "infer peak GiB", "status"]
+    header = [
+        "model",
+        "T",
+        "autocast",
+        "exec",
+        "path",
+        "backend",
+        "train img/s",
+        "infer img/s",
+        "train peak GiB",
+        "infer peak GiB",
+        "status",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     skipped = []
     for r in record["rows"]:
@@ -376,18 +410,41 @@ def markdown(record: dict) -> str:
         model, T, dtype, execution, path = r["id"].split("|")
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')}"
         status = status.replace("|", "/").replace("\n", " ")[:160]
-        lines.append("| " + " | ".join([
-            f"`{model}`", T[1:], dtype, execution, path, r.get("backend", "-"),
-            _fmt(r.get("train_images_per_s")), _fmt(r.get("infer_images_per_s")),
-            _fmt(r.get("train_peak_bytes"), 2**30, 2), _fmt(r.get("infer_peak_bytes"), 2**30, 2), status]) + " |")
-    out = [f"# GPU check: {record['machine']}", "", f"- date: {record['date']}",
-           f"- command: `{record['command']}`", ""]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{model}`",
+                    T[1:],
+                    dtype,
+                    execution,
+                    path,
+                    r.get("backend", "-"),
+                    _fmt(r.get("train_images_per_s")),
+                    _fmt(r.get("infer_images_per_s")),
+                    _fmt(r.get("train_peak_bytes"), 2**30, 2),
+                    _fmt(r.get("infer_peak_bytes"), 2**30, 2),
+                    status,
+                ]
+            )
+            + " |"
+        )
+    out = [
+        f"# GPU check: {record['machine']}",
+        "",
+        f"- date: {record['date']}",
+        f"- command: `{record['command']}`",
+        "",
+    ]
     if record.get("tests"):
         out += [f"- GPU tests: {record['tests']}", ""]
     out += lines
     if skipped:
-        out += ["", f"Not run within the budget ({len(skipped)} rows; rerun them with `--only`): "
-                + ", ".join(f"`{s}`" for s in skipped)]
+        out += [
+            "",
+            f"Not run within the budget ({len(skipped)} rows; rerun them with `--only`): "
+            + ", ".join(f"`{s}`" for s in skipped),
+        ]
     out += ["", record["notes"], "", ANCHORS]
     return "\n".join(out) + "\n"
 
@@ -397,8 +454,10 @@ def _machine(device_type: str) -> str:
 
     if device_type == "cuda":
         p = torch.cuda.get_device_properties(0)
-        what = (f"{p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
-                f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}")
+        what = (
+            f"{p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+        )
     else:
         what = f"CPU ({platform.machine()}), dry run at toy sizes: no figure here is a measurement"
     return f"{what}; torch {torch.__version__}, Python {platform.python_version()}"
@@ -429,17 +488,27 @@ class Runner:
         while pending:
             if self.end - time.monotonic() < self.args.min_row_seconds:
                 return  # the rest stay "not run"
-            cfg = {"rows": [dataclasses.asdict(r) for r in pending], "device": self.args.device,
-                   "dry_run": self.args.dry_run, "steps": self.args.steps, "row_seconds": self.args.row_seconds,
-                   "faults": self.args.faults}
+            cfg = {
+                "rows": [dataclasses.asdict(r) for r in pending],
+                "device": self.args.device,
+                "dry_run": self.args.dry_run,
+                "steps": self.args.steps,
+                "row_seconds": self.args.row_seconds,
+                "faults": self.args.faults,
+            }
             log = self.args.out / "workers.log"  # a file, not a pipe: a chatty worker never blocks on it
             with log.open("a", encoding="utf-8") as err:
                 err.write(f"--- worker for {pending[0].id} and {len(pending) - 1} more\n")
                 err.flush()
                 offset = err.tell()
-                proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(cfg)],
-                                        stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
-                                        env=worker_env(pending[0].path, self.args.sites))
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--worker", json.dumps(cfg)],
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    start_new_session=True,
+                    env=worker_env(pending[0].path, self.args.sites),
+                )
                 pending = self._follow(proc, pending, log, offset)
 
     def _follow(self, proc: subprocess.Popen, pending: list[Row], log: Path, offset: int) -> list[Row]:
@@ -466,9 +535,11 @@ class Runner:
                     self._fail_all(pending, "error", f"worker did not start within {why}")
                     return []
                 if self.by_id[current.id]["status"] == "running":  # (else it hung between rows)
-                    self.finish(current.id, {"status": "timeout", "error": f"stopped at {why}",
-                                             "seconds": round(now - started, 1)})
-                return pending[pending.index(current) + 1:]
+                    self.finish(
+                        current.id,
+                        {"status": "timeout", "error": f"stopped at {why}", "seconds": round(now - started, 1)},
+                    )
+                return pending[pending.index(current) + 1 :]
             try:
                 line = lines.get(timeout=min(1.0, limit - now))
             except queue.Empty:
@@ -482,9 +553,10 @@ class Runner:
                     self._fail_all(pending, "error", f"worker failed to start (exit {proc.returncode}): {tail[-1]}")
                     return []
                 if self.by_id[current.id]["status"] == "running":
-                    self.finish(current.id, {"status": "error",
-                                             "error": f"worker died (exit {proc.returncode}): {tail[-1]}"})
-                return pending[pending.index(current) + 1:]
+                    self.finish(
+                        current.id, {"status": "error", "error": f"worker died (exit {proc.returncode}): {tail[-1]}"}
+                    )
+                return pending[pending.index(current) + 1 :]
             if line.startswith("START "):
                 current = next(r for r in pending if r.id == line[6:].strip())
                 started = time.monotonic()
@@ -511,8 +583,13 @@ def main() -> int:
     parser.add_argument("--min-row-seconds", type=float, default=8.0, help="start no row with less budget left")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per mode (fewer if the row's time ends)")
     parser.add_argument("--only", action="append", help="glob on row ids, e.g. 'spikformer_8_512|T4|*|ours'")
-    parser.add_argument("--site", action="append", default=[], metavar="PATH=DIR",
-                        help="a folder put first on the workers' path for that path's rows (reference, peer)")
+    parser.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="PATH=DIR",
+        help="a folder put first on the workers' path for that path's rows (reference, peer)",
+    )
     parser.add_argument("--tests", default="", help="the GPU tests' summary line, copied into the record")
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: check every row's set-up")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -526,8 +603,10 @@ def main() -> int:
 
         import spikformer  # noqa: F401
     except ModuleNotFoundError as error:
-        raise SystemExit(f"bench_gpu.py: {error.name} is not importable: install the package (pip install -e . "
-                         "from the repository root, or benchmarks/gpu_check.sh on a GPU machine)") from None
+        raise SystemExit(
+            f"bench_gpu.py: {error.name} is not importable: install the package (pip install -e . "
+            "from the repository root, or benchmarks/gpu_check.sh on a GPU machine)"
+        ) from None
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -551,12 +630,14 @@ def main() -> int:
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "tests": args.tests,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out", "inject_fault")},
-        "notes": (f"Per row: the median of up to {args.steps} timed steps per mode after 2 warm-up steps, within "
-                  f"{args.row_seconds:.0f} s ({args.compile_row_seconds:.0f} s compiled); train batch / infer batch "
-                  + ", ".join(f"{m} {b[0]}/{b[1]}" for m, b in MODELS.items())
-                  + "; peak = torch.cuda.max_memory_allocated over the mode's steps (absolute: weights, optimizer "
-                  "state and activations). peer: SpikingJelly 2.x's Spikformer at the variant's sizes (its stem "
-                  "and biases are its own)."),
+        "notes": (
+            f"Per row: the median of up to {args.steps} timed steps per mode after 2 warm-up steps, within "
+            f"{args.row_seconds:.0f} s ({args.compile_row_seconds:.0f} s compiled); train batch / infer batch "
+            + ", ".join(f"{m} {b[0]}/{b[1]}" for m, b in MODELS.items())
+            + "; peak = torch.cuda.max_memory_allocated over the mode's steps (absolute: weights, optimizer "
+            "state and activations). peer: SpikingJelly 2.x's Spikformer at the variant's sizes (its stem "
+            "and biases are its own)."
+        ),
         "rows": [],
     }
     for row in rows:
@@ -570,8 +651,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
-        shown = {**record, "rows": [{**r, "status": "not run"} if r["status"] == "pending" else r
-                                    for r in record["rows"]]}
+        shown = {
+            **record,
+            "rows": [{**r, "status": "not run"} if r["status"] == "pending" else r for r in record["rows"]],
+        }
         for name, text in (("gpu_check.json", json.dumps(shown, indent=1)), ("gpu_check.md", markdown(shown))):
             tmp = args.out / (name + ".tmp")
             tmp.write_text(text, encoding="utf-8")
@@ -602,11 +685,17 @@ def main() -> int:
 
 def _probe(path: str, args) -> str | None:
     """What ``path``'s SpikingJelly gives in a worker's environment (None: not installed)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_gpu import reference_backend as r; "
-            + ("print(r(sys.argv[2]) or '')" if path == "reference" else
-               "import spikingjelly.activation_based.model.spikformer; print('triton')"))
-    result = subprocess.run([sys.executable, "-c", code, str(HERE), args.device], capture_output=True, text=True,
-                            env=worker_env(path, args.sites))
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from bench_gpu import reference_backend as r; " + (
+        "print(r(sys.argv[2]) or '')"
+        if path == "reference"
+        else "import spikingjelly.activation_based.model.spikformer; print('triton')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(HERE), args.device],
+        capture_output=True,
+        text=True,
+        env=worker_env(path, args.sites),
+    )
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 

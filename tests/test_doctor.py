@@ -21,10 +21,14 @@ FUSED_OPS = ("LIF", "BatchNorm->LIF", "attention products", "max-pool", "1-bit s
 
 def run_doctor(tmp_path, **env) -> subprocess.CompletedProcess:
     """The command in a fresh interpreter (the C kernel's build is cached per process)."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SPIKFORMER_CACHE_DIR": str(tmp_path),
-                   **env}
-    return subprocess.run([sys.executable, "-m", "spikformer", "doctor", "--json"], capture_output=True, text=True,
-                          env=environment, timeout=300)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SPIKFORMER_CACHE_DIR": str(tmp_path), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "spikformer", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
 
 
 def test_doctor_names_versions_devices_and_the_backend_of_every_fused_op_in_a_few_lines(capsys):
@@ -49,10 +53,14 @@ def test_doctor_json_holds_the_same_choices_as_the_ops_make():
     assert all(o["reason"] for o in cpu.values())
 
 
-@pytest.mark.parametrize("env, reason", [
-    ({"CC": "false"}, "build failed: "),
-    ({"SPIKFORMER_NO_CPU_KERNEL": "1"}, "switched off by SPIKFORMER_NO_CPU_KERNEL"),
-], ids=["failing-compiler", "switched-off"])
+@pytest.mark.parametrize(
+    "env, reason",
+    [
+        ({"CC": "false"}, "build failed: "),
+        ({"SPIKFORMER_NO_CPU_KERNEL": "1"}, "switched off by SPIKFORMER_NO_CPU_KERNEL"),
+    ],
+    ids=["failing-compiler", "switched-off"],
+)
 def test_doctor_reports_the_fallback_and_its_reason_when_the_c_kernels_are_unavailable(tmp_path, env, reason):
     result = run_doctor(tmp_path, **env)
     assert result.returncode == 0, result.stderr[-2000:]
