@@ -18,14 +18,21 @@ Models: ``spikformer_cifar_4_384``, ``spikformer_8_512``, ``spikformer_v2_8_512`
 - ``peer``: SpikingJelly 2.x's own ``Spikformer`` at the variant's sizes, its LIF forced to its Triton kernels
   (``SJ_LIF_CUDA_IMPLEMENTATION=triton``). V2 has no counterpart there.
 
-Rows run in priority order (T=4 eager first, then compile, then T=1) in worker processes, one per path and
-execution; each row has a deadline (``--row-seconds``, ``--compile-row-seconds``) and the whole run a budget
+Rows run in priority order (see :func:`plan`) in worker processes, one per run of consecutive rows of a path;
+each row has a deadline (``--row-seconds``, ``--compile-row-seconds``) and the whole run a budget
 (``--budget``). A row that raises records its error, one past its deadline records a timeout, and the worker is
 restarted for the rest; rows the budget cannot reach are listed as not run (``--only`` reruns them). After every
-row ``gpu_check.json`` (the record) and ``gpu_check.md`` (the table) are rewritten, so a killed run keeps
-everything measured so far. Estimated on an H100 (the original code trains ``spikformer_8_512`` at about
-70 images/s on a V100; an H100 is taken as 3-5x that): an eager row takes 3-8 s with its worker warm, a
-compiled one 40-120 s, so the default budget covers every T=4 eager row, a few compiled rows and most T=1 rows.
+row ``gpu_check.json`` (the record, with ``spikformer doctor``'s report) and ``gpu_check.md`` (the table) are
+rewritten, so a killed run keeps everything measured so far.
+
+Time, estimated for an H100 (none measured yet): ``spikformer_8_512`` costs 8.4 GMAC per image and time step
+forward (PyTorch's FLOP counter; V2 9.7, CIFAR 0.93, DVS 0.38), so a training step at T=4, batch 32 is about
+6.4 TFLOP: 0.02-0.03 s of bfloat16 products and about 0.15 s of float32 ones (TF32 off), plus the LIF and
+BatchNorm passes over memory; say 0.05-0.1 s (bfloat16) and 0.15-0.25 s (float32) per step.
+With 2 warm-up and up to 10 timed steps per mode an eager row then takes 3-8 s (the reference path about
+twice that), a compiled one 40-120 s, and each worker start 5-10 s. The default budget (about 380 s inside
+gpu_check.sh's 450) covers the 36 T=4 eager rows (about 240 s), the compiled ``spikformer_8_512`` row, and part
+of the T=1 rows; the remaining rows follow in a second run with ``--only``.
 """
 
 from __future__ import annotations
@@ -86,17 +93,18 @@ class Row:
 
 
 def plan(only: list[str] | None = None) -> list[Row]:
-    """Every row, most wanted first: T=4 eager (ours, reference, peer), compiled bfloat16 T=4 (ours, then the
-    others), T=1 eager, then the remaining compiled rows. ``only``: glob patterns on :attr:`Row.id`."""
+    """Every row, most wanted first: T=4 eager (ours, reference, peer); ours compiled, bfloat16, T=4, on
+    ``spikformer_8_512``; T=1 eager; the other compiled bfloat16 T=4 rows (ours, peer, reference); then the
+    remaining compiled rows. ``only``: glob patterns on :attr:`Row.id`."""
 
-    def rows(T, compile_, paths, dtypes=DTYPES):
-        return [Row(m, T, d, compile_, p) for p in paths for m in MODELS for d in dtypes]
+    def rows(T, compile_, paths, dtypes=DTYPES, models=tuple(MODELS)):
+        return [Row(m, T, d, compile_, p) for p in paths for m in models for d in dtypes]
 
     ordered = (
         rows(4, False, PATHS)
-        + rows(4, True, ("ours",), ("bfloat16",))
-        + rows(4, True, ("peer", "reference"), ("bfloat16",))
+        + rows(4, True, ("ours",), ("bfloat16",), ("spikformer_8_512",))
         + rows(1, False, PATHS)
+        + rows(4, True, ("ours", "peer", "reference"), ("bfloat16",))
         + rows(4, True, PATHS)
         + rows(1, True, PATHS)
     )
@@ -609,6 +617,8 @@ def main() -> int:
         ) from None
     import torch
 
+    from spikformer.commands import doctor
+
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU; use --dry-run to check it on the CPU")
     args.device = "cpu" if args.dry_run else "cuda"
@@ -629,6 +639,7 @@ def main() -> int:
         "machine": _machine(args.device),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "tests": args.tests,
+        "doctor": doctor.report(),  # the backends this machine gives every fused op, and why
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out", "inject_fault")},
         "notes": (
             f"Per row: the median of up to {args.steps} timed steps per mode after 2 warm-up steps, within "

@@ -55,7 +55,7 @@ def c_kernel_status() -> tuple[bool, str]:
         warnings.simplefilter("always")
         ok = cpu.available()
     if ok:
-        return True, f"built with {os.path.basename(compiler)} -march={cpu.target_arch()}"
+        return True, f"{os.path.basename(compiler)} -march={cpu.target_arch()}"
     messages = [str(w.message) for w in caught if "could not be built" in str(w.message)]
     if not messages:
         return False, "its build failed earlier in this process"
@@ -85,7 +85,7 @@ def cpu_choices() -> tuple[list[OpChoice], dict[str, Any]]:
     lif = default_backend("cpu", torch.float32)
     fallback = "pure PyTorch (no C kernel)"
     choices = [
-        OpChoice("LIF", lif, why if lif == "c" else fallback),
+        OpChoice("LIF", lif, "C kernel, one pass over memory each way" if lif == "c" else fallback),
         OpChoice(
             "BatchNorm->LIF",
             lif,
@@ -187,7 +187,10 @@ def lines(facts: dict[str, Any]) -> list[str]:
         f"spikformer {v['spikformer']}, torch {v['torch']} (CUDA build {g['cuda_build'] or 'none'}, "
         f"Triton {g['triton']}), Python {v['python']}",
         f"cpu: {c['cpu']}, {c['threads']} threads, PyTorch kernels {c['pytorch_kernels']}; bfloat16 "
-        f"{c['bfloat16']}; C kernels {c['c_kernels']}: {c['c_kernels_reason']}",
+        f"{c['bfloat16']}; C kernels "
+        + (
+            f"built ({c['c_kernels_reason']})" if c["c_kernels"] == "built" else f"unavailable: {c['c_kernels_reason']}"
+        ),
     ]
     out += [f"  {o['op']:<20} {o['backend']:<7} {o['reason']}" for o in c["ops"]]
     if g["ops"]:
