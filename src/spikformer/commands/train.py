@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from . import add_config_arguments
 
@@ -35,11 +36,26 @@ def fit_run(run_class, args):
     if args.overwrite:
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
+    if config.train.overwrite:
+        _check_overwrite_spares(args.config, config.train.out_dir)
     try:
         runner = run_class(config)
         return runner.config, runner.fit(), runner.is_main
     finally:
         shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
+
+
+def _check_overwrite_spares(config_file: str | None, out_dir: str) -> None:
+    """``--overwrite`` deletes the run folder's ``config.yaml``: refuse when that is the file being read."""
+    from ..config_files import config_path
+    from ..errors import ConfigError
+
+    if config_file is None:
+        return
+    read = Path(config_path(config_file)).expanduser().resolve()
+    if read == (Path(out_dir).expanduser() / "config.yaml").resolve():
+        raise ConfigError(f"--overwrite would delete the config file it reads ({read}), which is the run folder's "
+                          f"config.yaml; copy it elsewhere and pass that copy, or choose another train.out_dir")
 
 
 def run(args) -> int:
