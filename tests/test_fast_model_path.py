@@ -332,7 +332,7 @@ def test_bfloat16_autocast_training_step_runs_and_stays_finite():
     optimizer.step()
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.gpu  # skipped without a GPU (conftest.py); benchmarks/gpu_check.sh runs these
 
 
 @cuda

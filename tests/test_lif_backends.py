@@ -333,7 +333,7 @@ def test_triton_lif_backward_sees_no_spike_on_a_membrane_just_below_threshold(mo
         importlib.reload(triton_lif)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.gpu  # skipped without a GPU (conftest.py); benchmarks/gpu_check.sh runs these
 
 
 @cuda
