@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from spikformer.data import build_loader
 
@@ -30,10 +30,12 @@ class Numbers(Dataset):
         return torch.tensor([float(index)]), index
 
 
-def worker_iterator(num_workers: int = 2):
-    """A training loader's iteration over ``Numbers``, as PyTorch's own iterator (which lists its workers)."""
-    loader = build_loader(Numbers(), 4, train=True, num_workers=num_workers)
-    return DataLoader.__iter__(loader)
+@pytest.fixture
+def worker_iterator(monkeypatch):
+    """A training loader's iteration over ``Numbers`` with 2 workers: PyTorch's own iterator (which lists its
+    workers), as the loader returns it with ``SPIKFORMER_DEBUG`` set."""
+    monkeypatch.setenv("SPIKFORMER_DEBUG", "1")
+    return lambda: iter(build_loader(Numbers(), 4, train=True, num_workers=2))
 
 
 def alive(process) -> bool:
@@ -41,19 +43,21 @@ def alive(process) -> bool:
     return process.is_alive()
 
 
-def test_a_signal_from_outside_leaves_the_workers_serving_batches():
+def test_a_signal_from_outside_leaves_the_workers_serving_batches(worker_iterator):
     iterator = worker_iterator()
+    # Sent by another process, at once: the workers may not have run their init yet (each epoch starts new ones).
+    subprocess.run(["kill", "-TERM", *(str(worker.pid) for worker in iterator._workers)], check=True)
     first = next(iterator)
     for worker in iterator._workers:
         for signum in (signal.SIGTERM, signal.SIGINT):
-            subprocess.run(["kill", f"-{signum.name[3:]}", str(worker.pid)], check=True)  # sent by another process
+            subprocess.run(["kill", f"-{signum.name[3:]}", str(worker.pid)], check=True)
     time.sleep(0.5)
     assert all(alive(worker) for worker in iterator._workers)
     assert len([first, *iterator]) == 16  # every batch of the epoch still arrives
     del iterator
 
 
-def test_the_workers_parent_still_stops_them_with_sigterm():
+def test_the_workers_parent_still_stops_them_with_sigterm(worker_iterator):
     iterator = worker_iterator()
     next(iterator)
     workers = list(iterator._workers)

@@ -20,6 +20,7 @@ worker keeps PyTorch's handling: any SIGTERM ends it.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -150,10 +151,24 @@ def leave_stopping_to_the_parent() -> None:
     if not hasattr(signal, "sigwaitinfo"):
         return
     parent = os.getppid()
-    # Blocked here, before the worker starts any other thread (they inherit the mask), and taken by one thread
-    # that learns each signal's sender.
+    # Blocked since the fork (``_sigterm_blocked_while_workers_start``) and here, before the worker starts any
+    # other thread (they inherit the mask), and taken by one thread that learns each signal's sender.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=_stop_on_sigterm_from, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_blocked_while_workers_start(num_workers: int):
+    """Block SIGTERM in this thread while the loader forks its workers: they inherit the mask, so a SIGTERM that
+    reaches a worker before its init has run stays pending, and its sender is then looked at, not obeyed."""
+    if num_workers == 0 or not hasattr(signal, "sigwaitinfo"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGTERM meant for this process arrives now
 
 
 def _stop_on_sigterm_from(parent: int) -> None:
@@ -173,7 +188,8 @@ class OneLineErrorLoader(DataLoader):
     same one-line error the main process would raise; PyTorch would wrap it in the worker's traceback."""
 
     def __iter__(self):
-        iterator = super().__iter__()
+        with _sigterm_blocked_while_workers_start(self.num_workers):
+            iterator = super().__iter__()
         if self.num_workers == 0 or debug_enabled():
             return iterator
         return _one_line_errors(iterator)
