@@ -59,11 +59,13 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     # The LIF kernel: auto (C on CPU, Triton on CUDA), torch, fused, c or triton; the same spikes.
     lif_backend: str = "auto"
-    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem); None keeps the variant's.
+    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem) or by the import path of a
+    # builder of your own (my_stems:build_stem, docs/neurons.md); None keeps the variant's.
     stem: str | None = None
     # Options of the stem (SCS: the keys of layers_v2.SCSOptions); empty: the stem's defaults.
     stem_options: dict[str, Any] = field(default_factory=dict)
-    # The spiking neuron of every layer, by name, and its options (LIF's are its defaults of the papers).
+    # The spiking neuron of every layer: a registered name (lif, plif) or the import path of a SpikingNeuron
+    # class of your own (my_neurons:IntegrateAndFire, docs/neurons.md).
     neuron: str = "lif"
     # Keyword arguments of the neuron (LIF: tau, v_threshold, v_reset, detach_reset, surrogate_alpha, backend).
     neuron_options: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +241,7 @@ class TrainConfig:
     threads: int | None = None
     # Show progress bars.
     progress: bool = True
-    # Optimizer steps between progress updates (display only).
+    # Batches between the plain progress lines printed when the output is not a terminal (display only).
     log_interval: int = 10
     # Write TensorBoard logs into the run folder (when tensorboard is installed).
     tensorboard: bool = True
