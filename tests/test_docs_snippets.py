@@ -88,6 +88,32 @@ def test_every_snippet_is_run_here_or_marked_with_what_it_needs():
     assert sum(s.runs_here for path in FILES for s in snippets(path)) >= 6
 
 
+def test_every_spikformer_command_of_the_docs_parses_as_written_marked_or_not(capsys):
+    from spikformer.cli import build_parser
+    from spikformer.config import parse_override
+    from spikformer.errors import ConfigError
+
+    parser, refused = build_parser(), []
+    for path in FILES:
+        for snippet in snippets(path):
+            if snippet.language != "bash":
+                continue
+            for line in commands(snippet):
+                if not line.startswith("spikformer "):
+                    continue
+                argv = shlex.split(line, comments=True)[1:]
+                argv = argv[: argv.index(">")] if ">" in argv else argv
+                try:
+                    for override in getattr(parser.parse_args(argv), "overrides", None) or []:
+                        parse_override(override)
+                except SystemExit as stop:
+                    if stop.code:
+                        refused.append(f"{snippet.where}: {line}")
+                except ConfigError as error:
+                    refused.append(f"{snippet.where}: {line}: {error}")
+    assert refused == [], capsys.readouterr().err
+
+
 def _run_command(line: str) -> None:
     from spikformer import cli
 
