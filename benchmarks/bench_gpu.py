@@ -70,18 +70,25 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, roun
 
 
 def spikingjelly_lif(device: torch.device) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]] | None:
+    backend = "cupy" if device.type == "cuda" and _has_cupy() else "torch"
     try:
         from spikingjelly.clock_driven import neuron
+
+        node, label = neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend=backend), "MultiStepLIFNode"
     except ImportError:
-        return None
-    backend = "cupy" if device.type == "cuda" and _has_cupy() else "torch"
-    node = neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend=backend).to(device)
+        try:  # SpikingJelly 2.x: the same neuron, as activation_based's multi-step LIFNode
+            from spikingjelly.activation_based import neuron
+        except ImportError:
+            return None
+        node = neuron.LIFNode(tau=2.0, detach_reset=True, step_mode="m")  # it picks its kernels itself
+        label, backend = "LIFNode(step_mode='m')", "2.x"
+    node = node.to(device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         node.reset()
         return node(x)
 
-    return f"SpikingJelly MultiStepLIFNode, {backend}", run
+    return f"SpikingJelly {label}, {backend}", run
 
 
 def lif_rows(shape: tuple[int, ...], device: torch.device, rounds: int) -> list[list[str]]:

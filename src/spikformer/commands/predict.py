@@ -36,11 +36,13 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..errors import ConfigError
     from ..predict import Classifier, classify, image_files
+    from .paths import check_output_file
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not Path(args.model).is_file():
         raise ConfigError(f"model {args.model!r} is not a file; give a checkpoint (.safetensors) or an ONNX file")
+    json_out = check_output_file(args.json, "--json") if args.json else None
     files = image_files(args.inputs)
     classifier = Classifier.from_file(args.model)
     results = classify(classifier, files, k=args.top_k, batch_size=args.batch_size)
@@ -48,8 +50,8 @@ def run(args) -> int:
     for result in results:
         top = "  ".join(f"{name} {p:.1%}" for name, p in result.top)
         log.info(f"{str(result.path):<{width}}{top}")
-    if args.json:
+    if json_out is not None:
         document = [{"file": str(r.path), "top": [{"class": n, "probability": p} for n, p in r.top]} for r in results]
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(document, indent=2))
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(document, indent=2))
     return 0
