@@ -29,6 +29,7 @@ NEEDS = (
     "a trained run",
     "files of your own",
     "several machines",
+    "NeuroBench",
 )
 LANGUAGES = ("python", "bash", "text", "yaml")
 RUN_ELSEWHERE = {"tutorial.md": "tests/test_tutorial.py"}
