@@ -34,7 +34,7 @@ def shorten(error: BaseException | str) -> str:
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
 COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "configs", "demo", "analyze", "energy_table",
-            "frames", "export", "doctor")
+            "frames", "export", "predict", "doctor")
 
 
 def version_text() -> str:
@@ -47,7 +47,11 @@ def version_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spikformer", description="Spiking Transformers (Spikformer V1/V2).")
+    parser = argparse.ArgumentParser(
+        prog="spikformer", description="Spiking Transformers (Spikformer V1/V2).",
+        epilog="Commands that read a config take --config FILE|NAME and section.key=value overrides: "
+               "`spikformer configs` lists the packaged configs, `spikformer configs --keys` every key with its "
+               "type, default and meaning (docs/config.md). `spikformer COMMAND --help` describes a command.")
     parser.add_argument("--version", action="version", version=version_text())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -27,30 +27,47 @@ class ModelConfig:
     value when the run starts (``spikformer.models.resolve_config``), and the run's saved ``config.yaml`` and
     checkpoints hold every field written out, so a model is always rebuilt from its own description."""
 
+    # The registered variant (`spikformer models` lists them) whose values fill every field left null.
     name: str = "spikformer_cifar_4_256"
+    # Time steps: each image is shown T times (event data: T frames per recording).
     T: int | None = None
+    # Classes of the classifier head; null: the variant's (and a run takes it from its dataset).
     num_classes: int | None = None
+    # Side of the square input image in pixels.
     img_size: int | None = None
+    # Input channels (3 for RGB, 1 for grey, 2 for event polarities).
     in_chans: int | None = None
+    # Width D of the tokens.
     embed_dim: int | None = None
+    # Number of Spikformer blocks (SSA + MLP).
     depth: int | None = None
+    # Attention heads of each SSA (embed_dim must be divisible by it).
     num_heads: int | None = None
+    # Hidden width of each MLP as a multiple of embed_dim.
     mlp_ratio: float | None = None
+    # Side of a patch in input pixels: the stem turns an image into (img_size / patch_size)^2 tokens.
     patch_size: int | None = None
-    # Biases of the Q/K/V projections (the CIFAR family has them, ImageNet and DVS do not) and the
-    # attention's scale s in (Q K^T) V * s (0.125; 0.25 for DVS).
+    # Biases of the Q/K/V projections (the CIFAR family has them, ImageNet and DVS do not).
     qkv_bias: bool | None = None
+    # The attention's scale s in (Q K^T) V * s (0.125; 0.25 for DVS).
     attn_scale: float | None = None
     # > 0: a 1-D max-pool of this (odd) width over the tokens of Q and K (the V1 paper's DVS128 Gesture
     # variant, spikformer_dvs_2_256_qkpool); 0: none.
     qk_pool: int | None = None
+    # Stochastic depth: the probability of skipping a block's residual branch, growing to this value at the last
+    # block.
     drop_path_rate: float = 0.0
+    # The LIF kernel: auto (C on CPU, Triton on CUDA), torch, fused, c or triton; the same spikes.
     lif_backend: str = "auto"
-    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem); None keeps the variant's.
+    # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem) or by the import path of a
+    # builder of your own (my_stems:build_stem, docs/neurons.md); None keeps the variant's.
     stem: str | None = None
+    # Options of the stem (SCS: the keys of layers_v2.SCSOptions); empty: the stem's defaults.
     stem_options: dict[str, Any] = field(default_factory=dict)
-    # The spiking neuron of every layer, by name, and its options (LIF's are its defaults of the papers).
+    # The spiking neuron of every layer: a registered name (lif, plif) or the import path of a SpikingNeuron
+    # class of your own (my_neurons:IntegrateAndFire, docs/neurons.md).
     neuron: str = "lif"
+    # Keyword arguments of the neuron (LIF: tau, v_threshold, v_reset, detach_reset, surrogate_alpha, backend).
     neuron_options: dict[str, Any] = field(default_factory=dict)
     # A checkpoint (own or official) whose weights initialise the model before training (fine-tuning).
     pretrained: str | None = None
@@ -58,11 +75,20 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The dataset, its loader, augmentation and mixing. Image keys follow timm's training script."""
+
+    # The dataset by registered name (digits, digits-dvs, cifar10, cifar100, imagenet, folder, cifar10dvs,
+    # dvs128gesture) or an importable path module:builder.
     name: str = "digits"
+    # Folder of the dataset's files (null for the embedded digits and digits-dvs, which need none).
     root: str | None = None
+    # Images per batch and process.
     batch_size: int = 64
+    # Images per validation batch (null: batch_size).
     eval_batch_size: int | None = None
+    # DataLoader worker processes (0: load in the main process); capped at the machine's CPU count.
     num_workers: int = 0
+    # Fetch a missing dataset that can be downloaded (CIFAR) into data.root.
     download: bool = False
     # Random translation in pixels of the model's input (the digits' augmentation).
     shift: int = 2
@@ -95,28 +121,37 @@ class DataConfig:
     # The RandAugment op list by timm's op names (null: timm's standard 15), e.g. the original CIFAR code's five
     # [Equalize, Rotate, ShearX, TranslateXRel, TranslateYRel] (data/augment_ops.py).
     rand_augment_ops: list[str] | None = None
+    # Resampling filter of resizes and crops.
     interpolation: str = "bicubic"
     # Training crop: RandomResizedCrop's area and aspect ranges (null: timm's 0.08-1.0 and 3/4-4/3).
     scale: tuple[float, float] | None = None
+    # Training crop: RandomResizedCrop's aspect-ratio range (null: 3/4-4/3).
     ratio: tuple[float, float] | None = None
     # Evaluation: resize to img_size / crop_pct, then centre-crop (null: 1.0 for CIFAR, 0.875 for folders).
     crop_pct: float | None = None
+    # Probability of a horizontal flip of a training image.
     hflip: float = 0.5
     color_jitter: float = 0.4  # timm applies it only when auto_augment is off
     random_erasing: float = 0.0  # probability (timm's --reprob)
+    # What fills an erased rectangle: per-pixel noise, per-channel noise or zeros (timm's --remode).
     random_erasing_mode: str = "pixel"
+    # Rectangles erased per image at most (timm's --recount).
     random_erasing_count: int = 1
     # Where erasing applies: "batch" = on the normalised training batch after mixup/cutmix (timm's prefetch
     # loader, which the original recipes used); "sample" = in each image's transform, before mixing.
     random_erasing_stage: str = "batch"
     # Normalisation (null: the dataset's own statistics); one value per input channel.
     mean: list[float] | None = None
+    # Normalisation's standard deviation, one value per input channel (null: the dataset's own).
     std: list[float] | None = None
     # --- mixing (timm.data.Mixup), on when mixup_alpha or cutmix_alpha > 0; the loss becomes soft-target CE ---
+    # Mixup's Beta(alpha, alpha) (0: off).
     mixup_alpha: float = 0.0
+    # CutMix's Beta(alpha, alpha) (0: off).
     cutmix_alpha: float = 0.0
     mixup_prob: float = 1.0  # probability that a batch is mixed at all
     mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    # Mixing of a whole batch with one draw, per pair or per element.
     mixup_mode: str = "batch"
     # Mixing stops from this epoch on (0-based; 0: never), as the CIFAR recipe's "off after epoch 200".
     mixup_off_epoch: int = 0
@@ -124,54 +159,91 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """The optimizer and the learning-rate schedule."""
+
+    # The optimizer.
     name: str = "adamw"
+    # Peak learning rate (after warm-up).
     lr: float = 5e-4
+    # Decoupled weight decay (AdamW) or L2 (SGD); biases and norms are exempt.
     weight_decay: float = 0.06
+    # AdamW's moment coefficients.
     betas: tuple[float, float] = (0.9, 0.999)
+    # AdamW's denominator epsilon.
     eps: float = 1e-8
+    # SGD's momentum.
     momentum: float = 0.9
+    # The learning-rate schedule after warm-up: cosine to min_lr, or constant.
     schedule: str = "cosine"
     # The schedule advances every optimizer step ("step") or, like the original timm trainer, once per
     # epoch ("epoch").
     schedule_unit: str = "step"
+    # Epochs of linear warm-up from warmup_lr to lr (fractions allowed).
     warmup_epochs: float = 0.0
+    # Learning rate at the start of the warm-up.
     warmup_lr: float = 1e-5
+    # Learning rate at the end of the cosine.
     min_lr: float = 1e-5
     # Extra epochs at ``min_lr`` after the cosine (timm's cooldown); the run lasts epochs + cooldown.
     cooldown_epochs: int = 0
+    # Label smoothing of the cross-entropy (unused when mixup/cutmix give soft targets).
     label_smoothing: float = 0.1
+    # Clip the gradients' global norm to this value (null: no clipping).
     clip_grad: float | None = None
+    # Layer-wise learning-rate decay for fine-tuning: each block deeper from the head gets this factor (null:
+    # off).
     layer_decay: float | None = None
 
 
 @dataclass
 class TrainConfig:
+    """The run: its length, folder, device, precision, checkpoints and display."""
+
+    # Training epochs (the schedule's length; the run lasts epochs + optim.cooldown_epochs).
     epochs: int = 10
+    # The run folder: config.yaml, metrics.csv, checkpoints, logs.
     out_dir: str = "runs/default"
+    # Seed of the weights' initialisation, the data order and augmentation.
     seed: int = 0
+    # auto (a GPU when there is one), cpu, cuda, cuda:N or mps.
     device: str = "auto"
     # "auto": bfloat16 autocast on CPU and on GPUs that support it, float16 with loss scaling otherwise.
     # "gpu_fp16": float16 autocast with loss scaling on GPUs (the original recipes), "auto" elsewhere.
     amp: str = "auto"
+    # Batches whose gradients are accumulated per optimizer step (see data.global_batch_size).
     accum_steps: int = 1
+    # Validate every this many epochs (and always after the last).
     eval_every: int = 1
+    # Also write last.safetensors every this many optimizer steps (0: at epoch ends only).
     save_every_steps: int = 0
+    # Continue a run: a checkpoint path, or auto (the run folder's last.safetensors if there is one).
     resume: str | None = None
+    # Allow starting a new run in a folder that already holds one (its files are replaced).
     overwrite: bool = False
+    # Ask PyTorch for deterministic kernels (slower; bit-identical reruns on one machine).
     deterministic: bool = False
+    # At a non-finite loss: stop the run (saving nothing new) or skip the step.
     nan_policy: str = "stop"
+    # Keep an exponential moving average of the weights with this decay (e.g. 0.9998); evaluated and saved
+    # beside them (null: off).
     ema_decay: float | None = None
+    # Run the model through torch.compile.
     compile: bool = False
     # Recompute each block in the backward pass instead of storing its activations (model.set_grad_checkpointing):
     # for the biggest models; same gradients, about one more forward pass of the blocks per step.
     checkpointing: bool = False
+    # Synchronise BatchNorm statistics over all processes of a distributed run.
     sync_bn: bool = False
     # BatchNorm normalises with its running statistics and leaves them unchanged (its affine weights still
     # train): for fine-tuning with small batches, and for comparing runs whose per-process batches differ.
     freeze_bn: bool = False
+    # CPU threads of PyTorch (null: PyTorch's default).
     threads: int | None = None
+    # Show progress bars.
     progress: bool = True
+    # Batches between the plain progress lines printed when the output is not a terminal (display only).
     log_interval: int = 10
+    # Write TensorBoard logs into the run folder (when tensorboard is installed).
     tensorboard: bool = True
 
 
@@ -194,7 +266,9 @@ class SSLConfig:
     # The non-spiking decoder: transformer blocks of this width over all tokens (0 blocks: a per-token
     # projection, only with encoder_tokens "all").
     decoder_dim: int = 256
+    # Transformer blocks of the decoder (see decoder_dim).
     decoder_depth: int = 4
+    # Attention heads of each decoder block.
     decoder_heads: int = 8
     # Normalise each target patch by its own mean and std before the MSE (MAE's norm_pix_loss).
     norm_pix_loss: bool = True

@@ -16,8 +16,11 @@ each neuron from its ``lif_constants()`` (see ``spikformer.neurons.SpikingNeuron
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +76,40 @@ def example_input(model: nn.Module, batch: int = 1, frames: bool | None = None) 
 # --- ONNX --------------------------------------------------------------------------------------------
 
 
-def export_onnx(model: nn.Module, path: str | Path, frames: bool | None = None, opset: int | None = None
-                ) -> Path:
+# The exporter's optimisation passes report each rewrite at INFO (dozens of lines per model); a user who shows
+# INFO messages of their own wants ours, not those.
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def model_metadata(model: nn.Module, frames: bool | None = None) -> dict[str, str]:
+    """What an ONNX file says of its input from the model alone: ``input`` (``images`` or ``frames``),
+    ``img_size``, ``in_chans``, ``T`` and ``num_classes``."""
+    frames = model.in_chans == 2 if frames is None else frames
+    return {"input": "frames" if frames else "images", "img_size": str(model.img_size),
+            "in_chans": str(model.in_chans), "T": str(model.T), "num_classes": str(model.num_classes)}
+
+
+def export_onnx(model: nn.Module, path: str | Path, frames: bool | None = None, opset: int | None = None,
+                metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``model`` as an ONNX graph (BN folded, T unrolled) with a dynamic batch dimension.
 
     The input is ``images [B, C, H, W]``, or ``frames [B, T, C, H, W]`` when ``frames`` (default: for
-    2-channel event models); the output is ``logits [B, classes]``.
+    2-channel event models); the output is ``logits [B, classes]``. The file's metadata (``metadata_props``)
+    holds :func:`model_metadata` and ``metadata`` (e.g. ``spikformer.predict.Preprocessing.to_metadata()``:
+    mean, std, crop, class names), so a runtime can prepare its input from the file alone.
     """
     try:
         import onnxscript  # noqa: F401  (the exporter needs it; fail with the fix, not deep inside)
@@ -92,9 +123,14 @@ def export_onnx(model: nn.Module, path: str | Path, frames: bool | None = None, 
     name = "frames" if example.ndim == 5 else "images"
     batch = torch.export.Dim("batch", min=1, max=65536)
     large = sum(p.numel() * p.element_size() for p in net.parameters()) > 1_800_000_000  # ONNX's 2 GB limit
-    program = torch.onnx.export(net, (example,), dynamo=True, input_names=[name], output_names=["logits"],
-                                dynamic_shapes=({0: batch},), opset_version=opset, external_data=large,
-                                verbose=False)
+    with _quiet_exporter():
+        program = torch.onnx.export(net, (example,), dynamo=True, input_names=[name], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), opset_version=opset, external_data=large,
+                                    verbose=False)
+    props = {**model_metadata(net, frames=example.ndim == 5), **(metadata or {})}
+    if not all(isinstance(key, str) and isinstance(value, str) for key, value in props.items()):
+        raise ExportError(f"ONNX metadata maps names to strings; got {props!r}")
+    program.model.metadata_props.update(props)
     program.save(str(path), external_data=large)
     return path
 

@@ -580,7 +580,7 @@ def SpikingPatchSplitting(in_chans: int, embed_dim: int, patch_size: int, neuron
 
 
 StemBuilder = Callable[..., nn.Module]
-_STEMS: Registry[StemBuilder] = Registry("stem")
+_STEMS: Registry[StemBuilder] = Registry("stem", importable=True)
 STEM_ARGUMENTS = ("in_chans", "embed_dim", "patch_size", "neuron")  # what the model passes; the rest: stem_options
 
 

@@ -1,7 +1,8 @@
 """Spike analysis: firing rates, synaptic operations, energy, and figures (see docs/energy.md).
 
 ``firing`` records LIF firing rates; ``ops`` counts FLOPs and SOPs per layer; ``energy`` turns them into
-the papers' theoretical energy; ``attention`` and ``figures`` draw what the network does.
+the papers' theoretical energy; ``attention_map`` and the ``plot_*`` functions (PNG files, the ``analysis``
+extra) draw what the network does.
 """
 
 from .attention import attention_map
@@ -18,6 +19,7 @@ from .energy import (
     paper_energy_mj,
     paper_first_conv_energy_mj,
 )
+from .figures import plot_attention_map, plot_firing_rates, plot_raster
 from .firing import FiringRateRecorder, lif_role, measure_firing_rates
 from .ops import LayerOps, OpCounter, count_operations
 
@@ -25,5 +27,5 @@ __all__ = [
     "PAPER_ANN_ENERGY_MJ", "PAPER_FIRST_CONV_MACS", "PAPER_IMAGENET_TABLE", "EnergyModel", "EnergyReport",
     "FiringRateRecorder", "LayerEnergy", "LayerOps", "OpCounter", "attention_map", "calibrate_batchnorm",
     "count_operations", "energy_report", "lif_role", "measure_energy", "measure_firing_rates", "paper_energy_mj",
-    "paper_first_conv_energy_mj",
+    "paper_first_conv_energy_mj", "plot_attention_map", "plot_firing_rates", "plot_raster",
 ]

@@ -46,7 +46,8 @@ def register(subparsers) -> None:
                              "--checkpoint, random otherwise)")
     parser.add_argument("--batches", type=int, help="batches to average over (default: 10 of a dataset, 1 random)")
     parser.add_argument("--batch-size", type=int, help="default: the config's eval/batch size (random: 8)")
-    parser.add_argument("--out", help="folder for CSV files and figures (default runs/analyze/MODEL)")
+    parser.add_argument("--out", help="folder for CSV files and figures (default: the checkpoint's run folder, "
+                                      "RUN/analysis/CHECKPOINT_INPUT; random weights: runs/analyze/MODEL)")
     parser.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--raster-layer", help="LIF layer of the spike raster (default: the first block's Q)")
@@ -118,6 +119,16 @@ def input_batches(args, model, config, trained: bool) -> list:
     return batches
 
 
+def default_out_dir(args, trained: bool) -> Path:
+    """Beside the checkpoint, in its run folder (``runs/digits/analysis/best_val``: one folder per checkpoint
+    and input, so analyses of different runs or inputs never overwrite each other); random weights:
+    ``runs/analyze/<model>``."""
+    if not trained:
+        return Path("runs/analyze") / args.model
+    source = args.data if args.data != "auto" else "val"
+    return Path(args.checkpoint).parent / "analysis" / f"{Path(args.checkpoint).stem}_{source}"
+
+
 def default_raster_layer(model) -> str:
     from ..analysis import FiringRateRecorder
 
@@ -171,7 +182,7 @@ def run(args) -> int:
         steps = " ".join(f"{r:.3f}" for r in report.firing_rates_per_step[layer])
         log.info(f"  {layer:<36} {rate:6.3f}   per step: {steps}")
 
-    out = Path(args.out or f"runs/analyze/{name}")
+    out = Path(args.out) if args.out else default_out_dir(args, trained)
     report.write_csv(out / "layers.csv")
     report.write_firing_csv(out / "firing_rates.csv")
     written = [out / "layers.csv", out / "firing_rates.csv"]
@@ -183,7 +194,7 @@ def run(args) -> int:
         Path(args.json).write_text(json.dumps(document, indent=2))
         written.append(Path(args.json))
     if not args.no_figures:
-        from ..analysis.figures import plot_attention_map, plot_firing_rates, plot_raster
+        from ..analysis import plot_attention_map, plot_firing_rates, plot_raster
 
         written.append(plot_firing_rates(report.firing_rates, out / "firing_rates.png",
                                          report.firing_rates_per_step, title=f"Firing rate per layer, {name}"))

@@ -1,8 +1,10 @@
 """``spikformer export (--checkpoint PATH | --model NAME) [section.key=value ...] --format onnx|nir --out FILE``.
 
 Writes the inference model (BatchNorm folded, T unrolled) as ONNX, checked against PyTorch in onnxruntime
-when it is installed, or as NIR (what NIR can express; ``--partial`` writes the graph up to the first part it
-cannot). Overrides change the model, e.g. ``model.T=8`` or ``model.embed_dim=64``.
+when it is installed, with the checkpoint's preprocessing (mean, std, crop, T) and class names in the file's
+metadata (what ``spikformer predict model.onnx`` reads), or as NIR (what NIR can express; ``--partial``
+writes the graph up to the first part it cannot). Overrides change the model, e.g. ``model.T=8`` or
+``model.embed_dim=64``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def run(args) -> int:
         raise ConfigError(f"--dt must be a positive number of seconds, got {args.dt}")
     model = _load_model(args)
     if fmt == "onnx":
-        path = export_onnx(model, out, frames=True if args.frames else None)
+        metadata = _deployment_metadata(args.checkpoint, args.overrides) if args.checkpoint else {}
+        path = export_onnx(model, out, frames=True if args.frames else None, metadata=metadata)
         try:
             diff = onnx_max_difference(model, path, example_input(model, batch=2, frames=args.frames or None))
             check = f"; onnxruntime matches PyTorch to {diff:.1e}"
@@ -60,6 +63,24 @@ def run(args) -> int:
         what = f"up to {stop}, which NIR cannot express" if stop else "complete"
         log.info(f"wrote {out} (NIR, {len(graph.nodes)} nodes, {what})")
     return 0
+
+
+def _deployment_metadata(checkpoint: str, overrides: list[str]) -> dict[str, str]:
+    """The checkpoint's preprocessing (mean, std, crop) and class names, for the ONNX file's metadata."""
+    import json
+
+    from ..checkpoint import read_checkpoint_metadata, stored_config
+    from ..errors import ConfigError
+    from ..models import resolve_config
+    from ..predict import class_names_of, preprocessing_of
+
+    metadata = read_checkpoint_metadata(checkpoint)
+    names = class_names_of(metadata)
+    try:
+        return preprocessing_of(resolve_config(stored_config(checkpoint, metadata, overrides)), names).to_metadata()
+    except ConfigError as why:  # an event model or unknown statistics: the file still says what it can
+        log.info(f"no preprocessing in the ONNX metadata: {why}")
+        return {"class_names": json.dumps(names)} if names else {}
 
 
 def _load_model(args):

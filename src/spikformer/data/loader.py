@@ -21,6 +21,7 @@ worker keeps PyTorch's handling: any SIGTERM ends it.)
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -31,6 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import SpikformerError
+
+log = logging.getLogger(__name__)
 
 
 class ResumableSampler(Sampler[int]):
@@ -113,10 +116,24 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """A loader over ``dataset``. Training loaders shuffle per epoch and drop the last partial batch when the
-    dataset holds more than one batch (BatchNorm needs more than one sample)."""
+    dataset holds more than one batch (BatchNorm needs more than one sample). ``num_workers`` is capped at the
+    CPUs this process may use (more workers than CPUs only compete for them); a training loader says so."""
+    cpus = usable_cpus()
+    if num_workers > cpus:
+        if train:
+            log.info(f"data.num_workers={num_workers}: this machine has {cpus} CPUs for this process, so the "
+                     f"loaders use {cpus} workers")
+        num_workers = cpus
     drop_last = train and len(dataset) // world_size > batch_size
     sampler = ResumableSampler(len(dataset), batch_size, shuffle=train, seed=seed, rank=rank,
                                world_size=world_size, drop_last=drop_last, pad=train)

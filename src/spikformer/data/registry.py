@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..registry import Registry
 
 DatasetBuilder = Callable[..., Dataset]
-_DATASETS: Registry[DatasetBuilder] = Registry("dataset", error=ConfigError)
+_DATASETS: Registry[DatasetBuilder] = Registry("dataset", error=ConfigError, importable=True)
 SPLITS = ("train", "val")
 
 

@@ -78,9 +78,10 @@ def stem_option_defaults(stem: str) -> dict[str, Any]:
 
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in dataclasses.asdict(SCSOptions()).items()}
-    if stem not in _STEMS:
+    try:
+        builder = _STEMS.get(stem)
+    except ValueError:
         return {}  # an unknown stem: the build reports it, naming the stems there are
-    builder = _STEMS[stem]
     fixed = ("in_chans", "embed_dim", "patch_size", "lif_backend", "neuron", "neuron_options")
     return {name: p.default for name, p in inspect.signature(builder).parameters.items()
             if name not in fixed and p.default is not inspect.Parameter.empty}

@@ -52,7 +52,7 @@ class SpikingNeuron(nn.Module):
 
 
 NeuronLayer = Callable[..., SpikingNeuron]
-_NEURONS: Registry[NeuronLayer] = Registry("neuron")
+_NEURONS: Registry[NeuronLayer] = Registry("neuron", importable=True)
 
 
 def register_neuron(name: str) -> Callable[[NeuronLayer], NeuronLayer]:
@@ -71,6 +71,9 @@ def neuron_layer(neuron: str | NeuronLayer = "lif", options: dict[str, Any] | No
     ones; the option values are checked when the layer is made."""
     if isinstance(neuron, str):
         factory, label = _NEURONS.get(neuron), neuron
+        if isinstance(factory, type) and not issubclass(factory, SpikingNeuron):
+            raise ValueError(f"neuron {neuron!r} is the class {factory.__name__}, which is not a "
+                             f"spikformer.neurons.SpikingNeuron; subclass it (docs/neurons.md)")
     elif callable(neuron):
         factory, label = neuron, getattr(neuron, "__name__", type(neuron).__name__)
     else:
