@@ -206,8 +206,10 @@ def sigterm_to_rank1_after_step_3(rank: int) -> None:
     RunLoop.optimizer_step = step_then_signal
 
 
-def cli_rank(rank: int, world_size: int, port: int, argv: list[str], result_dir: str, fault: str | None) -> None:
-    """One process of a ``torchrun ... -m spikformer <argv>`` run; writes its exit code, stderr and weights."""
+def cli_rank(rank: int, world_size: int, port: int, argv: list[str] | list[list[str]], result_dir: str,
+             fault: str | None) -> None:
+    """One process of a ``torchrun ... -m spikformer <argv>`` run (``argv[rank]`` when given one per rank);
+    writes its exit code and stderr."""
     import contextlib
     import io
     import json
@@ -218,6 +220,8 @@ def cli_rank(rank: int, world_size: int, port: int, argv: list[str], result_dir:
                       WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
     if fault:
         globals()[fault](rank)
+    if argv and isinstance(argv[0], list):  # each rank its own command line, as a multi-node launcher may start them
+        argv = argv[rank]
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         code = main(argv)
@@ -431,3 +435,38 @@ def test_partial_epoch_sums_resume_per_rank_or_all_on_rank_0_for_another_number_
     assert [own_epoch_sums(saved, rank, 3) for rank in (1, 2)] == [{}, {}]
     single = Position(1, 4, 6, epoch_sums={"loss": 1.0, "count": 4.0})  # a one-process (or older) checkpoint
     assert own_epoch_sums(single, 0, 2) == {"loss": 1.0, "count": 4.0} and own_epoch_sums(single, 1, 2) == {}
+
+
+# --- every rank runs the same config ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank1, named", [
+    (["optim.lr=0.2"], "optim.lr (rank 0: 0.1, rank 1: 0.2)"),
+    (["data.batch_size=4", "train.eval_every=2"], "data.batch_size (rank 0: 2, rank 1: 4); train.eval_every "
+                                                  "(rank 0: 1, rank 1: 2)"),
+], ids=["lr", "batch and eval_every"])
+def test_processes_started_with_different_configs_all_exit_2_naming_the_differing_keys(tmp_path, rank1, named):
+    # Started by hand with different overrides, as multi-node launchers start each node's processes: unnoticed,
+    # different batch counts hang a collective and different learning rates train different models.
+    argv = pretrain_argv(tmp_path / "run", "data.batch_size=2", "data.global_batch_size=null")
+    results = run_cli_ranks([argv, [*argv, *rank1]], tmp_path / "ranks")
+    assert [r["code"] for r in results] == [2, 2], results
+    for result in results:
+        assert f"the processes were started with different configs: {named}; start every process" \
+            in result["stderr"], result["stderr"]
+        assert result["stderr"].count("\n") == 1 and "Traceback" not in result["stderr"]
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_config_differences_between_ranks_ignore_what_is_local_to_a_machine():
+    from spikformer.config import Config, config_to_dict
+    from spikformer.train.distributed import RANK_LOCAL_KEYS, config_differences
+
+    base = config_to_dict(Config())
+    other = config_to_dict(Config())
+    for name in RANK_LOCAL_KEYS:
+        section, key = name.split(".")
+        other[section][key] = "elsewhere" if isinstance(base[section][key], str | None) else 3
+    assert config_differences([base, other, base]) == []
+    other["model"]["T"] = 8
+    assert config_differences([base, base, other]) == [f"model.T (rank 0: {base['model']['T']}, rank 2: 8)"]

@@ -451,3 +451,99 @@ def test_any_tensor_dtype_or_shape_in_a_weights_file_loads_or_is_refused(checkpo
     if not isinstance(result, SpikformerError):
         assert not (reshape or drop or extra)
         assert state[name].is_floating_point() == model.state_dict()[name].is_floating_point()
+
+
+def with_metadata_document(valid: bytes, edit) -> bytes:
+    """``valid`` (an own checkpoint's bytes) whose spikformer metadata document went through ``edit``; the
+    tensor bytes and the rest of the header are kept, and the header length is rewritten."""
+    length = int.from_bytes(valid[:8], "little")
+    header = json.loads(valid[8:8 + length])
+    document = json.loads(header["__metadata__"]["spikformer"])
+    edit(document)
+    header["__metadata__"]["spikformer"] = json.dumps(document)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + valid[8 + length:]
+
+
+def document_paths(value, path=()):
+    """Every place in a JSON document where a value sits (mappings' keys, lists' indices)."""
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from document_paths(item, (*path, key))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_edit_of_a_checkpoints_metadata_is_refused_unless_it_changes_nothing(checkpoint, data):
+    path, valid, model = checkpoint
+    length = int.from_bytes(valid[:8], "little")
+    original = json.loads(json.loads(valid[8:8 + length])["__metadata__"]["spikformer"])
+    where = data.draw(st.sampled_from([p for p in document_paths(original) if p]))
+    value = data.draw(json_values)
+    drop = data.draw(st.booleans())
+
+    def edit(document):
+        for key in where[:-1]:
+            document = document[key]
+        if drop and isinstance(document, dict):
+            del document[where[-1]]
+        else:
+            document[where[-1]] = value
+
+    path.write_bytes(with_metadata_document(valid, edit))
+    edited = json.loads(json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])
+                        ["__metadata__"]["spikformer"])
+    result = outcome("checkpoint metadata edits", lambda: load_checkpoint(create_model("spikformer_cifar_4_256",
+                                                                                       **TINY), path))
+    if not isinstance(result, SpikformerError):
+        assert edited == original, f"an edit of {where} was accepted"
+
+
+@pytest.fixture(scope="module")
+def training_state(tmp_path_factory):
+    from spikformer.config import Config, config_to_dict
+    from spikformer.train.optim import build_optimizer, build_scheduler
+    from spikformer.train.state import Position, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, Config().optim)
+    scheduler = build_scheduler(optimizer, Config().optim, 4, 4)
+    path = tmp_path_factory.mktemp("state") / "last.safetensors"
+    position = Position(2, 1, 9, 40.0, 1, {"loss": 2.0, "count": 8.0})
+    save_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None, ema=None,
+                        position=position, config=config_to_dict(Config()))
+    return path, model, optimizer, scheduler
+
+
+numbers = st.integers(-10**6, 10**6) | st.floats() | st.booleans() | st.none() | st.text(max_size=3)
+training_fields = st.sampled_from([("position", "epoch"), ("position", "batch"), ("position", "step"),
+                                   ("position", "best_top1"), ("position", "best_epoch"),
+                                   ("position", "epoch_sums", "loss"), ("optimizer", "param_groups", 0, "lr"),
+                                   ("optimizer", "param_groups", 0, "weight_decay"), ("scheduler", "base_values", 0),
+                                   ("scheduler", "t_initial")])
+
+
+@FUZZ
+@given(fields=st.lists(st.tuples(training_fields, numbers), min_size=1, max_size=3))
+def test_any_training_position_or_schedule_resumes_in_range_or_is_refused_with_one_line(training_state, fields):
+    # The checksums are recomputed (write_checkpoint): what a resume acts on is validated on its own.
+    from spikformer.checkpoint import read_checkpoint
+    from spikformer.train.state import load_training_state
+
+    path, model, optimizer, scheduler = training_state
+    tensors, meta = read_checkpoint(path)
+    for where, value in fields:
+        target = meta
+        for key in where[:-1]:
+            target = target[key]
+        target[where[-1]] = value
+    forged = path.with_name("forged.safetensors")
+    write_checkpoint(forged, tensors, meta)
+    result = outcome("training metadata values",
+                     lambda: load_training_state(forged, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                 scaler=None, ema=None))
+    if not isinstance(result, SpikformerError):
+        assert min(result.epoch, result.batch, result.step) >= 0 and -1 <= result.best_epoch < result.epoch
+        rates = [g["lr"] for g in optimizer.param_groups] + list(scheduler.base_values)
+        assert all(type(rate) in (int, float) and 0 <= rate < np.inf for rate in rates), rates

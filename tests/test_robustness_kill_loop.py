@@ -27,6 +27,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -229,3 +231,50 @@ def test_a_kill_after_the_first_epochs_outputs_before_any_checkpoint_leaves_a_ru
     assert process.exitcode == 0, f"the restart was refused or failed ({process.exitcode})"
     assert_same_as_uninterrupted(out, reference, 2, [f"after {output} of epoch 1"])
     assert_same_weights(out / output, reference / output)
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_the_position_and_the_resume_equals_an_uninterrupted_run(
+        tmp_path):
+    # Slurm and ``kill -TERM -PGID`` signal every process of the job: the loader's worker processes too. The run
+    # must finish its step, save its position and exit 143, whatever the workers were doing.
+    def argv(out: Path) -> list[str]:
+        return tiny_training_argv(tmp_path, out, "data.num_workers=2", "train.save_every_steps=1")
+
+    reference, out = tmp_path / "uninterrupted", tmp_path / "stopped"
+    timed_run(argv(reference), reference)
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    # A session of its own: the child leads a process group, as a batch job does.
+    job = subprocess.Popen([sys.executable, "-m", "spikformer", *argv(out)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = None
+        while job.poll() is None and time.monotonic() < deadline:
+            seen = read_position(out / "last.safetensors")
+            if seen is not None and seen["step"] >= 1:  # mid-epoch 1: a step done, its workers loading the next
+                break
+            time.sleep(0.01)
+        assert seen is not None and job.poll() is None, "the run ended or stalled before its first step was saved"
+        os.killpg(job.pid, signal.SIGTERM)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted by SIGTERM; state saved to" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    saved = read_checkpoint(out / "last.safetensors")[1]["position"]
+    assert saved["step"] >= seen["step"] and saved["epoch"] * 4 + saved["batch"] == saved["step"], saved
+    process = start_cli(argv(out))
+    process.join(timeout=120)
+    assert process.exitcode == 0, f"the resumed run failed ({process.exitcode})"
+    assert_same_as_uninterrupted(out, reference, 2, [f"SIGTERM to the process group after step {saved['step']}"])
+
+
+def read_position(path: Path) -> dict | None:
+    try:
+        return read_checkpoint(path)[1]["position"]
+    except Exception:  # noqa: BLE001 - not written yet
+        return None

@@ -218,3 +218,67 @@ def test_a_restart_that_cannot_finish_rewriting_config_yaml_leaves_a_folder_the_
     assert (tmp_path / "run" / "config.yaml").read_text() == saved and temporaries(tmp_path / "run") == []
     start()
     assert (tmp_path / "run" / "last.safetensors").exists()
+
+
+# --- the lock file is ours, and bound to the folder it was taken in -----------------------------------------
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_is_untouched(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK_FILE).symlink_to(target)
+    with pytest.raises(ConfigError, match=r"\.spikformer\.lock is a symbolic link.*remove it"):
+        RunFolderLock(tmp_path / "run").acquire()
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_lock_file_with_other_hard_links_is_refused_and_left_untouched(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "run").mkdir()
+    os.link(target, tmp_path / "run" / LOCK_FILE)
+    with pytest.raises(ConfigError, match=r"\.spikformer\.lock has other names .*remove it"):
+        RunFolderLock(tmp_path / "run").acquire()
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_locked_folder_that_is_renamed_is_detected_naming_where_it_went_and_stays_locked(tmp_path):
+    lock = RunFolderLock(tmp_path / "run").acquire()
+    lock.check_in_place()  # where it was taken: nothing to say
+    (tmp_path / "run").rename(tmp_path / "moved")
+    with pytest.raises(ConfigError, match=r"run folder .*run was moved or removed while this run wrote it "
+                                          r"\(it is now .*moved\).*train.out_dir="):
+        lock.check_in_place()
+    with pytest.raises(ConfigError, match="is in use by another run"):  # the lock went with the folder
+        RunFolderLock(tmp_path / "moved").acquire()
+    (tmp_path / "run").mkdir()  # another folder under the old name is another folder
+    with pytest.raises(ConfigError, match="was moved or removed"):
+        lock.check_in_place()
+    lock.release()
+    assert not (tmp_path / "moved" / LOCK_FILE).exists()
+
+
+def test_a_run_whose_folder_is_renamed_mid_run_stops_with_exit_2_and_never_recreates_the_old_path(
+        tmp_path, monkeypatch, capsys):
+    from test_robustness_faults import tiny
+
+    from spikformer.cli import main
+    from spikformer.train.loop import RunLoop
+
+    step = RunLoop.optimizer_step
+
+    def step_then_rename(self):
+        step(self)
+        if self.position.step == 2:
+            (tmp_path / "run").rename(tmp_path / "moved")
+
+    monkeypatch.setattr(RunLoop, "optimizer_step", step_then_rename)
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    code = main(["train", "--config", str(config), *tiny(tmp_path / "run", "train.save_every_steps=1",
+                                                           "train.threads=1")])
+    assert code == 2
+    assert "was moved or removed while this run wrote it" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert (tmp_path / "moved" / "last.safetensors").exists()  # the state up to step 1, where it went

@@ -5,8 +5,12 @@ state dict, keys exactly as ``model.state_dict()`` names them, so ``safetensors.
 ``load_state_dict`` and timm's ``checkpoint_path=`` read it directly. A training state (``last.safetensors``)
 namespaces its tensors (``model.*``, ``ema.*``, ``optim.*``, ``rng.*``). Everything else (the resolved config,
 epoch, step, metrics, scheduler state ...) is a JSON document stored in the safetensors header under the key
-``spikformer``, with a SHA-256 of the tensor bytes that is checked on load. Weight files written before the
-plain layout (keys under ``model.``) still load.
+``spikformer``. Two SHA-256 checksums make the file one unit: ``tensor_sha256`` over the tensors, and
+``metadata_sha256`` over every other field of that document (``tensor_sha256`` included) and every other entry
+of the header's metadata. The metadata checksum covers fields generically, not a list of known keys, so a field
+added later is covered too; it is verified whenever the header is read, the tensor checksum whenever the tensors
+are. Both are mandatory in an own file: one without them, or of an earlier development format (1, 2: the metadata
+had no checksum), is refused.
 
 A file is data, never instructions: its header is validated before any tensor byte is read, the JSON is parsed
 with a bounded nesting depth, only regular files are opened, weights must have the model's kind of dtype, and a
@@ -44,7 +48,10 @@ from .file_limits import STORED_SIZE_LIMITS, check_stored_sizes, check_zip_infla
 from .models.official import checkpoint_filter_fn
 
 FORMAT_NAME = "spikformer"
-FORMAT_VERSION = 2  # 2: weights files hold a plain state dict ("layout": "state_dict") and a tensor checksum
+FORMAT_VERSION = 3  # 3: every metadata field under metadata_sha256; both checksums mandatory
+TENSOR_CHECKSUM, METADATA_CHECKSUM = "tensor_sha256", "metadata_sha256"
+RESERVED_FIELDS = ("format", "version", TENSOR_CHECKSUM, METADATA_CHECKSUM)  # written by write_checkpoint only
+SAFETENSORS_FORMAT = {"format": "pt"}  # what timm and the Hugging Face tools write and look for
 SAFETENSORS_MAGIC_OFFSET = 8  # the header length (u64) comes first, then a JSON header starting with "{"
 MAX_HEADER_BYTES = 64 * 2**20  # the JSON header of a real checkpoint is kilobytes; safetensors allows 100 MB
 MAX_JSON_DEPTH = 32  # our metadata nests 5 deep; a deeper document is hostile (json recursion)
@@ -99,15 +106,16 @@ def _fsync_directory(directory: Path) -> None:
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Save ``tensors`` and a JSON-serialisable ``metadata`` mapping as one safetensors file, atomically."""
     payload = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
-    document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **metadata,
-                "tensor_sha256": tensor_checksum(payload)}
+    fields = {key: value for key, value in metadata.items() if key not in RESERVED_FIELDS}
+    document = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **fields, TENSOR_CHECKSUM: tensor_checksum(payload)}
     try:
-        header = json.dumps(document)
-    except (TypeError, ValueError) as error:
+        document = json.loads(json.dumps(document))  # as a reader parses it: tuples as lists, keys as strings
+    except (TypeError, ValueError, RecursionError) as error:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {error}") from None
+    document[METADATA_CHECKSUM] = metadata_checksum(document, SAFETENSORS_FORMAT)
     try:
-        # "format": "pt" is what timm and the Hugging Face tools write and look for.
-        atomic_write_bytes(path, safetensors_save(payload, metadata={FORMAT_NAME: header, "format": "pt"}))
+        header = {FORMAT_NAME: json.dumps(document), **SAFETENSORS_FORMAT}
+        atomic_write_bytes(path, safetensors_save(payload, metadata=header))
     except OSError as error:  # still an OSError (the machine, not the input), with what to do about it
         raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror or error}); the "
                       f"previous file, if any, is intact. Free disk space or choose a writable "
@@ -130,6 +138,15 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
         if value.numel():
             digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def metadata_checksum(document: dict[str, Any], header_metadata: dict[str, str]) -> str:
+    """SHA-256 over every field of an own checkpoint's metadata ``document`` but ``metadata_sha256`` itself, and
+    every other entry of the safetensors header's ``__metadata__``, as canonical JSON (sorted keys)."""
+    fields = {key: value for key, value in document.items() if key != METADATA_CHECKSUM}
+    others = {key: value for key, value in header_metadata.items() if key != FORMAT_NAME}
+    text = json.dumps([fields, others], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -159,8 +176,8 @@ def is_safetensors(path: str | Path) -> bool:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an own-format checkpoint: ``(tensors, metadata)``. The header is validated first (sizes, dtypes,
-    offsets against the file's length), so no tensor byte is read from a file whose structure is wrong; the
-    tensor checksum, when the file carries one, is verified."""
+    offsets against the file's length), so no tensor byte is read from a file whose structure is wrong; both
+    checksums of an own file are verified."""
     path = Path(path)
     header, metadata = read_checkpoint_header(path)
     try:
@@ -168,15 +185,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except (SafetensorError, ValueError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): "
                               f"{_first_line(error)}") from None
-    expected = metadata.get("tensor_sha256")
-    if expected is not None and tensor_checksum(tensors) != expected:
+    if metadata and tensor_checksum(tensors) != metadata[TENSOR_CHECKSUM]:
         raise CheckpointError(f"{path} is corrupt: its tensor bytes do not match the checksum stored in it "
                               f"(damaged on disk or in transfer); copy or download it again")
     return tensors, metadata
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of an own checkpoint, read from its header alone (no tensor is loaded)."""
+    """The JSON metadata of an own checkpoint, read from its header alone (no tensor is loaded; the metadata
+    checksum is verified)."""
     return read_checkpoint_header(Path(path))[1]
 
 
@@ -201,11 +218,38 @@ def read_checkpoint_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise _unreadable(path, "the header's metadata does not map names to strings")
     _check_tensor_entries(path, header, size - SAFETENSORS_MAGIC_OFFSET - header_size)
     if FORMAT_NAME not in extra:
+        if any(TENSOR_CHECKSUM in value or METADATA_CHECKSUM in value for value in extra.values()):
+            raise CheckpointError(f"{path} is corrupt: its header holds spikformer metadata under another name (a "
+                                  f"damaged own checkpoint); copy or download it again")
         return header, {}  # a plain safetensors weight file (e.g. exported by another tool)
     metadata = _bounded_json(extra[FORMAT_NAME].encode(), path, "metadata")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: the checkpoint's metadata is not a JSON object")
+    _check_own_metadata(path, metadata, extra)
     return header, metadata
+
+
+def _check_own_metadata(path: Path, metadata: dict[str, Any], extra: dict[str, str]) -> None:
+    """Refuse an own checkpoint of another format version, without both checksums, or whose metadata does not
+    match its checksum."""
+    version = metadata.get("version")
+    if metadata.get("format") == FORMAT_NAME and type(version) is int and version != FORMAT_VERSION:
+        why = ("a development version of spikformer wrote it, before checkpoint metadata had a checksum" if
+               version < FORMAT_VERSION else "a newer spikformer wrote it")
+        raise CheckpointError(f"{path} is in checkpoint format {version} ({why}); this version reads format "
+                              f"{FORMAT_VERSION} only: train again, or upgrade spikformer")
+    for key in (TENSOR_CHECKSUM, METADATA_CHECKSUM):
+        value = metadata.get(key)
+        if not (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)):
+            raise CheckpointError(f"{path} carries no {key} (every own checkpoint has one): it is damaged or was "
+                                  f"edited; copy or download it again")
+    if metadata_checksum(metadata, extra) != metadata[METADATA_CHECKSUM]:
+        raise CheckpointError(f"{path} is corrupt: its metadata (position, optimizer, schedule, config ...) does not "
+                              f"match the checksum stored in it (damaged, or edited by hand); copy or download it "
+                              f"again, or resume from another checkpoint")
+    if metadata.get("format") != FORMAT_NAME or version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is corrupt: its metadata names checkpoint format "
+                              f"{str(metadata.get('format'))[:20]!r} version {str(version)[:20]}")
 
 
 def _check_tensor_entries(path: Path, header: dict[str, Any], data_bytes: int) -> None:

@@ -9,13 +9,23 @@ Random augmentation: with ``num_workers=0`` it draws from the process's RNGs, wh
 processes have RNGs of their own that no checkpoint can see, so a training loader with workers seeds them
 per sample from (seed, epoch, rank, position) instead (``SeededSamples``): a sample's augmentation is then
 the same whatever the number of workers and wherever the epoch was resumed.
+
+Signals: a scheduler (Slurm, ``kill -TERM -PGID``) or a terminal's Ctrl-C signals every process of the job; the
+main process then finishes its step, saves and stops, which needs its workers alive until it has saved. So worker
+processes ignore SIGINT, and a SIGTERM from anyone but their parent. Their parent's SIGTERM (multiprocessing stops
+daemonic children that way when the main process exits with an iteration unfinished) still ends them, and each
+worker stops by itself when its parent has gone. (Where the sender of a signal cannot be known, as on macOS, a
+worker keeps PyTorch's handling: any SIGTERM ends it.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -134,11 +144,12 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, 
     return OneLineErrorLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
         pin_memory=pin_memory, persistent_workers=False, generator=generator,
-        worker_init_fn=_seed_worker if num_workers else None,
+        worker_init_fn=_init_worker if num_workers else None,
     )
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
+    leave_stopping_to_the_parent()
     # numpy and random in workers follow torch's per-worker seed, so augmentation is reproducible.
     import random
 
@@ -147,6 +158,41 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def leave_stopping_to_the_parent() -> None:
+    """In a worker process: ignore SIGINT, and SIGTERM unless the parent sends it (see the module docstring).
+    PyTorch's own SIGTERM handler in a worker ends it whoever the sender, and the loader would then fail the
+    step the main process is saving."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    # Blocked since the fork (``_sigterm_blocked_while_workers_start``) and here, before the worker starts any
+    # other thread (they inherit the mask), and taken by one thread that learns each signal's sender.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_stop_on_sigterm_from, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigterm_blocked_while_workers_start(num_workers: int):
+    """Block SIGTERM in this thread while the loader forks its workers: they inherit the mask, so a SIGTERM that
+    reaches a worker before its init has run stays pending, and its sender is then looked at, not obeyed."""
+    if num_workers == 0 or not hasattr(signal, "sigwaitinfo"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGTERM meant for this process arrives now
+
+
+def _stop_on_sigterm_from(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)  # as PyTorch's handler does: the parent asked, nothing is left to hand over
 
 
 def debug_enabled() -> bool:
@@ -159,7 +205,8 @@ class OneLineErrorLoader(DataLoader):
     same one-line error the main process would raise; PyTorch would wrap it in the worker's traceback."""
 
     def __iter__(self):
-        iterator = super().__iter__()
+        with _sigterm_blocked_while_workers_start(self.num_workers):
+            iterator = super().__iter__()
         if self.num_workers == 0 or debug_enabled():
             return iterator
         return _one_line_errors(iterator)

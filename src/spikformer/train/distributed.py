@@ -7,10 +7,18 @@ a plain ``spikformer train`` runs as a world of one.
 The batch of one optimizer step over all processes is ``batch_size x world_size x accum_steps``. A config
 that names ``data.global_batch_size`` (the paper's batch) gets ``accum_steps`` derived from the number of
 processes, so one recipe reaches the same batch on 8 GPUs without accumulation or on 1 GPU with 8 steps.
+
+Every process must run the same config: launchers that start each node's processes with their own command line
+can start them with different overrides, and then different batch counts hang a collective and different
+learning rates train different models. ``agree_on_config`` compares a digest of every rank's config at start and
+refuses, on every rank, naming the keys that differ (``RANK_LOCAL_KEYS`` may differ: they say where this
+machine keeps things, not what is computed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -100,6 +108,58 @@ def _all_reduce(values: list[float], device: torch.device, info: DistInfo, op) -
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+# Keys that may differ between processes: where each machine finds or keeps things, how many loader processes it
+# starts (a sample is augmented the same whatever the count: data/loader.py), and what it displays.
+RANK_LOCAL_KEYS = ("data.root", "data.cache_dir", "data.download", "data.num_workers", "train.threads",
+                   "train.progress", "train.log_interval", "train.tensorboard")
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of a config (as ``config_to_dict`` gives it), ``RANK_LOCAL_KEYS`` left out."""
+    text = json.dumps(_shared_part(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _shared_part(config: dict[str, Any]) -> dict[str, Any]:
+    return {section: {key: value for key, value in values.items() if f"{section}.{key}" not in RANK_LOCAL_KEYS}
+            if isinstance(values, dict) else values for section, values in config.items()}
+
+
+def config_differences(configs: list[dict[str, Any]]) -> list[str]:
+    """``"section.key (rank 0: a, rank r: b)"`` for each key whose value differs between the ranks' configs (the
+    first rank that differs from rank 0 is named)."""
+    flat = [{f"{section}.{key}": value for section, values in _shared_part(config).items()
+             for key, value in (values.items() if isinstance(values, dict) else [("", values)])}
+            for config in configs]
+    differences = []
+    for name in sorted(set().union(*flat)):
+        values = [json.dumps(ranks.get(name, "<missing>"), sort_keys=True, default=str) for ranks in flat]
+        other = next((rank for rank, value in enumerate(values) if value != values[0]), None)
+        if other is not None:
+            differences.append(f"{name} (rank 0: {_show(flat[0].get(name))}, rank {other}: "
+                               f"{_show(flat[other].get(name))})")
+    return differences
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def agree_on_config(config: dict[str, Any], info: DistInfo) -> None:
+    """Raise ``ConfigError`` on every rank unless all ranks run the same ``config`` (``RANK_LOCAL_KEYS`` aside):
+    digests are compared first, the whole configs only when they differ."""
+    if not info.enabled:
+        return
+    digests = gather_objects(config_digest(config), info)
+    if len(set(digests)) == 1:
+        return
+    differences = config_differences(gather_objects(config, info))
+    shown = "; ".join(differences[:8]) + (f"; ... ({len(differences)} keys in all)" if len(differences) > 8 else "")
+    raise ConfigError(f"the processes were started with different configs: {shown}; start every process with the "
+                      f"same config file and overrides")
 
 
 def barrier(info: DistInfo) -> None:

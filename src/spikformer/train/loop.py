@@ -37,6 +37,7 @@ from ..data import build_dataset, build_loader
 from ..errors import ConfigError
 from ..models import resolve_config
 from .distributed import (
+    agree_on_config,
     all_reduce_max,
     all_reduce_sum,
     barrier,
@@ -161,6 +162,7 @@ class RunLoop:
         self.device = resolve_device(cfg.device)
         check_lif_backend(config.model.lif_backend, self.device)
         self.dist = init_distributed(self.device.type)
+        agree_on_config(config_to_dict(config), self.dist)  # before any rank acts on its own settings
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         self.is_main = self.dist.is_main
@@ -223,6 +225,7 @@ class RunLoop:
         self.signal_received: int | None = None  # this process's, set by the handler
         self.stop_signal: int | None = None  # agreed by every rank: the loop acts on this one only
         self.consecutive_skips = 0
+        self.folder_lock = None  # rank 0's RunFolderLock while fit() runs
         self.has_checkpoint = False  # whether the run folder holds this run's last.safetensors (see train_one_epoch)
         self.total_epochs = cfg.epochs + config.optim.cooldown_epochs
         task.setup(self)
@@ -255,8 +258,12 @@ class RunLoop:
 
     def fit(self) -> dict[str, Any]:
         """Run the configured epochs; return the task's result (the last metrics and what it adds)."""
-        with lock_run_folder(self.out_dir, self.is_main):  # one run writes a folder at a time
-            return self._fit()
+        with lock_run_folder(self.out_dir, self.is_main) as lock:  # one run writes a folder at a time
+            self.folder_lock = lock
+            try:
+                return self._fit()
+            finally:
+                self.folder_lock = None
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config.train
@@ -299,6 +306,7 @@ class RunLoop:
                     self.position.best_top1, self.position.best_epoch = score, epoch
                 if improved or score is None:
                     self.check_finite_weights()
+                self.check_run_folder()
                 if self.is_main:
                     self.task.save_outputs(self, metrics, improved)
                 # The log row first: a crash between the two repeats the epoch, and the resume drops the row.
@@ -467,12 +475,29 @@ class RunLoop:
         per_rank = gather_objects((capture_rng(), dict(self.position.epoch_sums)), self.dist)
         if self.dist.enabled:
             self.position.rank_epoch_sums = [sums for _, sums in per_rank]
+        self.check_run_folder()
         if self.is_main:
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                 position=self.position, config=config_to_dict(self.config), metrics=metrics,
                                 rng_states=[rng for rng, _ in per_rank])
         barrier(self.dist)
+
+    def check_run_folder(self) -> None:
+        """Before writing into the run folder (every rank): raise ``ConfigError`` if it was moved or removed since
+        rank 0 locked it (the run would otherwise write into a new, unlocked folder of the old name)."""
+        problem = None
+        if self.folder_lock is not None:
+            try:
+                self.folder_lock.check_in_place()
+            except ConfigError as error:
+                problem = error
+        (moved,) = all_reduce_max([1.0 if problem else 0.0], self.device, self.dist)  # every rank stops
+        if problem is not None:
+            raise problem
+        if moved:
+            raise ConfigError(f"run folder {self.out_dir} was moved or removed while this run wrote it (process 0 "
+                              f"says where it is now); the run stopped")
 
     def write_metrics(self, metrics: dict[str, Any], writer) -> None:
         if not self.is_main:

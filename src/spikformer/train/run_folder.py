@@ -4,9 +4,11 @@ resumed run continues with the settings it was started with.
 Used by the trainer and the pre-trainer, in this order:
 
 - ``lock_run_folder(out_dir)`` (a context manager, rank 0): an exclusive ``flock`` on ``<out_dir>/.spikformer.lock``
-  that holds this process's id; a second run into the folder is refused naming the first one's. The kernel
-  drops the lock when its process dies, so the lock of a killed run is taken over, never stale. While holding
-  it, the temporary files of writes a kill interrupted (``.last.safetensors.*.tmp``) are removed.
+  that holds this process's id; a second run into the folder is refused naming the first one's. The lock file is
+  never opened through a link, and the lock is bound to the folder's identity: a run whose folder is renamed or
+  removed under it stops (``RunFolderLock.check_in_place``) instead of writing into a new folder of the old name.
+  The kernel drops the lock when its process dies, so the lock of a killed run is taken over, never stale. While
+  holding it, the temporary files of writes a kill interrupted (``.last.safetensors.*.tmp``) are removed.
 - ``replace_run_file(path, text)``: how the run rewrites its own text files (``config.yaml``, a trimmed
   ``metrics.csv``): whole or not at all, like a checkpoint.
 - ``prepare_run_folder(out_dir, resume, overwrite, config)``: decides between a fresh start and a resume and
@@ -24,6 +26,7 @@ import fcntl
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,38 +77,62 @@ SAFE_ON_RESUME = {
 
 
 @contextlib.contextmanager
-def lock_run_folder(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
-    """Hold ``out_dir``'s run lock for the ``with`` block (``enabled=False``: do nothing, for ranks > 0)."""
+def lock_run_folder(out_dir: str | Path, enabled: bool = True) -> Iterator[RunFolderLock | None]:
+    """Hold ``out_dir``'s run lock for the ``with`` block and yield it (``enabled=False``: yield None, for
+    ranks > 0)."""
     if not enabled:
-        yield
+        yield None
         return
     lock = RunFolderLock(out_dir)
     lock.acquire()
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 
 
 class RunFolderLock:
     """An exclusive lock on a run folder, held by one process; ``acquire()`` refuses with ``ConfigError``
-    naming the holder's process id."""
+    naming the holder's process id.
+
+    The lock is bound to the folder it was taken in (its device and inode), not to its name: the lock file is
+    opened through the folder's own descriptor, without following links, and ``check_in_place()`` tells the
+    run when the folder under its name is no longer that folder (renamed, removed, replaced), so that it stops
+    instead of writing into a new folder of the old name that nobody has locked."""
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / LOCK_FILE
         self.fd: int | None = None
+        self.dir_fd: int | None = None
+        self.identity: tuple[int, int] | None = None
 
     def acquire(self) -> RunFolderLock:
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"train.out_dir {self.out_dir} is a file, not a folder; choose another train.out_dir")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            dir_fd = os.open(self.out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             raise ConfigError(f"cannot create the run folder train.out_dir={self.out_dir}: "
                               f"{error.strerror or error}; choose a writable train.out_dir") from None
+        try:
+            fd = self._lock_file(dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        info = os.fstat(dir_fd)
+        self.fd, self.dir_fd, self.identity = fd, dir_fd, (info.st_dev, info.st_ino)
+        remove_orphan_temporaries(self.out_dir)
+        return self
+
+    def _lock_file(self, dir_fd: int) -> int:
+        """The locked lock file inside the folder ``dir_fd``, opened as a regular file of one name (never
+        through a link: its content is overwritten)."""
         for _ in range(10):  # the file may be replaced between open and flock by a run that just ended
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open_lock_file(dir_fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -118,16 +145,32 @@ class RunFolderLock:
                     os.close(fd)
                     raise
                 self._check_holder_alive(fd)
-            if _same_file(fd, self.path):
-                break
+            if _same_file(fd, dir_fd):
+                return fd
             os.close(fd)
-        else:
-            raise ConfigError(f"could not lock the run folder {self.out_dir}: its lock file keeps changing")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        self.fd = fd
-        remove_orphan_temporaries(self.out_dir)
-        return self
+        raise ConfigError(f"could not lock the run folder {self.out_dir}: its lock file keeps changing")
+
+    def _open_lock_file(self, dir_fd: int) -> int:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO does not hang open
+        try:
+            try:
+                fd = os.open(LOCK_FILE, flags | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=dir_fd)
+            except FileExistsError:
+                fd = os.open(LOCK_FILE, flags, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise ConfigError(f"{self.path} is a symbolic link, and a run writes its lock file: remove it "
+                                  f"(nothing else in {self.out_dir} needs it)") from None
+            raise ConfigError(f"cannot open the run folder's lock file {self.path}: {error.strerror or error}; "
+                              f"remove it, or choose a writable train.out_dir") from None
+        info = os.fstat(fd)
+        problem = ("is not a regular file" if not stat.S_ISREG(info.st_mode)
+                   else "has other names (hard links)" if info.st_nlink > 1 else None)
+        if problem:
+            os.close(fd)
+            raise ConfigError(f"{self.path} {problem}, and a run writes its lock file: remove it (nothing else in "
+                              f"{self.out_dir} needs it)")
+        return fd
 
     def _check_holder_alive(self, fd: int) -> None:
         holder = _read_holder(fd)
@@ -137,13 +180,35 @@ class RunFolderLock:
             raise ConfigError(f"run folder {self.out_dir} is in use by another run (process {holder}); wait for "
                               f"it to finish or stop it, or choose another train.out_dir")
 
+    def check_in_place(self) -> None:
+        """Raise ``ConfigError`` unless ``out_dir`` still names the folder this lock was taken in."""
+        if self.identity is None:
+            return
+        try:
+            info = os.stat(self.out_dir)
+            here = (info.st_dev, info.st_ino)
+        except OSError:
+            here = None
+        if here == self.identity:
+            return
+        now = _current_path(self.dir_fd)
+        where = f"it is now {now}" if now else "it is no longer there"
+        hint = f"train.out_dir={now} train.resume=auto" if now else "train.resume=auto in a folder of its files"
+        raise ConfigError(f"run folder {self.out_dir} was moved or removed while this run wrote it ({where}); the "
+                          f"run stopped rather than write into another folder of that name. Continue it with "
+                          f"{hint}")
+
     def release(self) -> None:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            self.path.unlink()  # before unlocking: a waiting run then creates a fresh file (see acquire)
+            # Through the folder's descriptor (wherever the folder is now), and only while it is still our file;
+            # before unlocking: a waiting run then creates a fresh file (see acquire).
+            if _same_file(self.fd, self.dir_fd):
+                os.unlink(LOCK_FILE, dir_fd=self.dir_fd)
         os.close(self.fd)  # closing drops the flock
-        self.fd = None
+        os.close(self.dir_fd)
+        self.fd = self.dir_fd = None
 
 
 def _read_holder(fd: int) -> str:
@@ -155,11 +220,24 @@ def _read_holder(fd: int) -> str:
     return "unknown"
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _same_file(fd: int, dir_fd: int) -> bool:
+    """Whether ``fd`` is the file named ``LOCK_FILE`` in the folder ``dir_fd`` (not replaced since opened)."""
     try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
+        mine, named = os.fstat(fd), os.stat(LOCK_FILE, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _current_path(dir_fd: int | None) -> str | None:
+    """Where the folder open as ``dir_fd`` is now (Linux's ``/proc``); None if it was removed or unknown."""
+    if dir_fd is None:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{dir_fd}")
+    except OSError:
+        return None
+    return None if path.endswith(" (deleted)") or not os.path.isdir(path) else path
 
 
 def _alive(pid: int) -> bool:

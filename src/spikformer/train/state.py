@@ -7,12 +7,17 @@ scheduler, the loss scaler, the Python and NumPy RNG states, the best metric so 
 In a distributed run every rank draws its own random numbers (augmentation, mixup, stochastic depth), so
 the RNG states of ranks 1.. are stored too (``rng.rank<r>.*``, metadata ``rng_ranks``) and each rank gets
 its own back on resume.
+
+The metadata is under the file's checksum (``checkpoint.py``), and its values are validated before a resume acts
+on them (``training_state_problem``): a position, a learning rate or a schedule out of range is refused, not
+trained with.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +155,10 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
     if meta.get("kind") != "training":
         raise CheckpointError(f"{path} holds weights only, not a training state to resume from; start a new "
                               f"run with model.pretrained={path} instead")
+    problem = training_state_problem(meta) or _layout_problem(meta, optimizer, scheduler)
+    if problem:
+        raise CheckpointError(f"{path}: its training state is incomplete or corrupt ({problem}); resume from another "
+                              f"checkpoint, or start over with --overwrite")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     match_state_dict(unwrap_model(model), model_state, strict=True, source=str(path))  # names what differs
     try:
@@ -176,6 +185,125 @@ def load_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         raise CheckpointError(f"{path}: its training state is incomplete or corrupt ({type(error).__name__} "
                               f"{detail}); resume from another checkpoint, or start over with --overwrite") from None
     return position
+
+
+# Hyper-parameters of an optimizer's groups and a scheduler's base values that are rates or decays: never negative.
+NON_NEGATIVE_HYPERPARAMETERS = ("lr", "initial_lr", "weight_decay", "momentum", "eps")
+
+
+def training_state_problem(meta: dict[str, Any]) -> str | None:
+    """What is out of range in a training state's metadata (``"position.epoch=-3: ..."``), or None. Checks the
+    values a resume acts on: the position and best score, the epoch's partial sums, the optimizer's groups, the
+    loss scaler and the scheduler's state (every number finite, rates non-negative)."""
+    position = meta.get("position")
+    if not isinstance(position, dict):
+        return "position: missing"
+    names = {item.name for item in fields(Position)}
+    if set(position) != names:
+        return f"position: fields {sorted(set(position) ^ names)[:5]} missing or unknown"
+    for key in ("epoch", "batch", "step"):
+        if type(position[key]) is not int or position[key] < 0:
+            return f"position.{key}={_show(position[key])}: not an integer >= 0"
+    best, best_epoch = position["best_top1"], position["best_epoch"]
+    if not _is_number(best) or math.isnan(best) or best == math.inf:
+        return f"position.best_top1={_show(best)}: not a score (a finite number, or -inf before the first)"
+    if type(best_epoch) is not int or not -1 <= best_epoch < position["epoch"]:
+        return f"position.best_epoch={_show(best_epoch)}: not a finished epoch (-1 .. {position['epoch'] - 1})"
+    if (best_epoch == -1) != (best == -math.inf):
+        return f"position.best_epoch={best_epoch}: disagrees with position.best_top1={_show(best)}"
+    sums = [("position.epoch_sums", position["epoch_sums"])]
+    if not isinstance(position["rank_epoch_sums"], list):
+        return f"position.rank_epoch_sums={_show(position['rank_epoch_sums'])}: not a list"
+    sums += [(f"position.rank_epoch_sums.{i}", value) for i, value in enumerate(position["rank_epoch_sums"])]
+    for where, value in sums:
+        if not isinstance(value, dict):
+            return f"{where}={_show(value)}: not a mapping"
+        problem = _non_finite(value, where)
+        if problem:
+            return problem
+    optimizer = meta.get("optimizer")
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        return "optimizer.param_groups: missing or not a list of groups"
+    problem = _non_finite(optimizer, "optimizer")
+    for index, group in enumerate(groups):
+        for key in NON_NEGATIVE_HYPERPARAMETERS:
+            if problem is None and _is_number(group.get(key)) and group[key] < 0:
+                problem = f"optimizer.param_groups.{index}.{key}={_show(group[key])}: negative"
+    if problem:
+        return problem
+    scaler = meta.get("scaler")
+    if scaler is not None:
+        if not isinstance(scaler, dict):
+            return f"scaler={_show(scaler)}: not a mapping"
+        problem = _non_finite(scaler, "scaler")
+        if problem:
+            return problem
+    scheduler = meta.get("scheduler")
+    if scheduler is not None:
+        if not isinstance(scheduler, dict):
+            return f"scheduler={_show(scheduler)}: not a mapping"
+        problem = _non_finite(scheduler, "scheduler")
+        for index, value in enumerate(scheduler.get("base_values") or []):
+            if problem is None and _is_number(value) and value < 0:
+                problem = f"scheduler.base_values.{index}={_show(value)}: negative"
+        if problem:
+            return problem
+    return None
+
+
+def _layout_problem(meta: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler) -> str | None:
+    """Where the stored optimizer groups or scheduler state differ in structure or type from this run's own (the
+    run is built from the same config, so its state has the stored one's keys, lengths and kinds of value)."""
+    live = {"optimizer.param_groups": optimizer.state_dict()["param_groups"]}
+    if scheduler is not None and meta.get("scheduler"):
+        live["scheduler"] = scheduler.state_dict()
+    for where, own in live.items():
+        section, _, key = where.partition(".")
+        stored = meta[section][key] if key else meta[section]
+        problem = _same_layout(stored, _jsonable(own), where)
+        if problem:
+            return problem
+    return None
+
+
+def _same_layout(stored: Any, own: Any, where: str) -> str | None:
+    if isinstance(own, dict):
+        if not isinstance(stored, dict) or set(stored) != set(own):
+            return f"{where}: not the fields this run's state has"
+        return next((p for k in own if (p := _same_layout(stored[k], own[k], f"{where}.{k}"))), None)
+    if isinstance(own, list):
+        if not isinstance(stored, list) or len(stored) != len(own):
+            return f"{where}={_show(stored)}: not a list of {len(own)}"
+        return next((p for i, v in enumerate(own) if (p := _same_layout(stored[i], v, f"{where}.{i}"))), None)
+    kind = "a number" if _is_number(own) else type(own).__name__
+    if (_is_number(own) and not _is_number(stored)) or (not _is_number(own) and type(stored) is not type(own)):
+        return f"{where}={_show(stored)}: not {kind}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The first number in a JSON value that is NaN or infinite, as ``"where.key=nan: not finite"``."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return f"{where}={_show(value)}: not finite" if isinstance(value, float) and not math.isfinite(value) else None
+    for key, item in items:
+        problem = _non_finite(item, f"{where}.{key}")
+        if problem:
+            return problem
+    return None
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _jsonable(value: Any) -> Any:
