@@ -43,7 +43,8 @@ def run(args) -> int:
                       progress=config.train.progress)
     result = {"checkpoint": str(args.checkpoint), "model": config.model.name, "T": model.T,
               "split": args.split, **result}
-    log.info(f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+    top5 = f"top5 {result['top5']:.2f}%  " if "top5" in result else ""  # only with more than 5 classes
+    log.info(f"top1 {result['top1']:.2f}%  {top5}loss {result['loss']:.4f}  "
              f"({result['count']} samples, T={model.T})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -78,22 +78,28 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
              dist_info: DistInfo | None = None, progress: bool = False) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over ``loader`` (reduced over ranks)."""
-    from tqdm.auto import tqdm
+    """Top-1 accuracy (%), top-5 accuracy (%) when the model has more than 5 classes (with 5 or fewer every
+    label is among the top 5: the figure would say nothing), and mean cross-entropy over ``loader`` (reduced
+    over ranks)."""
+    from ..console import progress_bar
 
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    num_classes = None
+    for images, labels in progress_bar(loader, enabled=progress, desc="eval"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
+        num_classes = logits.shape[1]
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         c1, c5 = topk_correct(logits, labels)
         correct1, correct5, count = correct1 + c1, correct5 + c5, count + len(labels)
     loss_sum, correct1, correct5, count = all_reduce_sum(
         [loss_sum, correct1, correct5, count], device, dist_info or DistInfo())
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    top5 = {"top5": 100.0 * correct5 / count if count else math.nan} if num_classes is None or num_classes > 5 else {}
     if count == 0:
-        return {"top1": math.nan, "top5": math.nan, "loss": math.nan, "count": 0}
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "count": int(count)}
+        return {"top1": math.nan, **top5, "loss": math.nan, "count": 0}
+    return {"top1": 100.0 * correct1 / count, **top5, "loss": loss_sum / count, "count": int(count)}

@@ -35,7 +35,9 @@ from ..errors import ConfigError
 LOCK_FILE = ".spikformer.lock"
 # What a training or pre-training run writes into its folder.
 RUN_OUTPUTS = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "encoder.safetensors",
-               "reconstructions.png", "tensorboard")
+               "reconstructions.png", "tensorboard", "train.log")
+# Appended to by every start of the run (a restart, a resume): the run's history, not a result to protect.
+APPENDED_OUTPUTS = ("tensorboard", "train.log")
 CHECKPOINT_NAMES = ("last.safetensors", "best.safetensors", "encoder.safetensors")
 # The files written atomically (a temporary file renamed over the target), whose temporaries a kill can leave.
 ATOMIC_NAMES = (*CHECKPOINT_NAMES, "config.yaml", "metrics.csv")
@@ -224,8 +226,8 @@ def prepare_run_folder(out_dir: str | Path, resume: str | None, overwrite: bool,
         return path
     found = earlier_outputs(out_dir)
     # This very run, killed before it saved anything: nothing to lose. (Its TensorBoard folder holds at most
-    # the first epoch's curves of the same run, which the restart writes again.)
-    if [name for name in found if name != "tensorboard"] == ["config.yaml"] and config is not None \
+    # the first epoch's curves of the same run, which the restart writes again; its train.log continues.)
+    if [name for name in found if name not in APPENDED_OUTPUTS] == ["config.yaml"] and config is not None \
             and _saved_config(out_dir) == config:
         return None
     if found:

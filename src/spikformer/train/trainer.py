@@ -105,7 +105,8 @@ class ClassificationTask(Task):
 
     def validate(self, loop: RunLoop) -> dict[str, float]:
         result = evaluate(loop.eval_model, loop.val_loader, loop.device, loop.amp_dtype, loop.dist)
-        return {"val_loss": result["loss"], "val_top1": result["top1"], "val_top5": result["top5"]}
+        top5 = {"val_top5": result["top5"]} if "top5" in result else {}  # only with more than 5 classes
+        return {"val_loss": result["loss"], "val_top1": result["top1"], **top5}
 
     def score(self, metrics: dict[str, Any]) -> float | None:
         return metrics.get("val_top1")
@@ -121,10 +122,12 @@ class ClassificationTask(Task):
     def validation_summary(self, m: dict[str, Any]) -> str:
         if "val_top1" not in m:
             return ""
-        return f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}% top5 {m['val_top5']:.2f}%"
+        top5 = f" top5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
+        return f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}%{top5}"
 
     def result(self, loop: RunLoop, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {**metrics, "best_top1": loop.position.best_top1, "best_epoch": loop.position.best_epoch}
+        # best_epoch numbered from 1 like every output (the position counts from 0; 0: no epoch validated)
+        return {**metrics, "best_top1": loop.position.best_top1, "best_epoch": loop.position.best_epoch + 1}
 
 
 def load_pretrained(model: nn.Module, path: str, log) -> None:
