@@ -104,8 +104,10 @@ def test_a_signal_from_outside_saves_a_checkpoint_and_exits_with_128_plus_its_nu
     config = load_config(tmp_path / "tiny.yaml", ["train.resume=auto", f"train.epochs={resumed_epochs}"])
     caplog.set_level(logging.INFO, logger="spikformer")  # the run's messages go through the spikformer logger
     result = Trainer(config).fit()
-    assert f"resumed from {last} at epoch {saved['epoch']}, batch {saved['batch']}" in caplog.text
-    assert result["epoch"] == resumed_epochs - 1
+    where = (f"in epoch {saved['epoch'] + 1} of {resumed_epochs}, after batch {saved['batch']} of {BATCHES_PER_EPOCH}"
+             if saved["batch"] else f"after epoch {saved['epoch']} of {resumed_epochs}")
+    assert f"resumed from {last}: {where}" in caplog.text
+    assert result["epoch"] == resumed_epochs  # the last epoch, numbered from 1
     assert position(last)["epoch"] == resumed_epochs and position(last)["step"] == resumed_epochs * BATCHES_PER_EPOCH
 
 

@@ -188,7 +188,7 @@ def test_a_resume_that_cannot_finish_rewriting_metrics_csv_keeps_every_row(tmp_p
 
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,lr,train_loss\n" + "".join(f"{e},0.0012345678901234,1.234567890123456\n"
-                                                      for e in range(40)))
+                                                      for e in range(1, 41)))
     before = path.read_text()
     assert on_a_full_disk(1024, trim_metrics, path, 30) == "OSError"  # the kept rows are larger than 1 KiB
     assert path.read_text() == before and temporaries(tmp_path) == []

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DatasetError
 from .digits import take_fraction_per_class
 from .registry import model_input, register_dataset
-from .transforms import image_transform, pil_mode
+from .transforms import grey_conversion_note, image_transform, pil_mode
 
 MAX_PICKLED_ELEMENTS = 2**28  # CIFAR's largest array (the CIFAR-100 train data) holds 153.6 million bytes
 
@@ -181,6 +181,12 @@ class CifarDataset(Dataset):
         self.transform = transform
         self.mode = mode
 
+    name = "cifar10"  # the data.name it was built for, named in messages
+
+    def input_conversion(self) -> str | None:
+        """One line when the stored RGB images are made grey for a 1-channel model, else None."""
+        return grey_conversion_note(self.name, f"image 0 of {self.name}", "RGB") if self.mode == "L" else None
+
     def keep(self, indices: np.ndarray) -> None:
         """Restrict the split to ``indices`` (e.g. a labelled fraction for fine-tuning)."""
         self.images, self.labels = self.images[indices], self.labels[indices]
@@ -212,6 +218,7 @@ def build_cifar(config, split: str, name: str) -> CifarDataset:
     transform = image_transform(data, train, model["img_size"], model["in_chans"], CIFAR_MEAN, CIFAR_STD,
                                 crop_pct=1.0)
     dataset = CifarDataset(folder, layout, train, transform, pil_mode(model["in_chans"], name))
+    dataset.name = name
     if train and data.train_fraction < 1.0:
         dataset.keep(take_fraction_per_class(dataset.labels, data.train_fraction))
     return dataset

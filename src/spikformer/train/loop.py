@@ -178,6 +178,7 @@ class RunLoop:
         # before that); random numbers drawn while training differ per rank (seeded at the end).
         seed_everything(cfg.seed, cfg.deterministic)
         self.train_set, self.val_set = self.build_datasets(train_dataset, val_dataset)
+        self.class_names: list[str] | None = None  # in label order, when the dataset names them (check_data)
         task.check_data(self)
         data = config.data
         cuda = self.device.type == "cuda"
@@ -501,7 +502,7 @@ class RunLoop:
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                 position=self.position, config=config_to_dict(self.config), metrics=metrics,
-                                rng_states=[rng for rng, _ in per_rank])
+                                rng_states=[rng for rng, _ in per_rank], class_names=self.class_names)
         barrier(self.dist)
 
     def write_metrics(self, metrics: dict[str, Any], writer) -> None:

@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import save_model
 from ..config import Config, config_to_dict
+from ..data.checks import check_class_count, dataset_class_count, dataset_classes, input_conversion
 from ..data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..models import build_model
 from .engine import autocast, evaluate, topk_correct
 from .loop import (  # noqa: F401  (re-exported: the names other modules import from here)
@@ -53,14 +54,17 @@ class ClassificationTask(Task):
         self.criterion = criterion
 
     def check_data(self, loop: RunLoop) -> None:
-        """Take the class count from the dataset when the config leaves it open; refuse a head too small."""
+        """Take the class count from the dataset when the config leaves it open, and refuse a head of another
+        size; keep the class names for the checkpoints; say in one line how the images are converted when
+        that loses information (colour images for a grey model)."""
         model = loop.config.model
-        found = getattr(loop.train_set, "num_classes", None)
         if model.num_classes is None:
-            model.num_classes = found
-        elif found is not None and found > model.num_classes:
-            raise ConfigError(f"data.name={loop.config.data.name} has {found} classes but the model's head has "
-                              f"{model.num_classes}; set model.num_classes={found} (or leave it unset)")
+            model.num_classes = dataset_class_count(loop.train_set)
+        check_class_count(loop.train_set, model.num_classes, loop.config.data.name)
+        loop.class_names = dataset_classes(loop.train_set)
+        note = input_conversion(loop.train_set)
+        if note:
+            loop.log(note)
 
     def build_model(self, config: Config) -> nn.Module:
         return build_model(config.model)
@@ -113,8 +117,9 @@ class ClassificationTask(Task):
 
     def save_outputs(self, loop: RunLoop, metrics: dict[str, Any], improved: bool) -> None:
         if improved:
+            names = {"class_names": loop.class_names} if loop.class_names is not None else {}
             save_model(loop.out_dir / "best.safetensors", loop.eval_model, config_to_dict(loop.config),
-                       kind="weights", metrics=finite_only(metrics))
+                       kind="weights", metrics=finite_only(metrics), **names)
 
     def summary(self, m: dict[str, Any]) -> str:
         return f"train loss {m['train_loss']:.4f} acc {m['train_top1']:.2f}%"
