@@ -4,6 +4,10 @@ Library code never prints: it logs to ``logging.getLogger("spikformer...")``. Th
 ``console_logging()`` for the length of one command, which writes each message as is (no level, no time stamp:
 the console output the command always had), INFO and below on stdout, warnings and errors on stderr. A Python
 user sees the messages after ``logging.basicConfig(level=logging.INFO)``, or routes them like any library's.
+
+Progress is a tqdm bar only on a terminal (``progress_bar``); where the output is a file or a pipe the run loop
+writes plain lines instead. A run also writes its messages into its folder's ``train.log`` (``run_log_file``),
+whatever the console shows.
 """
 
 from __future__ import annotations
