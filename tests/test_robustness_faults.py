@@ -160,7 +160,7 @@ def test_sigterm_during_the_last_pretraining_validation_saves_and_exits_143(tmp_
     assert signal.getsignal(signal.SIGTERM) is before
     assert position(tmp_path / "run" / "last.safetensors")["epoch"] == 3  # the last epoch, validated and saved
     with (tmp_path / "run" / "metrics.csv").open() as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
 
 
 def write_config(path: Path, overrides: list[str]) -> Path:
@@ -195,7 +195,7 @@ def test_nan_policy_skip_skips_the_bad_steps_and_finishes(tmp_path, caplog):
     out = caplog.text
     assert "non-finite loss (nan) at epoch 1, batch 3 (optimizer step 3); step skipped" in out
     assert "non-finite loss (nan) at epoch 2, batch 2 (optimizer step 5); step skipped" in out
-    assert result["epoch"] == 1
+    assert result["epoch"] == 2  # the second (last) epoch, numbered from 1
     assert position(tmp_path / "last.safetensors")["step"] == 2 * BATCHES_PER_EPOCH - 2
     tensors, _ = read_checkpoint(tmp_path / "last.safetensors")
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
@@ -276,7 +276,7 @@ def test_metrics_of_an_interrupted_run_are_not_duplicated_on_resume(tmp_path):
     first.fit()
     Trainer(load_config(None, tiny(tmp_path, "train.epochs=2", "train.resume=auto"))).fit()
     with (tmp_path / "metrics.csv").open() as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
 
 
 def finished_run(tmp_path: Path, *extra: str) -> list[str]:
