@@ -43,8 +43,12 @@ from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvolutional
 
 
 def sj_lif(v_threshold: float, backend: str) -> nn.Module:
-    from spikingjelly.clock_driven import neuron
+    try:
+        from spikingjelly.clock_driven import neuron
+    except ImportError:  # SpikingJelly 2.x: the same neuron, activation_based's multi-step LIFNode (which picks
+        from spikingjelly.activation_based import neuron  # its kernels itself: no backend argument)
 
+        return neuron.LIFNode(tau=2.0, v_threshold=v_threshold, detach_reset=True, step_mode="m")
     return neuron.MultiStepLIFNode(tau=2.0, v_threshold=v_threshold, detach_reset=True, backend=backend)
 
 
@@ -129,7 +133,10 @@ class RefSpikformer(nn.Module):
         self.head = model.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from spikingjelly.clock_driven import functional
+        try:
+            from spikingjelly.clock_driven import functional
+        except ImportError:  # SpikingJelly 2.x
+            from spikingjelly.activation_based import functional
 
         functional.reset_net(self)  # the original trainer resets every LIF after each batch
         x = x.unsqueeze(0).repeat(self.model_T, 1, 1, 1, 1)

@@ -55,3 +55,4 @@ def test_an_avx2_machine_emulated_on_a_bf16_one_keeps_float32(monkeypatch):
     for cap in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL", ""):
         _machine(monkeypatch, bf16_cpu, "AVX512", onednn_cap=cap)
         assert engine.cpu_has_native_bfloat16(), cap
+

@@ -44,6 +44,17 @@ class Tokens(nn.Module):
         return self.fc(x)
 
 
+class TimeFolded(nn.Module):
+    """A conv applied at every time step of ``[T, B, C, H, W]`` (as the stem folds time into the batch)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.flatten(0, 1))
+
+
 def test_linear_layer_sops_are_input_spikes_times_fan_out():
     x = torch.zeros(2, 1, 3, 6)  # T=2, B=1, N=3 tokens of 6 channels
     x[0, 0, 0, [1, 4]] = 1
@@ -73,13 +84,29 @@ def test_conv_sops_of_an_interior_spike_are_kernel_size_times_out_channels():
     assert conv.sops == pytest.approx(9 * 4)
 
 
-def test_conv_sops_count_the_full_fan_out_even_for_a_spike_on_the_padded_border():
-    # SPEC's fr x T x FLOPs assumes every spike reaches all 9 x 4 outputs; a corner spike really reaches
-    # 4 x 4. The convention over-counts on the border, as documented.
+def test_conv_sops_of_a_spike_on_the_zero_padded_border_count_only_the_outputs_it_reaches():
+    # A corner spike of a 3x3 conv with padding 1 lies in the window of 2 x 2 outputs, each with 4 channels.
     stage = SpikingConvStage(1, 4)
     x = torch.zeros(1, 1, 1, 5, 5)
     x[0, 0, 0, 0, 0] = 1
-    assert count_operations(stage, x)[0].sops == pytest.approx(9 * 4)
+    x[0, 0, 0, 0, 2] = 2  # on the top edge: 2 x 3 outputs, a count of 2 as two spikes
+    conv = count_operations(stage, x)[0]
+    assert conv.sops == (4 + 2 * 6) * 4
+    assert conv.firing_rate == pytest.approx(3 / 25)  # the mean input value, border or not
+
+
+@pytest.mark.parametrize("stride, groups", [(1, 1), (2, 1), (2, 2)])
+def test_conv_sops_equal_the_nonzero_products_of_the_convolution(stride, groups):
+    # Each accumulate is one (input spike, weight) pair that reaches an output: summing a convolution of the
+    # spikes with all-ones weights over its outputs counts them, padded borders, stride and groups included.
+    conv = nn.Conv2d(4, 6, 3, stride, 1, groups=groups, bias=False)
+    x = (torch.rand(2, 3, 4, 7, 7, generator=torch.Generator().manual_seed(0)) < 0.3).float()  # [T, B, ...]
+    ones = nn.Conv2d(4, 6, 3, stride, 1, groups=groups, bias=False)
+    nn.init.ones_(ones.weight)
+    with torch.no_grad():
+        expected = float(ones(x.flatten(0, 1)).sum()) / 3  # per sample
+    (layer,) = count_operations(TimeFolded(conv), x)
+    assert layer.kind == "AC" and layer.sops == pytest.approx(expected)
 
 
 def test_a_layer_fed_real_values_is_a_mac_layer_run_at_every_time_step():
@@ -207,7 +234,11 @@ def test_report_totals_add_up_and_the_energy_constants_are_configurable():
     assert doubled.mac_energy_mj == pytest.approx(base.mac_energy_mj)
     for layer in base.layers:
         if layer.kind == "AC":
-            assert layer.sops == pytest.approx(layer.firing_rate * layer.steps * layer.flops)
+            full_fan_out = layer.firing_rate * layer.steps * layer.flops
+            if layer.name.endswith(".conv"):  # padded borders reach fewer outputs
+                assert 0 < layer.sops < full_fan_out
+            else:
+                assert layer.sops == pytest.approx(full_fan_out)
     assert set(base.firing_rates) == set(base.firing_rates_per_step) and len(base.firing_rates) == 12
 
 

@@ -394,6 +394,10 @@ def test_eval_of_a_checkpoint_starts_no_more_workers_than_the_machine_allows(tmp
                   model={"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10})
     save_model(path, tiny_model(img_size=8, patch_size=4, in_chans=1, num_classes=10),
                read_checkpoint(path)[1]["config"])
+    # The run loop binds build_loader at its import: import it before the patch, or it would keep the patch
+    # for every test after this one in the process.
+    import spikformer.train.loop  # noqa: F401
+
     asked = []
     real = data.build_loader
     monkeypatch.setattr(data, "build_loader", lambda *a, **k: asked.append(k["num_workers"]) or real(

@@ -3,6 +3,7 @@ products, torch.compile) changes no spike of the oracle path: the same model wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -10,8 +11,15 @@ import torch
 from torch import nn
 
 import spikformer
-from spikformer.layers import LinearBNLIF, SpikformerBlock, SpikingConvStage, spike_attention
-from spikformer.neurons.batchnorm import batch_norm
+from spikformer.layers import (
+    LinearBNLIF,
+    SpikformerBlock,
+    SpikingConvStage,
+    exact_spike_product_dtype,
+    exact_spike_products,
+    spike_attention,
+)
+from spikformer.neurons.batchnorm import batch_norm, normalize
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -159,6 +167,30 @@ def test_batch_norm_is_torch_batchnorm_up_to_rounding(kind, momentum):
         torch.testing.assert_close(batch_norm(y, ours), norm(y), rtol=1e-5, atol=1e-5)
 
 
+# tokens [T, B, N, D] with N != D, and N == D (where the wrong axis would give no error)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 8), (2, 3, 8, 8), (2, 3, 8, 6, 6)], ids=["tokens", "square", "images"])
+def test_sync_batchnorm_normalises_over_the_same_channels_as_batchnorm(shape):
+    norm = nn.BatchNorm2d(shape[2]) if len(shape) == 5 else nn.BatchNorm1d(shape[-1])
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(nn.Sequential(norm)))[0]
+    assert isinstance(sync, nn.SyncBatchNorm)
+    x = torch.randn(shape) * 3 + 1
+    # without a process group SyncBatchNorm normalises with this process's batch statistics
+    torch.testing.assert_close(normalize(x, sync), normalize(x, norm), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sync.running_mean, norm.running_mean)
+    sync.eval(), norm.eval()
+    torch.testing.assert_close(normalize(x, sync), normalize(x, norm), rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_sync_batchnorm_runs_forward_and_backward():
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(spikformer.create_model("spikformer_cifar_4_256", **TINY))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    model(images()).square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
 def test_kernel_batch_statistics_are_exact_var_mean_and_differentiable(kind, dtype):
@@ -235,6 +267,60 @@ def test_spike_attention_stays_exact_under_bfloat16_autocast():
     assert not torch.equal(naive.float(), exact)  # what plain autocast would have done
 
 
+@contextlib.contextmanager
+def cuda_autocast(dtype: torch.dtype):
+    """CUDA autocast's state as a CUDA machine has it inside ``torch.autocast("cuda", dtype)`` (the context
+    manager itself switches off where CUDA is missing; the state it sets is what the code asks)."""
+    enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", True)
+    torch.set_autocast_dtype("cuda", dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_enabled("cuda", enabled)
+        torch.set_autocast_dtype("cuda", previous)
+
+
+def cuda_product_dtype(num_tokens: int, head_dim: int, autocast_dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``spike_attention`` picks for CUDA spikes that need a gradient, under CUDA autocast."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 1, num_tokens, head_dim, device="cuda", requires_grad=True)
+    with cuda_autocast(autocast_dtype):
+        return exact_spike_product_dtype(q, num_tokens, head_dim, torch.float32)
+
+
+# spikformer_cifar_4_384 (64 tokens, heads of 32), and a head small enough for bfloat16's exact integers
+@pytest.mark.parametrize("num_tokens, head_dim", [(64, 32), (16, 16)])
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_spike_products_never_narrow_the_exponent_of_cuda_autocast(num_tokens, head_dim, autocast_dtype):
+    dtype = cuda_product_dtype(num_tokens, head_dim, autocast_dtype)
+    assert torch.finfo(dtype).max >= torch.finfo(autocast_dtype).max
+    assert torch.finfo(dtype).tiny <= torch.finfo(autocast_dtype).tiny
+
+
+@pytest.mark.parametrize("num_tokens, head_dim", [(64, 32), (16, 16)])
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_spike_product_gradients_under_cuda_autocast_match_float32(num_tokens, head_dim, autocast_dtype):
+    # The products in the dtype chosen for a CUDA GPU, replayed on the CPU. Spikes fire at the models' rates;
+    # the output gradient has the magnitude measured at batch 64 (in float16's subnormal range), times the
+    # GradScaler's initial scale under float16 autocast (bfloat16 autocast runs without one).
+    dtype = cuda_product_dtype(num_tokens, head_dim, autocast_dtype)
+    q, k, v = ((torch.rand(4, 12, num_tokens, head_dim) < rate).float() for rate in (0.1, 0.15, 0.2))
+    loss_scale = 2.0**16 if autocast_dtype == torch.float16 else 1.0
+    grad_out = torch.randn(4, 12, num_tokens, head_dim) * 1e-7 * loss_scale
+
+    def grads(product_dtype):
+        leaves = [t.to(product_dtype).requires_grad_() for t in (q, k, v)]
+        out = exact_spike_products(*leaves, product_dtype)
+        return torch.autograd.grad(out, leaves, grad_out.to(product_dtype))
+
+    for got, want in zip(grads(dtype), grads(torch.float32)):
+        error = float((got.float() - want).abs().max() / want.abs().max())
+        assert error < 1e-2, (dtype, error)
+
+
 def test_bfloat16_autocast_training_step_runs_and_stays_finite():
     model = spikformer.create_model("spikformer_cifar_4_256", embed_dim=16, depth=1, num_heads=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -246,7 +332,7 @@ def test_bfloat16_autocast_training_step_runs_and_stays_finite():
     optimizer.step()
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+cuda = pytest.mark.gpu  # skipped without a GPU (conftest.py); benchmarks/gpu_check.sh runs these
 
 
 @cuda

@@ -144,6 +144,42 @@ def test_any_mutation_of_a_cifar_pickle_is_read_or_refused_with_one_line(cifar_f
     outcome("CIFAR pickle bytes", lambda: CifarDataset(cifar_folder, LAYOUTS["cifar10"], train=False))
 
 
+class DeclaredArray:
+    """Pickles as NumPy's array reconstruction of ``shape`` and ``dtype``, filled with ``state`` when given."""
+
+    def __init__(self, shape, dtype, state) -> None:
+        self.shape, self.dtype, self.state = shape, dtype, state
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        args = (np.ndarray, self.shape, self.dtype)
+        return (_reconstruct, args) if self.state is None else (_reconstruct, args, self.state)
+
+
+reconstructions = st.builds(
+    lambda shape, dtype, fill, rows: DeclaredArray(
+        shape, dtype, (1, (rows, 3072), np.dtype(np.uint8), False, bytes(rows * 3072)) if fill else None),
+    st.sampled_from([(0,), (2, 3072), (10**12,), (300,), (3,), ()]) | st.lists(st.integers(0, 2**40), max_size=3)
+    .map(tuple),
+    st.sampled_from([np.dtype(np.uint8), np.dtype(("u1", (1000, 1000))), np.dtype(object), np.dtype(np.float64)]),
+    st.booleans(), st.integers(0, 3)) | st.builds(  # and what NumPy itself writes: (0,), then the data
+    lambda rows: DeclaredArray((0,), np.dtype(np.uint8), (1, (rows, 3072), np.dtype(np.uint8), False,
+                                                        bytes(rows * 3072))), st.integers(1, 3))
+
+
+@FUZZ
+@given(data=reconstructions)
+def test_any_declared_array_is_read_only_when_its_data_fills_it(cifar_folder, data):
+    (cifar_folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3][:max(
+        (data.state or (0, (0,)))[1][0], 0)]}, protocol=2))
+    result = outcome("CIFAR array reconstructions",
+                     lambda: CifarDataset(cifar_folder, LAYOUTS["cifar10"], train=False))
+    if isinstance(result, CifarDataset):  # only NumPy's own (0,) placeholder, filled from the file's bytes
+        assert data.state is not None and int(np.prod(data.shape)) == 0 and data.dtype == np.uint8
+        assert len(result) == data.state[1][0] and not result.images.any()
+
+
 # --- event files -----------------------------------------------------------------------------------------
 
 
@@ -184,6 +220,26 @@ def test_any_event_array_gives_frames_or_is_refused_never_clamped(events):
         x = events["x"].astype(np.float64)
         assert len(events) == 0 or (x.min() >= 0 and x.max() < 128)  # accepted only when all were on the sensor
         assert float(result.sum()) == len(events)  # every event counted once
+
+
+timestamps = st.lists(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 10**6, 2**62, -(2**62)]),
+                      min_size=1, max_size=40) | st.lists(
+    st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e300, -1e300, 0.5]), min_size=1, max_size=40)
+
+
+@FUZZ
+@given(times=timestamps)
+def test_any_timestamps_give_frames_or_are_refused_never_wrapped(times):
+    dtype = "<f8" if isinstance(times[0], float) else "<i8"
+    events = np.zeros(len(times), dtype=[("x", "<i2"), ("y", "<i2"), ("t", dtype), ("p", "?")])
+    events["t"] = times
+    recordings = EventRecordings("fuzz", OneRecording(events), [0], ["r"], [0], (128, 128, 2), ["a"])
+    dataset = EventFrameDataset(recordings, T=3, size=(32, 32), framing="time")
+    result = outcome("event timestamps", lambda: dataset[0][0])
+    if isinstance(result, torch.Tensor):  # accepted only when values and span fit int64
+        values = [int(t) for t in times]
+        assert min(values) >= -(2**63) and max(values) < 2**63 and max(values) - min(values) < 2**63
+        assert float(result.sum()) == len(times)
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +353,32 @@ def test_any_mutation_of_an_image_file_is_decoded_or_refused_with_one_line(image
     result = outcome("image files", lambda: dataset[0][0])
     if isinstance(result, Image.Image):
         assert result.mode == "RGB"
+
+
+deep_images = st.builds(
+    lambda mode, seed, low, high: (mode, np.random.default_rng(seed).uniform(low, high, (8, 8))),
+    st.sampled_from(["I;16", "I", "F"]), st.integers(0, 2**16),
+    st.sampled_from([0.0, -1.0, 0.2]), st.sampled_from([1.0, 255.0, 65535.0, 70000.0]))
+
+
+@FUZZ
+@given(image=deep_images)
+def test_any_16_bit_or_float_image_keeps_its_levels_or_is_refused(tmp_path_factory, image):
+    mode, values = image
+    path = tmp_path_factory.getbasetemp() / "deep.tif"
+    top = 1.0 if mode == "F" else 65535.0
+    stored = values.astype(np.float32) if mode == "F" else np.round(values * (top / values.max() if mode == "I;16"
+                                                                              else 1)).astype(np.int64)
+    if mode == "I;16":
+        Image.fromarray(np.clip(stored, 0, 65535).astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(stored.astype(np.int32 if mode == "I" else np.float32), mode).save(path)
+    dataset = ImageFolderDataset([(str(path), 0)], ["a"], mode="L")
+    result = outcome("16-bit and float images", lambda: dataset[0][0])
+    if isinstance(result, Image.Image):  # grey levels scaled from the full range, never clipped at 255
+        levels = np.asarray(Image.open(path), dtype=np.float64)
+        assert levels.min() >= 0 and levels.max() <= top
+        assert np.abs(np.asarray(result, dtype=np.float64) - levels * 255 / top).max() <= 0.5 + 1e-6
 
 
 # --- checkpoints -----------------------------------------------------------------------------------------

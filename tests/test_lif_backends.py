@@ -132,17 +132,6 @@ def test_unknown_or_unusable_backend_is_a_clear_error():
         lif_multistep(membrane_input((2, 3)), LIFParams(), "triton")  # CPU tensor
 
 
-def test_lif_matches_spikingjelly_multistep_lif():
-    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
-    x = membrane_input((4, 16, 64, 32))
-    grad_out = torch.randn(x.shape)
-    node = sj_neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend="torch")
-    sj_spikes, sj_grad = grad_of(node, x, grad_out)
-    spikes, grad = grad_of(lambda t: lif_multistep(t, LIFParams(), "auto"), x, grad_out)
-    assert torch.equal(spikes, sj_spikes)
-    assert relative_error(grad, sj_grad) < 1e-6
-
-
 def test_lif_custom_op_passes_opcheck():
     x = membrane_input((3, 4, 5)).requires_grad_()
     from spikformer.neurons.lif_backends import _lif_c
@@ -200,6 +189,69 @@ def test_a_failing_compiler_warns_and_falls_back(fresh_kernel_state, monkeypatch
         assert default_backend("cpu", torch.float32) == "fused"
 
 
+def fused_layer_calls(device: str):
+    """Every entry point that runs a LIF kernel: alone, after a BatchNorm (training, eval), after conv + BN."""
+    from torch import nn
+
+    from spikformer.neurons.batchnorm import batch_norm_lif, conv_batch_norm_lif
+
+    tokens, images = torch.randn(2, 3, 5, 8, device=device), torch.randn(4, 3, 6, 6, device=device)
+    bn1, bn2 = nn.BatchNorm1d(8, device=device), nn.BatchNorm2d(4, device=device)
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False, device=device)
+    return {
+        "lif": lambda backend: lif_multistep(tokens, LIFParams(), backend),
+        "bn_train": lambda backend: batch_norm_lif(tokens.requires_grad_(), bn1.train(), LIFParams(), backend),
+        "bn_eval": lambda backend: batch_norm_lif(tokens, bn1.eval(), LIFParams(), backend),
+        "conv_bn": lambda backend: conv_batch_norm_lif(images, conv, bn2.train(), LIFParams(), 2, backend),
+    }
+
+
+@pytest.mark.parametrize("call", ["lif", "bn_train", "bn_eval", "conv_bn"])
+def test_c_backend_refuses_cuda_tensors_with_the_backend_error(call):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), pytest.raises(RuntimeError, match="LIF backend 'c' cannot run on a cuda .*'auto'"):
+        fused_layer_calls("cuda")[call]("c")
+
+
+@pytest.mark.parametrize("call", ["lif", "bn_train", "bn_eval", "conv_bn"])
+def test_triton_backend_refuses_cpu_tensors_with_the_backend_error(call):
+    with pytest.raises(RuntimeError, match="LIF backend 'triton' cannot run on a cpu .*'auto'"):
+        fused_layer_calls("cpu")[call]("triton")
+
+
+def test_triton_kernels_launch_on_the_device_of_their_tensors(monkeypatch):
+    # Triton launches on the current CUDA device, which stays cuda:0 in a process that trains on cuda:1
+    # without torchrun. The CUDA device switch and the launches are recorded on fake cuda:1 tensors.
+    pytest.importorskip("triton")
+    import contextlib
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from spikformer.kernels import triton_lif
+
+    current, launches = ["cuda:0"], []
+
+    @contextlib.contextmanager
+    def device(d):
+        previous, current[0] = current[0], str(torch.device(d))
+        yield
+        current[0] = previous
+
+    class RecordedKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **options: launches.append(current[0])
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(triton_lif, "_lif_forward_kernel", RecordedKernel())
+    monkeypatch.setattr(triton_lif, "_lif_backward_kernel", RecordedKernel())
+    with FakeTensorMode():
+        x = torch.empty(4, 3, 8, device="cuda:1")
+    spikes, h = triton_lif.lif_forward(x, 2.0, 1.0, 0.0, True)
+    triton_lif.lif_backward(h, spikes, 2.0, 1.0, 0.0, 4.0, True)
+    assert launches == ["cuda:1", "cuda:1"]
+
+
 def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     import importlib
@@ -226,7 +278,62 @@ def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
         importlib.reload(triton_lif)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def round_to_nearest_in_the_interpreter(monkeypatch) -> None:
+    """Make the Triton interpreter round float32 to bfloat16 to nearest-even, as the GPU does (``cvt.rn``).
+
+    The interpreter truncates that conversion; its float32 to float16 conversion (numpy's) already rounds to
+    nearest."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    truncating = interpreter.InterpreterBuilder.cast_impl
+
+    def cast(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16)
+            return interpreter.TensorHandle(rounded.numpy().view(np.uint16), dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "cast_impl", cast)
+
+
+def just_below_threshold(dtype: torch.dtype) -> torch.Tensor:
+    """``[3, 8]`` inputs (tau 2, threshold 1, so ``h1 = x0 / 4 + x1 / 2``) whose second membrane lies below the
+    threshold in float32 but within half a unit of it in ``dtype``: ``x1 = 2 - eps``, ``x0`` in ``(eps, 2 eps)``.
+    A third step carries a gradient back through the second one's reset."""
+    eps = torch.finfo(dtype).eps
+    return torch.stack([eps * torch.linspace(1.1, 1.9, 8), torch.full((8,), 2.0 - eps), torch.ones(8)]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_triton_lif_backward_sees_no_spike_on_a_membrane_just_below_threshold(monkeypatch, dtype):
+    pytest.importorskip("triton")
+    import importlib
+
+    from spikformer.kernels import triton_lif
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    round_to_nearest_in_the_interpreter(monkeypatch)
+    importlib.reload(triton_lif)
+    try:
+        x = just_below_threshold(dtype)
+        h32 = (x[0].float() / 2 + x[1].float()) / 2
+        assert (h32 < 1).all() and (h32.to(dtype) == 1).any()  # the case: rounding would reach the threshold
+        grad_out = torch.ones(x.shape, dtype=dtype)
+        for detach in (True, False):
+            params = LIFParams(detach_reset=detach)
+            ref, ref_grad = grad_of(lambda t, p=params: lif_reference(t, p), x, grad_out)
+            spikes, h = triton_lif.lif_forward(x, 2.0, 1.0, 0.0, True)
+            grad = triton_lif.lif_backward(h, grad_out, 2.0, 1.0, 0.0, 4.0, detach)
+            assert torch.equal(spikes, ref) and grad.dtype == dtype
+            assert relative_error(grad, ref_grad) < 2e-2, (dtype, detach)  # the GPU test's tolerance
+    finally:
+        monkeypatch.undo()
+        importlib.reload(triton_lif)
+
+
+cuda = pytest.mark.gpu  # skipped without a GPU (conftest.py); benchmarks/gpu_check.sh runs these
 
 
 @cuda

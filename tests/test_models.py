@@ -153,7 +153,7 @@ def test_pretrained_weights_and_unknown_names_are_explained():
         create_model("spikformer_cifar_4_256", pretrained=True)
     with pytest.raises(ValueError, match="did you mean 'spikformer_8_512'"):
         create_model("spikformer_8_521")
-    with pytest.raises(ValueError, match="did you mean 'embed_dim'"):
+    with pytest.raises(TypeError, match="did you mean 'embed_dim'"):  # as for any unexpected keyword (timm's contract)
         create_model("spikformer_8_512", embed_dims=64)
 
 

@@ -157,3 +157,16 @@ def test_pretraining_honours_nan_policy_freeze_bn_and_tensorboard(tmp_path, monk
     state = trainer.model.state_dict()
     assert running and all(torch.equal(state[k], v) for k, v in running.items())  # BatchNorm statistics frozen
     assert ("tensorboard", "train_loss", 1) in scalars and ("tensorboard", "val_loss", 1) in scalars
+
+
+def test_reconstruct_checks_the_weights_against_a_meta_model_before_building_it(pretrained, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import spikformer.ssl as ssl
+
+    built = []
+    real = ssl.build_masked_model
+    monkeypatch.setattr(ssl, "build_masked_model", lambda cfg: built.append(torch.empty(0).device.type) or real(cfg))
+    assert main(["reconstruct", "--checkpoint", str(pretrained / "last.safetensors"), "model.embed_dim=2048",
+                 "ssl.decoder_dim=2048", "--out", str(tmp_path / "r.png")]) == 2
+    assert "does not fit the model" in capsys.readouterr().err
+    assert built == ["meta"]  # a 2048-wide model was never allocated

@@ -68,6 +68,10 @@ def test_a_non_string_key_is_an_unknown_key_not_a_crash():
     ("model.num_heads=3", r"model.embed_dim 256 is not divisible by model.num_heads 3"),
     ("model.lif_backend=cuda", r"model.lif_backend must be one of auto"),
     ("model.stem_options={kernel: 5}", r"cannot be built .*unexpected keyword argument 'kernel'"),
+    ("model.neuron_options={v_threshold: .nan}", r"model.neuron_options.v_threshold must be a finite number"),
+    ("model.stem_options={kernel: [1, .inf]}", r"model.stem_options.kernel\[1\] must be a finite number"),
+    ("train.seed=9223372036854775808", r"train.seed must be an integer of at most 64 bits"),
+    ("train.seed=" + "5" * 5000, r"train.seed.*an integer of 5000 digits"),
     ("model.name=spikformer_cifar_4_265",
      r"unknown model 'spikformer_cifar_4_265' \(did you mean 'spikformer_cifar_4_256'"),
 ])
@@ -230,3 +234,23 @@ def test_an_error_quoting_a_huge_value_is_cut_to_a_sane_length(capsys):
     err = capsys.readouterr().err
     assert err.startswith("spikformer train: error: model.T must be an integer")
     assert len(err) < MAX_MESSAGE_CHARS + 200 and "more characters cut" in err
+
+
+def test_a_recursive_yaml_alias_in_an_options_mapping_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("model:\n  stem_options: &loop\n    again: *loop\n")
+    with pytest.raises(ConfigError, match=r"loop.yaml' is refused: an alias \(\*name\) refers back to the node"):
+        load_config(path)
+    loop: dict = {}
+    loop["again"] = loop
+    with pytest.raises(ConfigError, match=r"model.stem_options.again refers back to itself"):
+        config_from_dict({"model": {"stem_options": loop}})
+
+
+def test_a_shuffling_seed_of_any_accepted_size_gives_an_order():
+    from spikformer.data.loader import ResumableSampler
+
+    for seed in (0, 2**63 - 1, -(2**63)):
+        sampler = ResumableSampler(10, 2, shuffle=True, seed=seed)
+        sampler.set_epoch(3)
+        assert sorted(sampler.epoch_indices()) == list(range(10))

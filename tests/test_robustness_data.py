@@ -127,7 +127,50 @@ def test_a_cifar_pickle_declaring_an_absurd_shape_is_refused_before_allocating(t
     folder = write_cifar10(tmp_path, per_batch=2, test=2)
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": HugeArray(), b"labels": [0, 1]}, protocol=2))
     with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
-                                           r"the shape \(1000000000000,\), larger than any CIFAR array\)"):
+                                           r"the shape \(1000000000000,\) without the data to fill it"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+class DeclaredArray:
+    """Pickles as NumPy's array reconstruction of ``shape`` and ``dtype`` with no data to fill it (NumPy's own
+    pickles declare an empty ``(0,)`` array and then set its shape and bytes from the data that follows)."""
+
+    def __init__(self, shape, dtype) -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, self.shape, self.dtype)
+
+
+def test_a_cifar_pickle_whose_arrays_are_declared_but_never_filled_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": DeclaredArray((2, 3072), "u1"), b"labels": [0, 1]},
+                                                     protocol=2))
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
+                                           r"the shape \(2, 3072\) without the data to fill it"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+def test_a_cifar_pickle_with_a_sub_array_dtype_past_the_bound_is_refused_before_allocating(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    # 300 rows of a 1000x1000 sub-array: 300 million elements from a few hundred bytes
+    huge = DeclaredArray((300,), ("u1", (1000, 1000)))
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": huge, b"labels": [0, 1]}, protocol=2))
+    assert (folder / "test_batch").stat().st_size < 400
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array declares "
+                                           r"the shape \(300,\)"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
+
+
+def test_a_cifar_pickle_holding_an_array_of_python_objects_is_refused(tmp_path):
+    folder = write_cifar10(tmp_path, per_batch=2, test=2)
+    # NumPy fills an object array from a pickled list; a list shorter than the shape crashes the interpreter
+    data = np.array([[0] * 3072, [1] * 3072], dtype=object)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [0, 1]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"test_batch is not a CIFAR pickle \(UnpicklingError: an array of "
+                                           r"Python objects"):
         build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"]), "val")
 
 
@@ -191,6 +234,41 @@ def test_gesture_coordinates_that_int16_would_wrap_are_refused(tmp_path, column,
         dataset[0]
 
 
+@pytest.mark.parametrize("value", [2**62, 1e300, -1e300], ids=["int64-wraps-x1000", "huge-float", "negative-float"])
+def test_gesture_timestamps_that_would_overflow_microseconds_are_refused(tmp_path, value):
+    write_dvsgesture(tmp_path, {"ibmGestureTest/user25_led": [0]})
+    path = tmp_path / "DVSGesture/ibmGestureTest/user25_led/0.npy"
+    table = np.load(path).astype(np.int64 if isinstance(value, int) else np.float64)
+    table[-1, 3] = value  # x1000 wraps int64 (or casts to garbage): the event would land in a wrong frame
+    np.save(path, table)
+    dataset = build_dataset(event_config("dvs128gesture", tmp_path), "val")
+    with pytest.raises(DatasetError, match=r"user25_led/0\.npy: timestamps .* do not fit"):
+        dataset[0]
+
+
+@pytest.mark.parametrize("times", [[0.0, 1e300], [-(2**62), 2**62]], ids=["float-beyond-int64", "span-beyond-int64"])
+def test_event_timestamps_beyond_int64_are_refused_not_cast(times):
+    events = random_events(50, dtype=np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "u1"),
+                                               ("t", "<f8" if isinstance(times[0], float) else "<i8")]))
+    events["t"][0], events["t"][-1] = times
+    recordings = EventRecordings("test", ListReader(events), [0], ["rec0"], [0], (128, 128, 2), ["a"])
+    with pytest.raises(DatasetError, match=r"rec0.aedat4: timestamps .* do not fit"):
+        EventFrameDataset(recordings, T=2, size=(32, 32))[0]
+
+
+def test_a_replaced_recording_is_not_served_from_the_frame_cache(tmp_path):
+    write_dvsgesture(tmp_path, {"ibmGestureTest/user25_led": [0]}, events_per_file=400)
+    path = tmp_path / "DVSGesture/ibmGestureTest/user25_led/0.npy"
+    config = event_config("dvs128gesture", tmp_path, cache_dir=str(tmp_path / "cache"))
+    before = build_dataset(config, "val")[0][0]
+    table = np.load(path)
+    table[:, 0] = 127 - table[:, 0]  # the same recording mirrored: other frames, same path, same size
+    np.save(path, table)
+    fresh = build_dataset(event_config("dvs128gesture", tmp_path), "val")[0][0]  # no cache
+    assert not torch.equal(before, fresh)
+    assert torch.equal(build_dataset(config, "val")[0][0], fresh)
+
+
 # --- cached frames ---------------------------------------------------------------------------------------
 
 
@@ -224,8 +302,9 @@ def save_frames(frames):
 @pytest.mark.parametrize("spoil", [truncate, damage_crc, save_frames(np.zeros((2, 2, 16, 16), np.int32)),
                                    save_frames(np.full((2, 2, 32, 32), np.nan, np.float32)),
                                    save_frames(np.full((2, 2, 32, 32), -1, np.int32)),
+                                   save_frames(np.full((2, 2, 32, 32), 2**30, np.int32)),
                                    lambda path: path.write_bytes(b"PK\x03\x04 not a zip")],
-                         ids=["truncated", "crc", "shape", "nan", "negative", "foreign"])
+                         ids=["truncated", "crc", "shape", "nan", "negative", "huge-counts", "foreign"])
 def test_a_bad_cache_file_is_rebuilt_from_the_source_with_a_one_line_notice(cached, spoil, caplog):
     dataset, path, good = cached
     spoil(path)

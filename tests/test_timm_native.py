@@ -4,6 +4,8 @@ cannot apply to a spiking model are pinned as such (docs/timm.md says why)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -174,6 +176,43 @@ def test_in_chans_on_load_adapts_the_first_conv_as_timm_does(tmp_path):
     assert gray(torch.rand(1, 1, 8, 8)).shape == (1, 10)
 
 
+def test_a_files_head_of_the_requested_size_is_kept(tmp_path, caplog):
+    name = "spikformer_cifar_4_256"
+    source = weights_like_trained(name, num_classes=3)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        loaded = timm.create_model(name, pretrained=True, num_classes=3, **tiny(name),
+                                   pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    x = inputs(source)
+    assert torch.equal(loaded.eval()(x), source(x))  # the trained 3-class head, not a fresh one
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("file_classes, wanted", [(10, 5), (0, 5)])
+def test_a_dropped_classifier_is_said_in_one_line(tmp_path, caplog, file_classes, wanted):
+    name = "spikformer_cifar_4_256"
+    save_file(weights_like_trained(name, num_classes=file_classes).state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        timm.create_model(name, pretrained=True, num_classes=wanted, **tiny(name),
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert f"{wanted} classes" in said[0] and "initialised" in said[0]
+    assert (f"{file_classes} classes" if file_classes else "no classifier") in said[0]
+
+
+def test_a_one_channel_file_loads_as_one_channel_without_timms_warning(tmp_path, caplog):
+    name = "spikformer_cifar_4_256"
+    source = weights_like_trained(name, in_chans=1)
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    with caplog.at_level(logging.INFO):
+        gray = timm.create_model(name, pretrained=True, in_chans=1, **tiny(name),
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / "w.safetensors")))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(gray.eval()(x), source(x))
+
+
 @pytest.mark.parametrize("layout", ["own_checkpoint", "official"])
 def test_checkpoint_path_loads_own_and_official_files(tmp_path, layout):
     name = "spikformer_cifar_4_256"
@@ -203,9 +242,28 @@ def test_torchscript_compiles_the_model():
     torch.jit.script(timm.create_model("spikformer_cifar_4_256", **tiny("spikformer_cifar_4_256")).eval())
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="torch.fx symbolic tracing cannot follow the input checks on the shape (images or event "
-                          "frames) and the neurons' time loop; timm's fx feature extraction does not apply, "
-                          "features_only uses forward_intermediates (docs/timm.md)")
-def test_fx_symbolic_trace():
-    torch.fx.symbolic_trace(timm.create_model("spikformer_cifar_4_256", **tiny("spikformer_cifar_4_256")).eval())
+@pytest.mark.parametrize("name", ["spikformer_cifar_4_256", "spikformer_dvs_2_256_qkpool", "spikformer_v2_8_384"])
+def test_fx_feature_extraction_gives_the_models_outputs_and_surrogate_gradients(name):
+    """timm's fx feature extraction (torchvision's create_feature_extractor with timm's leaf modules): the
+    traced graph taps each unit and computes what the model computes, forward and backward."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, **tiny(name)).train()
+    tracing = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    train_nodes, _ = get_graph_node_names(model, tracer_kwargs=tracing)
+    assert "blocks.0.attn.q" in train_nodes and "patch_embed.stages.0" in train_nodes  # every unit is a tap
+    traced = create_feature_extractor(model, return_nodes={train_nodes[-1]: "out", "blocks.0": "block0"},
+                                      tracer_kwargs=tracing)
+    x = inputs(model)
+    expected = model(x)
+    expected.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    out = traced(x)
+    torch.testing.assert_close(out["out"], expected, rtol=0, atol=0)
+    assert out["block0"].shape[:2] == (model.T, 2)  # a block's output: [T, B, N, D]
+    out["out"].square().mean().backward()
+    for n, p in traced.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)

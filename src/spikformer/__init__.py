@@ -6,12 +6,20 @@ The Python API in one import (docs/tutorial.md walks through it)::
     result = Trainer(load_config("digits", ["train.epochs=1"])).fit()
 
 The public names load on first use (PEP 562), so ``import spikformer.config`` (or any other leaf module)
-loads that module alone, not the models, torch kernels and timm registrations behind ``spikformer.create_model``.
+loads that module alone, not the models and torch kernels behind ``spikformer.create_model``.
+
+``import spikformer`` registers every variant with timm (``timm.create_model("spikformer_cifar_4_384")``), in
+either import order, without importing timm itself: if timm is loaded already the names are registered at
+once, otherwise the moment it is (see ``_RegisterWithTimm``). Commands and programs that never use timm do not
+pay for loading it and torch.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 # The one version source: pyproject.toml reads it (setuptools dynamic version), `spikformer --version` prints it.
@@ -57,6 +65,35 @@ if TYPE_CHECKING:
     from .neurons import LIF, LIFParams, ParametricLIF, SpikingNeuron, lif_multistep, register_neuron
     from .ssl.pretrain import Pretrainer
     from .train import Trainer, evaluate
+
+
+class _RegisterWithTimm(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Registers the variants with timm right after timm's own ``__init__`` runs (the first ``import timm``,
+    ``from timm.models import ...`` included), by importing ``spikformer.models``: timm offers no plug-in
+    entry points, and its registry needs the entry-point functions themselves. Used once, then removed."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "timm":
+            return None
+        sys.meta_path.remove(self)  # one use; and the look-up below must find timm itself
+        spec = importlib.util.find_spec("timm")
+        if spec is not None and spec.loader is not None:
+            self.timm_loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self.timm_loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self.timm_loader  # timm's module keeps its own loader
+        self.timm_loader.exec_module(module)
+        importlib.import_module(".models", __name__)  # its import registers every variant
+
+
+if "timm" in sys.modules:
+    importlib.import_module(".models", __name__)
+elif not any(isinstance(finder, _RegisterWithTimm) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWithTimm())
 
 
 def __getattr__(name: str) -> Any:

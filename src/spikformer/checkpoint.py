@@ -40,6 +40,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .file_limits import STORED_SIZE_LIMITS, check_stored_sizes, check_zip_inflation  # noqa: F401
 from .models.official import checkpoint_filter_fn
 
 FORMAT_NAME = "spikformer"
@@ -289,6 +290,7 @@ def read_legacy_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a ``.pth``/``.pth.tar`` file without executing code from it."""
     path = Path(path)
     _check_file(path)
+    check_zip_inflation(path)
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on its way to an error
@@ -343,28 +345,63 @@ def extract_state_dict(obj: dict[str, Any], path: str | Path = "checkpoint") -> 
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner
+            return _named_tensors(inner, path)
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
+        return _named_tensors(obj, path)
     raise CheckpointError(f"{path}: no model state dict found (looked for the keys 'state_dict' and "
-                          f"'model', and for a raw mapping of tensors); top-level keys: {sorted(obj)[:10]}")
+                          f"'model', and for a raw mapping of tensors); top-level keys: "
+                          f"{sorted(map(repr, obj))[:10]}")
+
+
+def _named_tensors(state: dict[Any, torch.Tensor], path: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` if every key is a parameter name (a string); a pickle may use any hashable."""
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise CheckpointError(f"{path}: the state dict has non-string keys ({', '.join(map(repr, odd[:4]))}); "
+                              f"parameter names are strings: the file is not a model's state dict")
+    return state
 
 
 def read_model_state(path: str | Path, use_ema: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A model state dict in this package's names, from any supported file, and its metadata."""
     if is_safetensors(path):
         tensors, metadata = read_checkpoint(path)
-        prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
-        if metadata.get("layout") == WEIGHTS_LAYOUT:
-            state = tensors  # a plain state dict
-        elif any(key.startswith(prefix) for key in tensors):  # a training state, or a weights file before v2
-            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        else:
-            state = tensors
+        state = _model_tensors(tensors, metadata, use_ema)
     else:
         obj = read_legacy_checkpoint(path)
         state, metadata = extract_state_dict(obj, path), {}
     return checkpoint_filter_fn(state), metadata
+
+
+def _model_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], use_ema: bool
+                   ) -> dict[str, torch.Tensor]:
+    """The model's part of an own file's tensors: all of a weights file, ``model.*`` (or ``ema.*``) of a
+    training state."""
+    prefix = "ema." if use_ema and any(k.startswith("ema.") for k in tensors) else "model."
+    if metadata.get("layout") == WEIGHTS_LAYOUT:
+        return tensors  # a plain state dict
+    if any(key.startswith(prefix) for key in tensors):  # a training state, or a weights file before v2
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors
+
+
+_SAFETENSORS_TORCH_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16,
+                             "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16, "I32": torch.int32,
+                             "U32": torch.uint32, "F32": torch.float32, "I64": torch.int64, "U64": torch.uint64,
+                             "F64": torch.float64, "F8_E5M2": torch.float8_e5m2, "F8_E4M3": torch.float8_e4m3fn}
+
+
+def described_model_state(path: str | Path, use_ema: bool = False
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The model state an own safetensors file describes, as ``meta`` tensors read from its header alone (no
+    data byte is read), and its metadata; ``None`` for other files. Lets names and shapes be checked against
+    a model before a file of any length is read."""
+    if not is_safetensors(path):
+        return None
+    header, metadata = read_checkpoint_header(Path(path))
+    tensors = {name: torch.empty(entry["shape"], dtype=_SAFETENSORS_TORCH_DTYPES[entry["dtype"]], device="meta")
+               for name, entry in header.items() if name != "__metadata__"}
+    return checkpoint_filter_fn(_model_tensors(tensors, metadata, use_ema)), metadata
 
 
 def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
@@ -408,6 +445,12 @@ def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], strict: b
         shown = ", ".join(wrong_kind[:4]) + (f", ... ({len(wrong_kind)} in all)" if len(wrong_kind) > 4 else "")
         raise CheckpointError(f"{source}: tensors of the wrong kind of dtype: {shown}; the file was not written "
                               f"from this model's weights (corrupt or forged)")
+    non_finite = [k for k in expected if k in state and state[k].is_floating_point()
+                  and state[k].device.type != "meta" and not bool(torch.isfinite(state[k]).all())]
+    if non_finite:
+        shown = ", ".join(non_finite[:4]) + (f", ... ({len(non_finite)} in all)" if len(non_finite) > 4 else "")
+        raise CheckpointError(f"{source}: non-finite values (NaN or infinite) in {shown}; these weights would "
+                              f"evaluate to NaN: use a checkpoint saved before the run diverged")
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, use_ema: bool = False
@@ -423,16 +466,6 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, use
 LOCAL_ONLY = {("data", "cache_dir"): None, ("train", "out_dir"): "runs/default", ("train", "resume"): None,
               ("model", "pretrained"): None, ("data", "download"): False, ("train", "threads"): None,
               ("train", "compile"): False, ("train", "tensorboard"): False}
-# Sizes a file may state, at most (an override may choose larger ones). Above them a model or a batch would
-# take more memory than any machine has, far beyond every published Spikformer (T <= 16, width <= 768).
-STORED_SIZE_LIMITS = {("model", "T"): 256, ("model", "embed_dim"): 4096, ("model", "depth"): 64,
-                      ("model", "img_size"): 1024, ("model", "num_heads"): 64, ("model", "num_classes"): 100_000,
-                      ("model", "in_chans"): 16, ("model", "patch_size"): 256, ("model", "mlp_ratio"): 16,
-                      ("data", "batch_size"): 4096, ("data", "eval_batch_size"): 4096, ("ssl", "T"): 256,
-                      ("ssl", "decoder_dim"): 4096, ("ssl", "decoder_depth"): 64, ("ssl", "decoder_heads"): 64,
-                      ("ssl", "num_visualize"): 64}
-
-
 def local_worker_limit() -> int:
     """The most loader workers a checkpoint's config may start here: this machine's cores, at most 8."""
     return max(0, min(8, os.cpu_count() or 1))
@@ -493,12 +526,7 @@ def _bounded_locally(path: str | Path, raw: dict[str, Any], chosen: set[tuple[st
             raw[section].pop(key, None)
             if value is not None:
                 raw[section][key] = value
-    for (section, key), limit in STORED_SIZE_LIMITS.items():
-        value = raw.get(section, {}).get(key)
-        if (section, key) not in chosen and isinstance(value, int | float) and value > limit:
-            raise CheckpointError(f"{path}: its stored config asks for {section}.{key}={str(value)[:30]}, more "
-                                  f"than the {limit} a checkpoint may ask for; choose it yourself with the "
-                                  f"override {section}.{key}=N if you mean it")
+    check_stored_sizes(path, raw, chosen)
     workers = raw.get("data", {}).get("num_workers")
     if ("data", "num_workers") not in chosen and isinstance(workers, int) and workers > local_worker_limit():
         raw["data"]["num_workers"] = local_worker_limit()
@@ -511,10 +539,15 @@ def load_model_from_checkpoint(path: str | Path, overrides: list[str] | tuple[st
     ``overrides`` (``section.key=value``) change the stored config, e.g. ``model.T=8``."""
     from .models import build_model
 
+    described = described_model_state(path, use_ema=use_ema)
+    if described is not None:
+        # The weights, not the config's word, say how big the model is: check the config's model against the
+        # file's header on the meta device (no memory) before a byte of tensor data is read.
+        config = stored_config(path, described[1], overrides)
+        with torch.device("meta"):
+            check_state_fits(build_model(config.model), described[0], strict=True, source=str(path))
     state, metadata = read_model_state(path, use_ema=use_ema)
     config = stored_config(path, metadata, overrides)
-    # The weights, not the config's word, say how big the model is: check the config's model against them
-    # on the meta device (no memory) before building it for real.
     with torch.device("meta"):
         check_state_fits(build_model(config.model), state, strict=True, source=str(path))
     model = build_model(config.model)

@@ -34,7 +34,7 @@ def shorten(error: BaseException | str) -> str:
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
 COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "configs", "demo", "analyze", "energy_table",
-            "frames", "export")
+            "frames", "export", "doctor")
 
 
 def version_text() -> str:
@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
               f"does)", file=sys.stderr)
         return 2
     from .allocator import keep_freed_memory_unless_disabled
-    from .train import NonFiniteLossError, TrainingInterrupted
 
     keep_freed_memory_unless_disabled()  # our own process: no page faults for every step's tensors
     try:
@@ -73,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpikformerError as error:
         print(f"spikformer {args.command}: error: {shorten(error)}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as stop:
+    except _training_error("TrainingInterrupted") as stop:
         print(f"spikformer {args.command}: {shorten(stop)}", file=sys.stderr)
         return 128 + stop.signum
-    except NonFiniteLossError as error:
+    except _training_error("NonFiniteLossError") as error:
         print(f"spikformer {args.command}: error: {shorten(error)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # stdout's reader closed early (``| head``): stop without a traceback
@@ -88,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"spikformer {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _training_error(name: str) -> type[BaseException] | tuple[()]:
+    """The run loop's exception ``name``, or nothing to catch when no command loaded the run loop (which alone
+    raises it): ``configs``, ``models`` and a mistyped config answer without importing torch for it."""
+    loop = sys.modules.get("spikformer.train.loop")
+    return getattr(loop, name) if loop is not None else ()
 
 
 def _silence_stdout() -> None:

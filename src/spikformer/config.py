@@ -308,6 +308,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        _check_plain_tree(value, where, ())
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
@@ -316,6 +317,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
+        _check_int64(value, where)
         return value
     if tp is float:
         if isinstance(value, str):
@@ -334,6 +336,42 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+INT64_BOUNDS = (-(2**63), 2**63 - 1)  # what torch, NumPy and the checkpoint's JSON readers hold exactly
+MAX_OPTION_DEPTH = 16  # stem and neuron options are flat keyword arguments; a few levels leave room
+
+
+def _check_int64(value: int, where: str) -> None:
+    if not INT64_BOUNDS[0] <= value <= INT64_BOUNDS[1]:
+        digits = len(str(abs(value)))
+        shown = str(value) if digits <= 30 else f"{str(value)[:30]}... ({digits} digits)"
+        raise ConfigError(f"{where} must be an integer of at most 64 bits (between -2^63 and 2^63 - 1), got {shown}")
+
+
+def _check_plain_tree(value: Any, where: str, parents: tuple[int, ...]) -> None:
+    """A free-form option value (``stem_options``, ``neuron_options``) holds plain YAML data a constructor can
+    take: string keys, finite numbers that fit 64 bits, strings, booleans, lists and mappings, and no
+    structure that contains itself (a recursive YAML alias)."""
+    if isinstance(value, dict | list | tuple):
+        if id(value) in parents:
+            raise ConfigError(f"{where} refers back to itself (a recursive YAML alias); write the value out")
+        if len(parents) >= MAX_OPTION_DEPTH:
+            raise ConfigError(f"{where} nests more than {MAX_OPTION_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else ((f"[{i}]", v) for i, v in enumerate(value))
+        for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                raise ConfigError(f"{where} has the key {key!r}; option names are strings")
+            inner = f"{where}{key}" if isinstance(value, list | tuple) else f"{where}.{key}"
+            _check_plain_tree(item, inner, (*parents, id(value)))
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        _check_int64(value, where)
+    elif value is not None and not isinstance(value, str | bool):
+        raise ConfigError(f"{where} must be plain YAML data (a number, string, list or mapping), got a "
+                          f"{type(value).__name__}")
 
 
 def _check_range(section: str, key: str, value: Any) -> None:
@@ -515,6 +553,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 MAX_YAML_ALIASES = 100
 MAX_YAML_NODES = 100_000  # counted with every alias expanded
 MAX_YAML_DEPTH = 50
+MAX_YAML_INT_DIGITS = 40  # 64-bit integers have 20 digits; Python refuses to even parse 4,300
 
 
 class YAMLInputTooLarge(yaml.YAMLError):
@@ -544,7 +583,11 @@ class _BoundedSafeLoader(yaml.SafeLoader):
         sizes: dict[int, int] = {}
 
         def expanded(item) -> int:  # the node count with aliases expanded, each shared node counted once
+            if sizes.get(id(item)) == -1:  # reached again while its own children are being counted
+                raise YAMLInputTooLarge("an alias (*name) refers back to the node that contains it (a recursive "
+                                        "YAML alias, which no config value can be)")
             if id(item) not in sizes:
+                sizes[id(item)] = -1
                 children = item.value if isinstance(item, yaml.SequenceNode) else (
                     [part for pair in item.value for part in pair] if isinstance(item, yaml.MappingNode) else [])
                 sizes[id(item)] = min(1 + sum(expanded(child) for child in children), MAX_YAML_NODES + 1)
@@ -554,6 +597,15 @@ class _BoundedSafeLoader(yaml.SafeLoader):
             raise YAMLInputTooLarge(f"the YAML expands to more than {MAX_YAML_NODES} values once its aliases are "
                                     f"resolved (refused as a 'billion laughs' document)")
         return node
+
+    def construct_yaml_int(self, node):
+        digits = sum(character.isdigit() for character in str(node.value))
+        if digits > MAX_YAML_INT_DIGITS:
+            raise YAMLInputTooLarge(f"an integer of {digits} digits (a config value fits 64 bits: at most 20)")
+        return super().construct_yaml_int(node)
+
+
+_BoundedSafeLoader.add_constructor("tag:yaml.org,2002:int", _BoundedSafeLoader.construct_yaml_int)
 
 
 class _StrictSafeLoader(_BoundedSafeLoader):

@@ -313,21 +313,44 @@ def token_max_pool(x: torch.Tensor, width: int) -> torch.Tensor:
     return pooled.transpose(1, 2).reshape(T, B, N, D)
 
 
-def exact_spike_product_dtype(q: torch.Tensor, num_tokens: int, head_dim: int, out_dtype: torch.dtype
-                              ) -> torch.dtype:
-    """The dtype in which ``Q K^T V`` of 0/1 spike tensors is computed exactly and fastest.
+# Every integer up to these is exact in the half-precision types (2 ** (mantissa bits + 1)).
+_EXACT_INTEGERS = {torch.float16: 2**11, torch.bfloat16: 2**8}
 
-    Every partial sum is an integer of at most ``N * d``; float16 holds integers exactly up to 2^11, so on
-    CUDA the products run in float16 (tensor cores) whenever ``N * d <= 2048`` and either no gradient is
-    needed or autocast is on (the neighbouring matmuls are half precision then anyway). Otherwise, and on
-    CPUs, they run in float32 (exact up to 2^24) or float64.
+
+def spike_product_dtype(device_type: str, num_tokens: int, head_dim: int, out_dtype: torch.dtype,
+                        autocast_dtype: torch.dtype | None, needs_grad: bool) -> torch.dtype:
+    """The dtype of ``Q K^T V`` for 0/1 spikes ``[..., N, d]``: exact, fastest, and safe for the backward.
+
+    Every partial sum is an integer of at most ``N * d``. On CUDA the products run in half precision (tensor
+    cores) when that type holds ``N * d`` exactly: float16 when no gradient is needed; under autocast with a
+    gradient, the autocast dtype itself, so the backward keeps the exponent range of the surrounding autocast
+    (bfloat16 autocast has no GradScaler, and its gradients lie far below float16's normal range). Otherwise,
+    and on CPUs, float32 (exact up to 2^24) or float64.
     """
     exact = out_dtype if out_dtype in (torch.float32, torch.float64) else torch.float32
-    if q.device.type != "cuda" or num_tokens * head_dim > 2048:
+    if device_type != "cuda":
         return exact
-    if torch.is_autocast_enabled("cuda") or not (torch.is_grad_enabled() and q.requires_grad):
-        return torch.float16
+    half = torch.float16 if not needs_grad else autocast_dtype
+    if half in _EXACT_INTEGERS and num_tokens * head_dim <= _EXACT_INTEGERS[half]:
+        return half
     return exact
+
+
+def exact_spike_product_dtype(q: torch.Tensor, num_tokens: int, head_dim: int, out_dtype: torch.dtype
+                              ) -> torch.dtype:
+    """:func:`spike_product_dtype` for ``q``'s device, the current autocast and whether ``q`` needs a gradient."""
+    autocasting = q.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+    autocast_dtype = torch.get_autocast_dtype("cuda") if autocasting else None
+    needs_grad = torch.is_grad_enabled() and q.requires_grad
+    return spike_product_dtype(q.device.type, num_tokens, head_dim, out_dtype, autocast_dtype, needs_grad)
+
+
+def exact_spike_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(Q K^T) V`` in ``dtype``, in the cheaper order for the token count (``Q (K^T V)`` when ``N > d``)."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q.shape[-2] > q.shape[-1]:
+        return q @ (k.transpose(-2, -1) @ v)
+    return (q @ k.transpose(-2, -1)) @ v
 
 
 def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -358,11 +381,7 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
                 out = (q @ k.transpose(-2, -1)).float() @ as_float(v)
             return out.to(out_dtype)
         # --- end bf16 ---
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        if N > d:
-            out = q @ (k.transpose(-2, -1) @ v)
-        else:
-            out = (q @ k.transpose(-2, -1)) @ v
+        out = exact_spike_products(q, k, v, dtype)
     return out.to(out_dtype)
 
 

@@ -54,9 +54,9 @@ def _binary(t: torch.Tensor) -> bool:
 
 
 def _pack_bits_torch(flat: torch.Tensor) -> torch.Tensor | None:
-    # Devices without the C kernel: a look at the first elements turns pre-activations away cheaply, then one
-    # comparison pass over the rest (a GPU does it at memory speed), then 8 bits a byte.
-    if not _binary(flat[:1024]) or not _binary(flat):
+    # Devices without the C kernel: one comparison pass (a GPU does it at memory speed) and one read of its
+    # answer, the one host synchronisation that deciding to pack needs; then 8 bits a byte.
+    if not _binary(flat):
         return None
     ones = flat == 1
     padded = torch.nn.functional.pad(ones, (0, -flat.numel() % 8)).view(-1, 8).to(torch.uint8)
@@ -79,7 +79,10 @@ def pack(t: torch.Tensor) -> torch.Tensor | PackedSpikes:
     if flat.device.type == "cpu":
         from .kernels import cpu
 
-        bits = cpu.pack_spikes(flat) if cpu.available(t.dtype) else _pack_bits_torch(flat)
+        if cpu.available(t.dtype):
+            bits = cpu.pack_spikes(flat)
+        else:  # a look at the first elements turns pre-activations away without a pass over the rest
+            bits = _pack_bits_torch(flat) if _binary(flat[:1024]) else None
     else:
         bits = _pack_bits_torch(flat)
     return t if bits is None else PackedSpikes(bits, t.shape, t.stride(), t.dtype)

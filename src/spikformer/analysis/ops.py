@@ -15,9 +15,13 @@ An ``OpCounter`` hooks every ``Conv1d``/``Conv2d``/``Linear`` and the spike-spik
   counts), ``"MAC"`` otherwise (real pixels at the first conv), and always for a layer fed time-averaged
   features (the head).
 
-``sops = firing_rate * steps * flops`` (SPEC §3). For a convolution this assumes every input spike reaches
-the full fan-out; spikes on a zero-padded border reach fewer outputs, so the formula slightly over-counts
-there (exact for linear layers and for spikes away from the border).
+``sops`` are the accumulates the layer's input actually causes, per sample: every input value times the
+number of weights it meets on its way to an output (a count ``n`` counting as ``n`` spikes). For a linear
+layer that is ``firing_rate * steps * flops`` (SPEC §3). For a convolution it is counted exactly, as the sum of
+the convolution of the input with all-ones weights: a spike on a zero-padded border, or one that a stride
+skips over, reaches fewer outputs than the full fan-out ``k^2 C_out`` the rate formula assumes (which
+over-counts there by up to 7% on the stem's small feature maps). On the meta device, with no values,
+``sops`` fall back to the rate formula.
 
 SSA's products have spikes on both sides, so an accumulate happens only where both operands are non-zero:
 their SOPs are the exact number of such coincidences (a count ``n`` counting as ``n`` spikes, as above),
@@ -52,10 +56,15 @@ class LayerOps:
     flops: float  # multiply-accumulates per time step
     steps: int
     firing_rate: float | None  # None for MAC layers (real-valued input)
+    accumulates: float | None = None  # counted accumulates per sample; None: from the rate (meta device)
 
     @property
     def sops(self) -> float:
-        return 0.0 if self.kind == "MAC" else float(self.firing_rate or 0.0) * self.steps * self.flops
+        if self.kind == "MAC":
+            return 0.0
+        if self.accumulates is not None:
+            return self.accumulates
+        return float(self.firing_rate or 0.0) * self.steps * self.flops
 
 
 class _Tally:
@@ -66,6 +75,7 @@ class _Tally:
         self.spike_valued = spike_valued  # None: not known (meta tensors)
         self.input_sum = 0.0  # sum of input values (weight layers) or coincidences (spike-spike products)
         self.input_count = 0.0  # number of input values (weight layers) or multiply pairs (products)
+        self.accumulates: float | None = None  # weight layers: input values times the weights each one meets
 
 
 def _is_spike_valued(x: torch.Tensor) -> bool | None:
@@ -79,16 +89,18 @@ class OpCounter:
 
     ``model`` takes ``[B, C, H, W]`` images or ``[B, T, C, H, W]`` frames when it has a ``time_first`` method
     (a ``Spikformer``); any other module is taken to receive time-first input ``[T, B, ...]``. Layers are
-    reported in the order they first ran. Works on the meta device (FLOPs only, no firing rates; the first layer
-    is then taken to see pixels, a MAC layer, as in the paper).
+    reported in the order they first ran; ``weight_layers=False`` counts the SSA products alone. Works on the
+    meta device (FLOPs only, no firing rates; the first layer is then taken to see pixels, a MAC layer, as in
+    the paper).
     """
 
-    def __init__(self, model: nn.Module, attention_order: str = "as_computed") -> None:
+    def __init__(self, model: nn.Module, attention_order: str = "as_computed", weight_layers: bool = True) -> None:
         if attention_order not in ATTENTION_ORDERS:
             raise ValueError(f"attention_order must be one of {', '.join(ATTENTION_ORDERS)}, "
                              f"got {attention_order!r}")
         self.model = model
         self.attention_order = attention_order
+        self.weight_layers = weight_layers  # False: the SSA products only
         self.tallies: dict[str, _Tally] = {}
         self.samples = 0  # samples seen over all forward passes
         self._T = self._B = 0
@@ -100,7 +112,7 @@ class OpCounter:
     def __enter__(self) -> OpCounter:
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
         for name, module in self.model.named_modules():
-            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+            if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and self.weight_layers:
                 self._handles.append(module.register_forward_hook(self._weight_layer_hook(name)))
             elif isinstance(module, SpikingSelfAttention):
                 for part in ("q", "k", "v"):
@@ -143,6 +155,9 @@ class OpCounter:
             # Time-averaged features are real numbers even when they happen to be whole: a MAC layer.
             spike_valued = _is_spike_valued(x) if per_step else False
             self._add(name, out_shape, flops, steps, spike_valued, x)
+            if not x.is_meta:
+                tally = self.tallies[name]
+                tally.accumulates = (tally.accumulates or 0.0) + _accumulates(module, x)
 
         return hook
 
@@ -214,8 +229,30 @@ class OpCounter:
             else:
                 kind = "AC" if t.spike_valued else "MAC"
             rate = t.input_sum / t.input_count if (kind == "AC" and t.input_count) else None
-            out.append(LayerOps(name, kind, t.shape, t.flops, t.steps, rate))
+            accumulates = t.accumulates / self.samples if (t.accumulates is not None and self.samples) else None
+            out.append(LayerOps(name, kind, t.shape, t.flops, t.steps, rate, accumulates))
         return out
+
+
+def _accumulates(layer: nn.Module, x: torch.Tensor) -> float:
+    """Every value of ``x`` times the number of weights of ``layer`` it meets, over the whole batch.
+
+    A linear layer: ``sum(x) * out_features``. A convolution: the input summed over each group's channels,
+    convolved with an all-ones kernel (the outputs each input position reaches: fewer on a zero-padded border
+    or under a stride), summed, times the group's output channels. Other padding modes than zeros wrap or
+    mirror the input, so every position meets the full kernel: ``sum(x) * k^2 * out_channels / groups``.
+    """
+    x = x.detach().double()
+    if isinstance(layer, nn.Linear):
+        return float(x.sum()) * layer.out_features
+    groups, per_group = layer.groups, layer.out_channels // layer.groups
+    if layer.padding_mode != "zeros":
+        return float(x.sum()) * math.prod(layer.kernel_size) * per_group
+    summed = x.unflatten(1, (groups, -1)).sum(2)  # [N, groups, *spatial]
+    ones = torch.ones(groups, 1, *layer.kernel_size, dtype=x.dtype, device=x.device)
+    convolve = nn.functional.conv1d if isinstance(layer, nn.Conv1d) else nn.functional.conv2d
+    reached = convolve(summed, ones, None, layer.stride, layer.padding, layer.dilation, groups)
+    return float(reached.sum()) * per_group
 
 
 def _coincidences(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_first: bool) -> tuple[float, float]:

@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from . import add_config_arguments
+from .paths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,14 @@ def run(args) -> int:
     from ..analysis import attention_map, calibrate_batchnorm, measure_energy
     from ..analysis.attention import attention_blocks
     from ..analysis.firing import FiringRateRecorder
+    from ..analysis.footprint import static_figures
     from ..errors import ConfigError
 
     _check_counts(args)
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.out and Path(args.out).expanduser().is_file():
+        raise ConfigError(f"--out {args.out} is a file; name the folder for the CSV files and figures")
     energy_model = energy_model_from_args(args)
     model, config, trained = load_model(args)
     name = config.model.name
@@ -162,6 +168,10 @@ def run(args) -> int:
                             progress=config.train.progress)
 
     log.info(report.format_table())
+    figures = static_figures(model)
+    log.info(f"\nfootprint {figures.footprint_bytes / 2**20:.2f} MiB ({figures.parameters:,} parameters and the "
+             f"buffers), connection sparsity {figures.connection_sparsity:.4f} (zero weights of linear and conv "
+             f"layers)")
     log.info("\nfiring rate of each spiking layer (spikes per neuron per time step):")
     for layer, rate in report.firing_rates.items():
         steps = " ".join(f"{r:.3f}" for r in report.firing_rates_per_step[layer])
@@ -176,8 +186,8 @@ def run(args) -> int:
         from ..checkpoint import checkpoint_class_names
 
         class_names = checkpoint_class_names(args.checkpoint) if trained else None
-        document = {**report.to_dict(), "weights": str(args.checkpoint) if trained else "random",
-                    "class_names": class_names,
+        document = {**report.to_dict(), "static": figures.to_dict(),
+                    "weights": str(args.checkpoint) if trained else "random", "class_names": class_names,
                     "input": args.data if args.data != "auto" else ("val" if trained else "random")}
         Path(args.json).write_text(json.dumps(document, indent=2))
         written.append(Path(args.json))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,31 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def local_cache_folder() -> Path:
+    """Where ``eval`` caches event frames for a dataset whose root came from a checkpoint:
+    ``$XDG_CACHE_HOME/spikformer/frames`` (``~/.cache/spikformer/frames``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "spikformer" / "frames"
+
+
 def run(args) -> int:
     from ..checkpoint import checkpoint_class_names, load_model_from_checkpoint
+    from ..config import parse_override
     from ..data import build_dataset, build_loader
     from ..data.checks import check_class_count, check_class_names
     from ..errors import ConfigError
     from ..models import resolve_config
-    from ..train.engine import autocast_dtype, evaluate, resolve_device
+    from ..train.engine import autocast_dtype, check_lif_backend, evaluate, resolve_device
 
     if args.json and Path(args.json).is_dir():  # found out before the evaluation, not after it
         raise ConfigError(f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}")
     model, config = load_model_from_checkpoint(args.checkpoint, args.overrides)
+    chosen = {parse_override(text)[:2] for text in args.overrides}
+    if config.data.cache_dir is None and config.data.root is not None and ("data", "root") not in chosen:
+        # The file's data.root says where to read; where to write is this machine's choice.
+        config.data.cache_dir = str(local_cache_folder())
     config = resolve_config(config)  # a no-op for a complete description; the datasets read its input size
     device = resolve_device(config.train.device)
+    check_lif_backend(config.model.lif_backend, device)
     dataset = build_dataset(config, args.split)
     # The data must be what the model was trained on: as many classes, the same names in the same order.
     check_class_count(dataset, getattr(model, "num_classes", None), config.data.name)

@@ -8,7 +8,9 @@ cannot). Overrides change the model, e.g. ``model.T=8`` or ``model.embed_dim=64`
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import math
+
+from .paths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ def register(subparsers) -> None:
                         help="ONNX input as event frames [B, T, C, H, W] (the default for 2-channel models)")
     parser.add_argument("--partial", action="store_true",
                         help="NIR: write the graph up to the first part NIR cannot express")
-    parser.add_argument("--dt", type=float, default=1e-3, help="NIR: seconds per model time step (default 1e-3)")
+    parser.add_argument("--dt", type=float, default=1e-4,
+                        help="NIR: seconds per model time step (default 1e-4, the step NIR importers assume)")
     parser.set_defaults(func=run)
 
 
@@ -36,12 +39,15 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..export import example_input, export_nir, export_onnx, onnx_max_difference
 
-    fmt = args.format or FORMATS.get(Path(args.out).suffix.lower())
+    out = check_output_file(args.out, "--out")
+    fmt = args.format or FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise ConfigError(f"cannot tell the format from {args.out!r}; add --format onnx or --format nir")
+    if not (math.isfinite(args.dt) and args.dt > 0):
+        raise ConfigError(f"--dt must be a positive number of seconds, got {args.dt}")
     model = _load_model(args)
     if fmt == "onnx":
-        path = export_onnx(model, args.out, frames=True if args.frames else None)
+        path = export_onnx(model, out, frames=True if args.frames else None)
         try:
             diff = onnx_max_difference(model, path, example_input(model, batch=2, frames=args.frames or None))
             check = f"; onnxruntime matches PyTorch to {diff:.1e}"
@@ -49,10 +55,10 @@ def run(args) -> int:
             check = " (install onnxruntime to check it)"
         log.info(f"wrote {path} (ONNX, T={model.T}, BatchNorm folded){check}")
     else:
-        graph = export_nir(model, args.out, partial=args.partial, dt=args.dt)
+        graph = export_nir(model, out, partial=args.partial, dt=args.dt)
         stop = graph.metadata.get("truncated_at")
         what = f"up to {stop}, which NIR cannot express" if stop else "complete"
-        log.info(f"wrote {args.out} (NIR, {len(graph.nodes)} nodes, {what})")
+        log.info(f"wrote {out} (NIR, {len(graph.nodes)} nodes, {what})")
     return 0
 
 

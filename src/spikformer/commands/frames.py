@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from . import add_config_arguments
+from .paths import check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def run(args) -> int:
     from ..errors import ConfigError
     from ..models import resolve_config
 
+    out = check_output_file(args.out, "--out", image=True)
     config = resolve_config(load_config(args.config, args.overrides))
     dataset = build_dataset(config, args.split)
     if not 0 <= args.index < len(dataset):
@@ -45,8 +47,8 @@ def run(args) -> int:
     name = classes[label] if classes else str(label)
     title = (f"{config.data.name} {args.split} #{args.index}: {name} — {int(frames.sum())} events in "
              f"{frames.shape[0]} frames by {config.data.event_framing}")
-    render_frame_grid(frames.numpy(), args.out, title)
-    log.info(f"wrote {args.out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
+    render_frame_grid(frames.numpy(), out, title)
+    log.info(f"wrote {out} ({frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[3]}, label {name})")
     return 0
 
 

@@ -19,10 +19,14 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _pretrainer():
     from ..ssl.pretrain import Pretrainer
 
-    _, result, is_main = fit_run(Pretrainer, args)
+    return Pretrainer
+
+
+def run(args) -> int:
+    _, result, is_main = fit_run(_pretrainer, args)
     if is_main:
         log.info(f"encoder saved to {result['encoder']}; fine-tune it with "
                  f"spikformer train --config CONFIG model.pretrained={result['encoder']}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from . import add_config_arguments
 
@@ -24,10 +25,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fit_run(run_class, args):
-    """Load the config ``args`` describe, build ``run_class(config)`` and fit it; returns ``(config, result,
-    is_main)``, ``is_main`` false on every process of a distributed run but rank 0's (which alone reports)."""
+    """Load the config ``args`` describe, build ``run_class()(config)`` and fit it; returns ``(config, result,
+    is_main)``, ``is_main`` false on every process of a distributed run but rank 0's (which alone reports).
+    ``run_class`` returns the class, so a config that does not load is reported before torch is imported."""
     from ..config import load_config
-    from ..train.distributed import shutdown_distributed
 
     overrides = list(args.overrides)
     if args.resume:
@@ -35,6 +36,11 @@ def fit_run(run_class, args):
     if args.overwrite:
         overrides.append("train.overwrite=true")
     config = load_config(args.config, overrides)
+    if config.train.overwrite:
+        _check_overwrite_spares(args.config, config.train.out_dir)
+    from ..train.distributed import shutdown_distributed
+
+    run_class = run_class()
     try:
         runner = run_class(config)
         return runner.config, runner.fit(), runner.is_main
@@ -42,10 +48,27 @@ def fit_run(run_class, args):
         shutdown_distributed()  # under torchrun: leave the process group cleanly, also after an error
 
 
-def run(args) -> int:
+def _check_overwrite_spares(config_file: str | None, out_dir: str) -> None:
+    """``--overwrite`` deletes the run folder's ``config.yaml``: refuse when that is the file being read."""
+    from ..config_files import config_path
+    from ..errors import ConfigError
+
+    if config_file is None:
+        return
+    read = Path(config_path(config_file)).expanduser().resolve()
+    if read == (Path(out_dir).expanduser() / "config.yaml").resolve():
+        raise ConfigError(f"--overwrite would delete the config file it reads ({read}), which is the run folder's "
+                          f"config.yaml; copy it elsewhere and pass that copy, or choose another train.out_dir")
+
+
+def _trainer():
     from ..train import Trainer
 
-    config, result, is_main = fit_run(Trainer, args)
+    return Trainer
+
+
+def run(args) -> int:
+    config, result, is_main = fit_run(_trainer, args)
     if is_main:
         log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch']}); run folder "
                  f"{config.train.out_dir}")

@@ -22,8 +22,6 @@ from .digits import take_fraction_per_class
 from .registry import model_input, register_dataset
 from .transforms import grey_conversion_note, image_transform, pil_mode
 
-MAX_PICKLED_ELEMENTS = 2**28  # CIFAR's largest array (the CIFAR-100 train data) holds 153.6 million bytes
-
 # The original CIFAR recipe normalises both CIFAR-10 and CIFAR-100 with CIFAR-10's statistics (SPEC §2).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -68,20 +66,34 @@ class _ArrayUnpickler(pickle.Unpickler):
         if module == "numpy.core.multiarray":  # the name NumPy 1.x wrote; NumPy 2 keeps it as numpy._core
             module = "numpy._core.multiarray" if hasattr(np, "_core") else module
         found = super().find_class(module, name)
-        return _bounded_reconstruct(found) if name == "_reconstruct" else found
+        if name == "_reconstruct":
+            return _bounded_reconstruct(found)
+        return _dtype_without_objects if name == "dtype" else found
 
 
 def _bounded_reconstruct(reconstruct):
-    """NumPy's ``_reconstruct(cls, shape, dtype)`` allocates the shape it is given: a pickle may declare
-    terabytes. Refuse shapes beyond any CIFAR array before allocating."""
+    """NumPy's ``_reconstruct(cls, shape, dtype)`` allocates the shape it is given, uninitialised: NumPy's own
+    pickles pass the empty shape ``(0,)`` and then set the real shape together with its bytes (which the file
+    must hold). A declared shape with elements (terabytes, a sub-array dtype multiplying it, or 10,000 images
+    never filled) is refused before anything is allocated."""
 
     def checked(cls, shape, dtype):
         dims = list(shape) if isinstance(shape, tuple | list) else [shape]
-        if not all(isinstance(d, int) and d >= 0 for d in dims) or np.prod(dims, dtype=object) > MAX_PICKLED_ELEMENTS:
-            raise pickle.UnpicklingError(f"an array declares the shape {str(shape)[:60]}, larger than any CIFAR array")
+        if not all(isinstance(d, int) and d >= 0 for d in dims) or np.prod(dims, dtype=object) != 0:
+            raise pickle.UnpicklingError(f"an array declares the shape {str(shape)[:60]} without the data to fill "
+                                         f"it")
         return reconstruct(cls, shape, dtype)
 
     return checked
+
+
+def _dtype_without_objects(*args: Any) -> np.dtype:
+    """``numpy.dtype(...)`` for the dtypes of plain data; an object dtype would make NumPy unpickle a list of
+    Python objects into the array (a short list for a long shape crashes the interpreter)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("an array of Python objects, where CIFAR stores numbers")
+    return dtype
 
 
 def read_pickle(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ..errors import DatasetError
 from .digits import take_fraction_per_class
 from .event_dataset import EventRecordings, build_event_dataset
 from .event_files import TonicFiles, locate_release, natural_key, refuse_download, tonic_module
+from .event_frames import check_timestamps
 from .registry import register_dataset
 
 FOLDER = "DVSGesture"
@@ -45,6 +46,7 @@ def open_tonic_dvsgesture(save_to: str, train: bool):
             # a corrupt 70000 into an in-range 4464 without a word.
             path = self.data[index]
             events = check_gesture_array(np.load(path, allow_pickle=False), path)
+            check_timestamps(events[:, 3], str(path), scale=1000)  # before the ms -> us product could wrap
             events[:, 3] *= 1000  # ms -> us, as tonic does
             events = np.lib.recfunctions.unstructured_to_structured(events, self.dtype)
             return events, self.targets[index]

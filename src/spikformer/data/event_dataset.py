@@ -34,6 +34,10 @@ class EventReader(Protocol):
 
     def describe(self, index: int) -> str: ...
 
+    def fingerprint(self, index: int) -> str | None:
+        """A digest of recording ``index``'s bytes (``None`` when it has no file), which keys its cached frames."""
+        ...
+
 
 @dataclass
 class EventRecordings:
@@ -53,6 +57,10 @@ class EventRecordings:
 
     def describe(self, i: int) -> str:
         return self.reader.describe(self.indices[i])
+
+    def fingerprint(self, i: int) -> str | None:
+        fingerprint = getattr(self.reader, "fingerprint", None)
+        return fingerprint(self.indices[i]) if fingerprint is not None else None
 
     def subset(self, positions: list[int] | np.ndarray) -> EventRecordings:
         """The recordings at ``positions`` of this list."""
@@ -116,7 +124,8 @@ class EventFrameDataset(Dataset):
     def frames(self, index: int) -> np.ndarray:
         """The integer frames ``[T, 2, H, W]`` of recording ``index``, from the cache when they are there."""
         key = self.recordings.keys[index]
-        frames = self.cache.get(key)
+        source = self.recordings.fingerprint(index)
+        frames = self.cache.get(key, source)
         problem = frames is not None and cached_frames_problem(frames, (self.T, 2, *self.size))
         if problem:
             describe = getattr(self.cache, "describe", lambda k: f"the cached frames of {k}")
@@ -124,7 +133,7 @@ class EventFrameDataset(Dataset):
             frames = None
         if frames is None:
             frames = self.integrate(index)
-            self.cache.put(key, frames)
+            self.cache.put(key, frames, source)
         return frames
 
     def integrate(self, index: int) -> np.ndarray:

@@ -8,6 +8,7 @@ object is dropped when the reader is sent to a loader worker and re-opened there
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,19 @@ class TonicFiles:
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
+
+    def fingerprint(self, index: int) -> str:
+        """The SHA-256 of recording ``index``'s file: its cached frames are used only for these bytes."""
+        path = self.paths[index]
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(2**20), b""):
+                    digest.update(block)
+        except OSError as error:
+            raise DatasetError(f"cannot read the {self.dataset} recording {path}: {error.strerror or error}") \
+                from None
+        return digest.hexdigest()
 
     def key(self, index: int) -> str:
         """The cache name of recording ``index``: its path below the dataset folder, without extension."""

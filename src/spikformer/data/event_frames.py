@@ -68,6 +68,7 @@ def check_events(events: np.ndarray, sensor_size: tuple[int, int, int], source: 
     if missing:
         raise DatasetError(f"{source}: events lack the field(s) {', '.join(missing)} (expected a structured array "
                            f"with x, y, t, p)")
+    check_timestamps(events["t"], source)
     W, H = int(sensor_size[0]), int(sensor_size[1])
     x, y = events["x"].astype(np.int64), events["y"].astype(np.int64)
     if x.min() < 0 or y.min() < 0 or x.max() >= W or y.max() >= H:
@@ -75,6 +76,24 @@ def check_events(events: np.ndarray, sensor_size: tuple[int, int, int], source: 
             f"{source}: event coordinates x in [{x.min()}, {x.max()}], y in [{y.min()}, {y.max()}] fall outside "
             f"the {W}x{H} sensor of this dataset; the file is corrupt or belongs to another dataset"
         )
+
+
+INT64_RANGE = (-(2**63), 2**63 - 1)
+
+
+def check_timestamps(times: np.ndarray, source: str, scale: int = 1) -> None:
+    """Raise ``DatasetError`` unless ``times * scale`` are numbers whose values and span fit int64, the type
+    framing computes in (a cast or multiplication beyond it wraps silently and moves events to wrong frames)."""
+    if times.dtype.kind not in "iuf" or (times.dtype.kind == "f" and not np.isfinite(times).all()):
+        raise DatasetError(f"{source}: timestamps of type {times.dtype} (or NaN/infinite) do not fit the int64 "
+                           f"microseconds of an event stream; the file is corrupt")
+    if not len(times):
+        return
+    # Python integers: exact, and they cannot overflow while checking
+    low, high = int(times.min()) * scale, int(times.max()) * scale
+    if low < INT64_RANGE[0] or high > INT64_RANGE[1] or high - low > INT64_RANGE[1]:
+        raise DatasetError(f"{source}: timestamps from {low} to {high} microseconds do not fit int64; the file is "
+                           f"corrupt")
 
 
 def resize_events(events: np.ndarray, sensor_size: tuple[int, int, int], size: tuple[int, int]) -> np.ndarray:

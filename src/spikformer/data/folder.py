@@ -92,6 +92,25 @@ def scan_images(split_dir: Path, classes: list[str], name: str) -> list[tuple[st
     return samples
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit_grey(image: Image.Image, path: str) -> Image.Image:
+    """``image`` with its grey levels rescaled to 8 bits when it stores more: PIL's ``convert`` clips 16-bit
+    levels at 255 (a ramp turns almost all white) and rounds floats to 0 or 1. 16-bit and 32-bit integer images
+    span 0-65535, floating-point images 0-1; values outside that range are refused rather than clipped."""
+    if image.mode not in (*SIXTEEN_BIT_MODES, "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= top):
+        kind = "a floating-point image with values outside [0, 1]" if image.mode == "F" else \
+            f"a {image.mode} integer image with values outside [0, 65535]"
+        raise DatasetError(f"{path}: {kind} (min {values.min():g}, max {values.max():g}); store it in that range "
+                           f"or as 8-bit")
+    return Image.fromarray(np.round(values * (255.0 / top)).astype(np.uint8), "L")
+
+
 class ImageFolderDataset(Dataset):
     """``(transform(PIL image in ``mode``), label)`` for each image of a folder-per-class split."""
 
@@ -130,7 +149,10 @@ class ImageFolderDataset(Dataset):
     def load(self, path: str) -> Image.Image:
         try:
             with Image.open(path) as image:
-                return image.convert(self.mode)  # grey, RGBA, CMYK, palette -> the model's mode
+                # grey, RGBA, CMYK, palette -> the model's mode
+                return eight_bit_grey(image, path).convert(self.mode)
+        except DatasetError:
+            raise
         except Image.DecompressionBombError as error:
             raise DatasetError(f"refused image {path}: {str(error).split('. ')[0]}, beyond PIL's decompression-bomb "
                                f"limit (a corrupt or hostile file); remove or replace it") from None

@@ -55,7 +55,7 @@ class ResumableSampler(Sampler[int]):
     def epoch_indices(self) -> list[int]:
         """This rank's indices for the whole current epoch."""
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % 2**63)
             order = torch.randperm(self.dataset_size, generator=generator).tolist()
         else:
             order = list(range(self.dataset_size))

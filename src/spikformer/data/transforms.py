@@ -63,7 +63,9 @@ def image_transform(data: DataConfig, train: bool, img_size: int, in_chans: int,
     mean = channel_statistics(data.mean if data.mean is not None else mean, in_chans)
     std = channel_statistics(data.std if data.std is not None else std, in_chans)
     if not train:
-        return create_transform((in_chans, img_size, img_size), is_training=False, interpolation=data.interpolation,
+        # "random" draws a filter per training image (an augmentation); evaluation resizes with a fixed one
+        interpolation = "bicubic" if data.interpolation == "random" else data.interpolation
+        return create_transform((in_chans, img_size, img_size), is_training=False, interpolation=interpolation,
                                 mean=mean, std=std,
                                 crop_pct=data.crop_pct if data.crop_pct is not None else crop_pct)
     policy = data.auto_augment

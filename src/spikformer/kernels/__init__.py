@@ -36,9 +36,10 @@ def as_time_major_dense(x: torch.Tensor) -> torch.Tensor:
     return x if is_time_major_dense(x) else x.contiguous()
 
 
-def like_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` (same shape as ``ref``) with ``ref``'s dtype and strides, copied only if needed."""
-    t = t.to(ref.dtype)
+def like_layout(t: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` (same shape as ``ref``) with ``ref``'s strides and ``dtype`` (``ref``'s by default), copied only
+    if needed."""
+    t = t.to(ref.dtype if dtype is None else dtype)
     if t.stride() == ref.stride():
         return t
-    return torch.empty_like(ref).copy_(t)
+    return torch.empty_like(ref, dtype=t.dtype).copy_(t)

@@ -1,18 +1,21 @@
 """Multi-step LIF for CUDA tensors in Triton: one program per block of neurons runs the whole time loop.
 
-Forward reads ``X`` once and writes the spikes (and ``H``, in the input dtype, when a backward pass will
-follow); backward reads ``H`` and the spikes' gradient once, walking time backwards. Arithmetic follows
+Forward reads ``X`` once and writes the spikes (and ``H``, in float32, when a backward pass will follow);
+backward reads ``H`` and the spikes' gradient once, walking time backwards. Arithmetic follows
 PyTorch's CUDA kernels for the reference loop operation by operation: scalars are first cast to the
 tensor's dtype (as TensorIterator does with a wrapped number), the division by the scalar ``tau`` is a
 multiplication by its float32 reciprocal (as ``div_true_kernel_cuda`` does) and fused multiply-adds are
 disabled, so spikes are bit-identical to the reference on the same GPU. Half-precision tensors are read and
 written in their storage type and computed in float32, as the reference computes them (``spikformer.neuron``).
+``H`` stays float32 for every input dtype: the backward decides from it which neurons fired, and a half-precision
+copy rounded to nearest would put a membrane just below the threshold onto it.
 ``TRITON_INTERPRET=1`` runs these kernels on CPU tensors
 (the tests do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -21,6 +24,7 @@ import torch
 from . import as_time_major_dense, like_layout
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+H_DTYPE = torch.float32  # the membrane kept for the backward, whatever the input dtype
 BLOCK = 1024
 
 try:
@@ -62,7 +66,7 @@ if triton is not None:
             fired = h >= v_threshold
             tl.store(s_ptr + idx, tl.where(fired, 1.0, 0.0).to(dtype), mask=mask)
             if KEEP_H:
-                tl.store(h_ptr + idx, h.to(dtype), mask=mask)
+                tl.store(h_ptr + idx, h, mask=mask)  # float32: the membrane that decided the spike
             v = tl.where(fired, v_rest, h)
             idx += M
 
@@ -100,38 +104,45 @@ def _inv_tau(tau: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(_as_dtype(tau, dtype), dtype=torch.float32))
 
 
+def _on_device_of(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``t``'s (one process may train on ``cuda:1``)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _launch_options() -> dict:
     return {} if _interpreting() else {"enable_fp_fusion": False}
 
 
 def lif_forward(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
                 keep_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes of ``x [T, ...]`` and ``H`` (an empty tensor unless ``keep_h``)."""
+    """Spikes of ``x [T, ...]`` in its dtype and ``H`` in float32 (an empty tensor unless ``keep_h``)."""
     x = as_time_major_dense(x)
     spikes = torch.empty_like(x)
-    h = torch.empty_like(x) if keep_h else x.new_empty((0,))
+    h = torch.empty_like(x, dtype=H_DTYPE) if keep_h else x.new_empty((0,))
     T = x.shape[0]
     M = x.numel() // T if T else 0
     if M:
         v_reset = _as_dtype(v_reset, x.dtype)
         grid = (triton.cdiv(M, BLOCK),)
-        _lif_forward_kernel[grid](x, spikes, h if keep_h else spikes, T, M, _inv_tau(tau, x.dtype),
-                                  _as_dtype(v_threshold, x.dtype), v_reset, v_reset, KEEP_H=keep_h,
-                                  BLOCK_SIZE=BLOCK, **_launch_options())
+        with _on_device_of(x):
+            _lif_forward_kernel[grid](x, spikes, h if keep_h else spikes, T, M, _inv_tau(tau, x.dtype),
+                                      _as_dtype(v_threshold, x.dtype), v_reset, v_reset, KEEP_H=keep_h,
+                                      BLOCK_SIZE=BLOCK, **_launch_options())
     return spikes, h
 
 
 def lif_backward(h: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
                  alpha: float, detach_reset: bool) -> torch.Tensor:
-    """Gradient of the input from ``H`` and the spikes' gradient."""
+    """Gradient of the input, in the spikes' dtype, from ``H`` (float32) and the spikes' gradient."""
     h = as_time_major_dense(h)
-    grad_spikes = like_layout(grad_spikes, h)
-    grad_x = torch.empty_like(h)
+    grad_spikes = like_layout(grad_spikes, h, grad_spikes.dtype)
+    grad_x = torch.empty_like(h, dtype=grad_spikes.dtype)
     T = h.shape[0]
     M = h.numel() // T if T else 0
     if M:
         grid = (triton.cdiv(M, BLOCK),)
-        _lif_backward_kernel[grid](h, grad_spikes, grad_x, T, M, (T - 1) * M, _inv_tau(tau, h.dtype),
-                                   _as_dtype(v_threshold, h.dtype), _as_dtype(v_reset, h.dtype), float(alpha),
-                                   DETACH_RESET=detach_reset, BLOCK_SIZE=BLOCK, **_launch_options())
+        with _on_device_of(h):
+            _lif_backward_kernel[grid](h, grad_spikes, grad_x, T, M, (T - 1) * M, _inv_tau(tau, h.dtype),
+                                       _as_dtype(v_threshold, h.dtype), _as_dtype(v_reset, h.dtype), float(alpha),
+                                       DETACH_RESET=detach_reset, BLOCK_SIZE=BLOCK, **_launch_options())
     return grad_x

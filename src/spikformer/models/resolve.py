@@ -40,11 +40,12 @@ def is_resolved(model: ModelConfig) -> bool:
 
 def resolve_model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     """The complete constructor arguments of ``name`` with ``overrides`` applied (a value None keeps the
-    variant's); unknown overrides are a ``ValueError`` naming the nearest option."""
+    variant's); unknown overrides are a ``TypeError`` naming the nearest option (Python's and timm's error for an
+    unexpected keyword argument)."""
     unknown = [key for key in overrides if key not in OVERRIDABLE]
     if unknown:
         hints = ", ".join(f"{key!r}{did_you_mean(key, OVERRIDABLE)}" for key in unknown)
-        raise ValueError(f"unknown model option {hints}; options: {', '.join(OVERRIDABLE)}")
+        raise TypeError(f"unknown model option {hints}; options: {', '.join(OVERRIDABLE)}")
     given = {key: value for key, value in overrides.items() if value is not None}
     if all(key in given for key in ARCHITECTURE_FIELDS):
         kwargs = {key: given[key] for key in ARCHITECTURE_FIELDS}  # complete: the table is not consulted
@@ -96,7 +97,7 @@ def constructor_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_model_config(model: ModelConfig, leave_num_classes_open: bool = False) -> ModelConfig:
-    """``model`` with every architecture field written out (``ValueError`` for an unknown name or option).
+    """``model`` with every architecture field written out (``ValueError`` for an unknown name).
     ``leave_num_classes_open`` keeps an unset ``num_classes`` unset, for a run that takes it from its data."""
     kwargs = resolve_model_kwargs(model.name, **model_overrides(model))
     if leave_num_classes_open and model.num_classes is None:
@@ -109,7 +110,7 @@ def resolve_config(config: Config, leave_num_classes_open: bool = False) -> Conf
     ``ConfigError`` naming the key to fix. Idempotent: a resolved config resolves to itself."""
     try:
         model = resolve_model_config(config.model, leave_num_classes_open)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ConfigError(f"model: {error}") from None
     _check_architecture(model)
     _check_ssl_grid(config, model)

@@ -6,12 +6,22 @@ import inspect
 from typing import Any
 
 import torch
+from timm.layers import register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .. import memory
+from .. import layers, memory
 from ..layers import Neuron, SpikformerBlock, build_stem
-from ..neurons import NeuronLayer, neuron_layer
+from ..neurons import NeuronLayer, SpikingNeuron, neuron_layer
+from ..neurons.lif import UnrolledLIF
+
+# torch.fx (timm's fx feature extraction, torchvision's create_feature_extractor) traces the model down to these
+# units and calls them as they are: each runs the neuron's custom autograd Function (the surrogate gradient,
+# which tracing through would lose) or branches on its input's device, shape or dtype.
+for _unit in (SpikingNeuron, UnrolledLIF, layers.SpikingConvStage, layers.LinearBNLIF, memory.SpikeMaxPool2d):
+    register_notrace_module(_unit)
+register_notrace_function(layers.scaled_spike_attention)
+register_notrace_function(layers.token_max_pool)
 
 
 class Spikformer(nn.Module):
@@ -53,7 +63,7 @@ class Spikformer(nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.T = T
         self.stem_name = stem
         self.neuron_name = neuron if isinstance(neuron, str) else getattr(neuron, "__name__", repr(neuron))
@@ -78,29 +88,7 @@ class Spikformer(nn.Module):
 
     def time_first(self, x: torch.Tensor) -> torch.Tensor:
         """Validate the input and return it as ``[T, B, C, H, W]``. Errors name the shape received, as given."""
-        shape = list(x.shape)
-        expected = (f"an image batch [B, {self.in_chans}, H, W] or event frames [B, T, {self.in_chans}, H, W] "
-                    f"with H and W multiples of {self.patch_size} (e.g. {self.img_size}x{self.img_size})")
-        if x.ndim not in (4, 5):
-            raise ValueError(f"expected {expected}, got a tensor of shape {shape} ({x.ndim} dimensions)")
-        B, C, H, W = x.shape[0], *x.shape[-3:]
-        T = self.T if x.ndim == 4 else x.shape[1]
-        if C != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {C}: the input must be {expected}; "
-                             f"received shape {shape}")
-        if T < 1 or B < 1:
-            raise ValueError(f"expected at least one time step and one sample: the input must be {expected}; "
-                             f"received shape {shape}")
-        if H % self.patch_size or W % self.patch_size or H == 0 or W == 0:
-            raise ValueError(f"input size {H}x{W} is not a positive multiple of the patch size {self.patch_size}: "
-                             f"the input must be {expected}; received shape {shape}. Resize or pad the input")
-        if x.ndim == 4:
-            x = x.unsqueeze(0).expand(self.T, *x.shape)  # the same frame at every step
-        else:
-            x = x.transpose(0, 1)  # event frames [B, T', C, H, W] -> [T', B, C, H, W]
-        if not x.is_floating_point():
-            x = x.float()
-        return x
+        return time_first(x, self.T, self.in_chans, self.patch_size, self.img_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
@@ -108,7 +96,7 @@ class Spikformer(nn.Module):
         # (which also restores the BatchNorm running statistics the recomputation would update twice).
         checkpointing = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
         with memory.spike_packing(self.pack_saved_spikes and self.training):
-            x = self.patch_embed(self.time_first(x))
+            x = self.patch_embed(time_first(x, self.T, self.in_chans, self.patch_size, self.img_size))
             for block in self.blocks:
                 x = memory.checkpoint_block(block, x) if checkpointing else block(x)
         return x
@@ -149,6 +137,9 @@ class Spikformer(nn.Module):
 
     # Class default, so that every model (and a model unpickled from before it existed) has it.
     pack_saved_spikes: bool = True
+    # The axis of forward_features' output [T, B, N, D] that holds the features (timm's feature_dim): its
+    # features are tokens over time, not a [B, C, H, W] map.
+    feature_dim: int = -1
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations (timm's switch;
@@ -204,9 +195,42 @@ class Spikformer(nn.Module):
             raise ValueError(f"global_pool={global_pool!r}: Spikformer pools by the mean over tokens and time steps; "
                              f"pass None or 'avg'")
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(self.head)
+        if num_classes == 0:
+            self.head = nn.Identity()
+            return
+        like = next(self.parameters(), None)  # the new head goes on the model's device, in its dtype and mode
+        where = dict(device=like.device, dtype=like.dtype) if like is not None else {}
+        self.head = nn.Linear(self.embed_dim, num_classes, **where).train(self.training)
+        _init_weights(self.head)
+
+
+@register_notrace_function  # branches on the input's shape: one call in a traced graph
+def time_first(x: torch.Tensor, T: int, in_chans: int, patch_size: int, img_size: int) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` (repeated over ``T`` steps) or event frames ``[B, T', C, H, W]`` as ``[T, B, C, H,
+    W]``, after checking them. Errors name the shape received, as given (``img_size`` is the example size)."""
+    shape = list(x.shape)
+    expected = (f"an image batch [B, {in_chans}, H, W] or event frames [B, T, {in_chans}, H, W] "
+                f"with H and W multiples of {patch_size} (e.g. {img_size}x{img_size})")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"expected {expected}, got a tensor of shape {shape} ({x.ndim} dimensions)")
+    B, C, H, W = x.shape[0], *x.shape[-3:]
+    steps = T if x.ndim == 4 else x.shape[1]
+    if C != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {C}: the input must be {expected}; "
+                         f"received shape {shape}")
+    if steps < 1 or B < 1:
+        raise ValueError(f"expected at least one time step and one sample: the input must be {expected}; "
+                         f"received shape {shape}")
+    if H % patch_size or W % patch_size or H == 0 or W == 0:
+        raise ValueError(f"input size {H}x{W} is not a positive multiple of the patch size {patch_size}: "
+                         f"the input must be {expected}; received shape {shape}. Resize or pad the input")
+    if x.ndim == 4:
+        x = x.unsqueeze(0).expand(T, *x.shape)  # the same frame at every step
+    else:
+        x = x.transpose(0, 1)  # event frames [B, T', C, H, W] -> [T', B, C, H, W]
+    if not x.is_floating_point():
+        x = x.float()
+    return x
 
 
 def _neuron_with_backend(neuron: Neuron, options: dict[str, Any] | None, lif_backend: str) -> NeuronLayer:

@@ -11,6 +11,7 @@ generated from the variant table: registering a variant registers its timm name.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from .spikformer import Spikformer
 # defaults; event counts are not normalised).
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 _ORIGIN = "https://github.com/ZK-Zhou/spikformer"
+log = logging.getLogger(__name__)
 
 
 def _family_cfg(variant: Variant) -> dict[str, Any]:
@@ -75,6 +77,8 @@ def _build(name: str, pretrained: bool = False, **kwargs: Any) -> Spikformer:
     timm_args = {key: kwargs.pop(key) for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
                                                   "features_only", "out_indices", "feature_cls") if key in kwargs}
     resolved = resolve_model_kwargs(name, **kwargs)
+    if pretrained:
+        _describe_source_file(name, timm_args)
     feature_cfg = dict(feature_cls="getter", out_indices=resolved["depth"])
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
@@ -92,11 +96,47 @@ def _build(name: str, pretrained: bool = False, **kwargs: Any) -> Spikformer:
     if dtype is not None:
         model = model.to(dtype)
     target = getattr(model, "model", model)  # a features_only wrapper holds the model
+    if pretrained and not timm_args.get("features_only"):
+        _say_if_the_head_was_not_loaded(name, target.pretrained_cfg.get("num_classes"), resolved["num_classes"])
     # What timm's save_for_hf writes into config.json: the complete description, so a folder rebuilds the
     # same architecture whatever the variant table says then.
     target._model_args = {k: v for k, v in resolved.items() if k != "drop_path_rate"}
     accept_checkpoint_dialects(target)
     return model
+
+
+def _describe_source_file(name: str, timm_args: dict[str, Any]) -> None:
+    """Fill in the pretrained config of a weights file (``pretrained_cfg_overlay=dict(file=...)``) from the file
+    itself, where the overlay leaves them out: its head's class count (timm keeps the stored classifier only
+    when it equals the model's ``num_classes``) and its first conv's input channels (from which timm adapts the
+    first conv to the model's ``in_chans``)."""
+    overlay = timm_args.get("pretrained_cfg_overlay")
+    if not isinstance(overlay, dict) or not overlay.get("file"):
+        return
+    from ..checkpoint import read_model_state
+
+    state, _ = read_model_state(overlay["file"])
+    state = timm_filter_fn(state)
+    overlay = dict(overlay)
+    head = state.get("head.weight")
+    overlay.setdefault("num_classes", int(head.shape[0]) if head is not None else 0)
+    first_conv = state.get("patch_embed.stages.0.conv.weight")
+    if first_conv is not None and "input_size" not in overlay:
+        overlay["input_size"] = (int(first_conv.shape[1]), *_family_cfg(VARIANTS.get(name))["input_size"][1:])
+    timm_args["pretrained_cfg_overlay"] = overlay
+
+
+def _say_if_the_head_was_not_loaded(name: str, source_classes: int | None, model_classes: int) -> None:
+    """timm drops the source's classifier when its class count differs from the model's: say so, in one line."""
+    if source_classes is None or source_classes == model_classes:
+        return
+    source = f"the weights' classifier has {source_classes} classes" if source_classes else \
+        "the weights carry no classifier"
+    if model_classes == 0:
+        log.warning(f"{name}: {source} and the model none (num_classes=0): the classifier is dropped")
+    else:
+        keep = f" (num_classes={source_classes} keeps the trained one)" if source_classes else ""
+        log.warning(f"{name}: {source} and the model {model_classes} classes: its head is initialised afresh{keep}")
 
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> Spikformer:

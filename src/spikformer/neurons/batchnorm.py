@@ -32,8 +32,13 @@ from .lif_backends import (
 
 
 def _bn_view(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` (tokens) or ``[T*B, C, H, W]``."""
-    return x.reshape(-1, x.shape[-1]) if isinstance(norm, nn.BatchNorm1d) else x.flatten(0, 1)
+    """The view of a time-first ``x`` that ``norm`` normalises: ``[T*B*N, D]`` for tokens ``[T, B, N, D]``,
+    ``[T*B, C, H, W]`` for images ``[T, B, C, H, W]``.
+
+    Decided by ``x``'s layout, not by ``norm``'s class: a BatchNorm1d converted to ``nn.SyncBatchNorm`` keeps
+    its channels but no longer says whether it was 1d or 2d.
+    """
+    return x.flatten(0, 1) if x.ndim == 5 else x.reshape(-1, x.shape[-1])
 
 
 def _stat_dims(y: torch.Tensor) -> tuple[int, ...]:

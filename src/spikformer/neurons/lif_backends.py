@@ -194,8 +194,10 @@ def _lif_triton(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
 
 @_lif_triton.register_fake
 def _(x, tau, v_threshold, v_reset, alpha, detach_reset, keep_h):
+    from ..kernels.triton_lif import H_DTYPE
+
     x = as_time_major_dense(x)
-    return torch.empty_like(x), (torch.empty_like(x) if keep_h else x.new_empty((0,)))
+    return torch.empty_like(x), (torch.empty_like(x, dtype=H_DTYPE) if keep_h else x.new_empty((0,)))
 
 
 @torch.library.custom_op("spikformer::lif_triton_backward", mutates_args=())
@@ -208,7 +210,7 @@ def _lif_triton_backward(h: torch.Tensor, grad_spikes: torch.Tensor, tau: float,
 
 @_lif_triton_backward.register_fake
 def _(h, grad_spikes, tau, v_threshold, v_reset, alpha, detach_reset):
-    return torch.empty_like(as_time_major_dense(h))
+    return torch.empty_like(as_time_major_dense(h), dtype=grad_spikes.dtype)
 
 
 def _lif_triton_setup(ctx, inputs, output) -> None:
@@ -306,6 +308,9 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     name = default_backend(x.device.type, x.dtype) if backend == "auto" else backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown LIF backend {name!r}; available: auto, {', '.join(lif_backends())}")
+    # the compiled kernels serve one device each: refuse the others here, before a fused layer calls a kernel
+    if name in ("c", "triton") and not _can_run(name, x.device.type, x.dtype):
+        raise RuntimeError(_unavailable_reason(name, x))
     return name
 
 

@@ -45,7 +45,7 @@ from .distributed import (
     gradient_accumulation_steps,
     init_distributed,
 )
-from .engine import autocast_dtype, resolve_device
+from .engine import autocast_dtype, check_lif_backend, resolve_device
 from .optim import build_optimizer, build_scheduler, set_schedule_position
 from .run_folder import check_resume_matches, lock_run_folder, prepare_run_folder, replace_run_file
 from .state import Position, capture_rng, load_training_state, save_training_state
@@ -96,9 +96,10 @@ class Task:
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch's first micro-batch (also a resumed one)."""
 
-    def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(self, loop: RunLoop, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """One micro-batch (on the device) -> the mean loss (a graph to backward) and statistics to sum over
-        the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``)."""
+        the epoch: ``count`` (samples) and any task-specific sums (e.g. ``correct``). Statistics may be
+        one-element device tensors: the loop reads them together with the loss, in one transfer."""
         raise NotImplementedError
 
     def epoch_stats(self, sums: dict[str, float]) -> dict[str, float]:
@@ -166,11 +167,12 @@ class RunLoop:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        check_lif_backend(config.model.lif_backend, self.device)
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
         self.is_main = self.dist.is_main
-        self.out_dir = Path(cfg.out_dir)
+        self.out_dir = Path(cfg.out_dir).expanduser()  # ~/runs is the home folder's, as in a shell
         if cfg.sync_bn and self.dist.enabled and self.device.type == "cpu":
             raise ConfigError("train.sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU implementation); set "
                               "train.sync_bn=false for CPU runs")
@@ -251,7 +253,7 @@ class RunLoop:
         resume = self.config.train.resume
         if resume is None:
             return None
-        path = self.out_dir / "last.safetensors" if resume == "auto" else Path(resume)
+        path = self.out_dir / "last.safetensors" if resume == "auto" else Path(resume).expanduser()
         if resume == "auto" and not path.exists():
             return None  # nothing to resume yet: start fresh
         if not path.exists():
@@ -277,6 +279,11 @@ class RunLoop:
         if path is not None:
             check_resume_matches(path, config_to_dict(self.config))  # the same settings, or exit 2 naming each
             self.resume(path)
+            if self.position.epoch > cfg.epochs:  # before config.yaml records the shorter run
+                raise ConfigError(f"cannot resume from {path}: the run has trained {self.position.epoch} epochs, "
+                                  f"more than train.epochs={cfg.epochs}; resume with train.epochs >= "
+                                  f"{self.position.epoch}, or fine-tune from its weights in a new run "
+                                  f"(model.pretrained={path})")
             self.has_checkpoint = path == self.out_dir / "last.safetensors"
         if self.is_main:
             # save_config's text, written whole or not at all (a restart compares it with its own config)
@@ -387,17 +394,18 @@ class RunLoop:
             sync = last_of_group or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
                 loss, stats = self.task.step(self, batch)
+                loss_value, stats = read_step(loss, stats)
                 # Every rank must take the same path: a rank skipping backward would leave the others waiting.
-                if not self.agree_on_step(loss):
+                if not self.agree_on_step(loss_value):
                     # Counted across epochs, so that a diverged run with short epochs still stops.
-                    self.consecutive_skips = self.handle_non_finite(loss, epoch, batch_index,
+                    self.consecutive_skips = self.handle_non_finite(loss_value, epoch, batch_index,
                                                                     self.consecutive_skips)
                     continue
                 self.consecutive_skips = 0
                 self.scaler.scale(loss / self.accum_steps).backward()
             if last_of_group:
                 self.optimizer_step()
-            sums["loss"] += float(loss.detach()) * stats["count"]
+            sums["loss"] += loss_value * stats["count"]
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
             now = time.perf_counter()
@@ -430,9 +438,9 @@ class RunLoop:
         return {**self.task.epoch_stats(reduced), "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": seconds, "train_images_per_s": reduced["count"] / max(seconds, 1e-9)}
 
-    def agree_on_step(self, loss: torch.Tensor) -> bool:
+    def agree_on_step(self, loss: float) -> bool:
         """Whether the loss is finite on every rank."""
-        (bad,) = all_reduce_max([0.0 if torch.isfinite(loss) else 1.0], self.device, self.dist)
+        (bad,) = all_reduce_max([0.0 if math.isfinite(loss) else 1.0], self.device, self.dist)
         return not bad
 
     def agree_on_stop(self) -> int | None:
@@ -456,9 +464,9 @@ class RunLoop:
         if not self.scheduler.t_in_epochs:
             set_schedule_position(self.scheduler, self.position.epoch, self.position.step)
 
-    def handle_non_finite(self, loss: torch.Tensor, epoch: int, batch_index: int, skips: int) -> int:
+    def handle_non_finite(self, loss: float, epoch: int, batch_index: int, skips: int) -> int:
         where = f"epoch {epoch + 1}, batch {batch_index + 1} (optimizer step {self.position.step + 1})"
-        value = float(loss.detach())
+        value = loss
         what = f"non-finite loss ({value})" if not math.isfinite(value) else \
             f"non-finite loss on another process (here {value:.4g})"
         self.optimizer.zero_grad(set_to_none=True)
@@ -483,7 +491,9 @@ class RunLoop:
     def check_finite_weights(self) -> None:
         """Refuse to save weights that an optimizer step made NaN/Inf (a finite loss can still give an
         overflowing update), so that saved files always hold the last good state."""
-        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        params = dict(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params.values()]).tolist() if params else []
+        bad = [name for name, ok in zip(params, finite) if not ok]
         if bad:
             raise NonFiniteLossError(
                 f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) after optimizer step "
@@ -577,6 +587,15 @@ class RunLoop:
     def restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def read_step(loss: torch.Tensor, stats: dict[str, float | torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The micro-batch's loss and statistics as host numbers, read in one device-to-host transfer: the one
+    host synchronisation of a step (the non-finite policy needs the loss before the backward pass)."""
+    on_device = [key for key, value in stats.items() if isinstance(value, torch.Tensor)]
+    scalars = [loss, *(stats[key] for key in on_device)]
+    loss_value, *read = torch.stack([t.detach().float().reshape(()) for t in scalars]).tolist()
+    return loss_value, {**stats, **dict(zip(on_device, read))}
 
 
 def own_epoch_sums(position: Position, rank: int, world_size: int) -> dict[str, float]:

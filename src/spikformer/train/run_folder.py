@@ -208,14 +208,14 @@ def prepare_run_folder(out_dir: str | Path, resume: str | None, overwrite: bool,
     """The checkpoint to resume from, or ``None`` for a fresh start in a folder that holds no earlier output
     (``overwrite`` deletes it first). ``config`` (the run's, as a dict) lets a restart of a run that was killed
     before its first checkpoint (only an identical ``config.yaml`` there) start again without ``overwrite``."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
     last = out_dir / "last.safetensors"
     if resume == "auto" and last.exists():
         return last
     if resume not in (None, "auto"):
-        path = Path(resume)
+        path = Path(resume).expanduser()
         if not path.exists():
             raise ConfigError(f"train.resume={resume}: no such checkpoint")
         found = [name for name in earlier_outputs(out_dir) if name != "config.yaml"]
@@ -227,8 +227,10 @@ def prepare_run_folder(out_dir: str | Path, resume: str | None, overwrite: bool,
     found = earlier_outputs(out_dir)
     # This very run, killed before it saved anything: nothing to lose. (Its TensorBoard folder holds at most
     # the first epoch's curves of the same run, which the restart writes again; its train.log continues.)
+    saved = _saved_config(out_dir)
+    # (compared as a resume compares: how the run is started, e.g. train.resume=auto, may differ)
     if [name for name in found if name not in APPENDED_OUTPUTS] == ["config.yaml"] and config is not None \
-            and _saved_config(out_dir) == config:
+            and isinstance(saved, dict) and not resume_differences(saved, config):
         return None
     if found:
         if not overwrite:

@@ -55,7 +55,9 @@ def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    # by device number: "rng.cuda.10" sorts before "rng.cuda.2" as a string
+    indices = sorted(int(k.removeprefix("rng.cuda.")) for k in tensors if k.startswith("rng.cuda."))
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in indices]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
     if "rng.numpy" in tensors and "numpy" in meta:

@@ -24,7 +24,7 @@ from ..data.checks import check_class_count, dataset_class_count, dataset_classe
 from ..data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
 from ..errors import CheckpointError
 from ..models import build_model
-from .engine import autocast, evaluate, topk_correct
+from .engine import autocast, evaluate, topk_hits
 from .loop import (  # noqa: F401  (re-exported: the names other modules import from here)
     MAX_CONSECUTIVE_SKIPS,
     NonFiniteLossError,
@@ -96,7 +96,7 @@ class ClassificationTask(Task):
         with autocast(loop.device, loop.amp_dtype):
             logits = loop.train_model(images)
         loss = self.criterion(logits.float(), labels)
-        correct = topk_correct(logits.detach().float(), labels, (1,))[0]
+        correct = topk_hits(logits.detach().float(), labels, (1,))[0]  # on the device: the loop reads it
         return loss, {"correct": correct, "count": float(len(images))}
 
     def epoch_stats(self, sums: dict[str, float]) -> dict[str, float]:
