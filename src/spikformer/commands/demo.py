@@ -36,12 +36,12 @@ def run(args) -> int:
     from ..checkpoint import load_model_from_checkpoint
     from ..data import build_dataset, build_loader
     from ..models import resolve_config
-    from ..train import Trainer, evaluate
-    from .train import fit_run
+    from ..train import evaluate
+    from .train import _trainer, fit_run
 
     start = time.perf_counter()
     args.overrides = [f"train.out_dir={DEMO_OUT_DIR}", *args.overrides]  # the command line's own one wins
-    config, _, _ = fit_run(Trainer, args)
+    config, _, _ = fit_run(_trainer, args)
     train_seconds = time.perf_counter() - start
 
     # The final weights, not best.safetensors: the digits have no separate validation split, so picking the
