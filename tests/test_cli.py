@@ -65,13 +65,13 @@ def test_console_entry_point_runs_as_a_module():
 
 def test_train_writes_config_metrics_and_both_checkpoints(tiny_run):
     assert sorted(p.name for p in tiny_run.iterdir() if not p.name.startswith(".")) == [
-        "best.safetensors", "config.yaml", "last.safetensors", "metrics.csv"]
+        "best.safetensors", "config.yaml", "last.safetensors", "metrics.csv", "train.log"]
     config = load_config(tiny_run / "config.yaml")  # the resolved config, readable by load_config
     assert (config.model.embed_dim, config.model.T, config.train.epochs) == (16, 2, 2)
     with (tiny_run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == METRIC_COLUMNS
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # epochs are numbered from 1, as on the console
     for row in rows:
         assert 0 <= float(row["val_top1"]) <= float(row["val_top5"]) <= 100
         assert float(row["train_loss"]) > 0 and float(row["lr"]) > 0 and float(row["train_images_per_s"]) > 0

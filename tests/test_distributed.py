@@ -93,7 +93,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, sing
 
     # Only rank 0 wrote the run folder: one row per epoch, with losses and accuracies reduced over both ranks.
     ddp_rows, single_rows = read_metrics(out / "metrics.csv"), read_metrics(single_dir / "metrics.csv")
-    assert [row["epoch"] for row in ddp_rows] == ["0", "1"]
+    assert [row["epoch"] for row in ddp_rows] == ["1", "2"]
     for ddp, single in zip(ddp_rows, single_rows):
         for column in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
             if single[column] or ddp[column]:  # validation runs after the last epoch only (train.eval_every=2)
@@ -284,7 +284,7 @@ def test_pretraining_on_two_processes_matches_one_process_on_the_same_global_bat
     assert ddp_meta["position"]["step"] == 4 and set(ddp_meta["rng_ranks"]) == {"1"}
     ddp_rows = read_metrics(pretraining_on_two_processes / "metrics.csv")
     single_rows = read_metrics(single / "metrics.csv")
-    assert [row["epoch"] for row in ddp_rows] == ["0", "1"]
+    assert [row["epoch"] for row in ddp_rows] == ["1", "2"]
     for ddp, one in zip(ddp_rows, single_rows):
         for column in ("train_loss", "val_loss"):
             assert float(ddp[column]) == pytest.approx(float(one[column]), rel=1e-5), column

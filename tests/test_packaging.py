@@ -225,4 +225,4 @@ def test_a_wheel_installed_elsewhere_runs_version_models_and_demo_in_an_empty_fo
     assert "spikformer_cifar_4_384" in spikformer_cli("models")
     demo = spikformer_cli("demo", *TINY)
     assert "test accuracy:" in demo and "firing rate per spiking layer" in demo
-    assert (empty / "runs" / "digits" / "last.safetensors").is_file()
+    assert (empty / "runs" / "demo" / "last.safetensors").is_file()  # its own folder, apart from runs/digits

@@ -89,8 +89,8 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path
 
     capsys.readouterr()
     assert main(train_argv(data, out, "--resume", "auto")) == 0
-    assert f"resumed from {out / 'last.safetensors'} at epoch {killed_at['epoch']}, batch {killed_at['batch']}" \
-        in capsys.readouterr().out
+    assert (f"resumed from {out / 'last.safetensors'}: in epoch {killed_at['epoch'] + 1} of {EPOCHS}, after batch "
+            f"{killed_at['batch']} of 10") in capsys.readouterr().out
     assert_same_run(out, reference, EPOCHS, ("lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"))
 
 
@@ -113,7 +113,7 @@ def kill_mid_epoch(process: multiprocessing.Process, out: Path, batches_per_epoc
     killed_at = position(out / "last.safetensors")
     assert killed_at["epoch"] >= 1 and 0 < killed_at["batch"] < batches_per_epoch
     done = [int(row["epoch"]) for row in metrics_rows(out / "metrics.csv")]
-    assert done[: killed_at["epoch"]] == list(range(killed_at["epoch"]))  # every finished epoch was logged
+    assert done[: killed_at["epoch"]] == list(range(1, killed_at["epoch"] + 1))  # every finished epoch was logged
     return killed_at
 
 
@@ -127,7 +127,7 @@ def assert_same_run(out: Path, reference: Path, epochs: int, columns: tuple[str,
     different = [key for key in expected if not torch.equal(final[key], expected[key])]
     assert not different, f"differs from the uninterrupted run: {different[:5]}"
     rows, expected_rows = metrics_rows(out / "metrics.csv"), metrics_rows(reference / "metrics.csv")
-    assert [row["epoch"] for row in rows] == [str(e) for e in range(epochs)]  # each epoch logged exactly once
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, epochs + 1)]  # each epoch logged once
     for row, expected_row in zip(rows, expected_rows):
         for column in columns:
             assert row[column] == expected_row[column], (row["epoch"], column)
@@ -158,7 +158,7 @@ def test_pretraining_killed_mid_epoch_then_resumed_equals_an_uninterrupted_run(t
         assert main(pretrain_argv(out, "--resume", "auto")) == 0
     finally:
         torch.use_deterministic_algorithms(False)
-    assert f"at epoch {killed_at['epoch']}, batch {killed_at['batch']}" in capsys.readouterr().out
+    assert f"in epoch {killed_at['epoch'] + 1} of 3, after batch {killed_at['batch']} of 8" in capsys.readouterr().out
     assert_same_run(out, reference, 3, ("lr", "train_loss", "val_loss"))
 
 
@@ -215,4 +215,4 @@ def test_a_kill_at_the_end_of_a_pretraining_epoch_loses_no_metrics_row(tmp_path,
         main(pretrain_argv(out, "train.deterministic=false"))
     monkeypatch.undo()
     assert main(pretrain_argv(out, "train.deterministic=false", "--resume", "auto")) == 0
-    assert [row["epoch"] for row in metrics_rows(out / "metrics.csv")] == ["0", "1", "2"]
+    assert [row["epoch"] for row in metrics_rows(out / "metrics.csv")] == ["1", "2", "3"]

@@ -104,8 +104,10 @@ def test_a_signal_from_outside_saves_a_checkpoint_and_exits_with_128_plus_its_nu
     config = load_config(tmp_path / "tiny.yaml", ["train.resume=auto", f"train.epochs={resumed_epochs}"])
     caplog.set_level(logging.INFO, logger="spikformer")  # the run's messages go through the spikformer logger
     result = Trainer(config).fit()
-    assert f"resumed from {last} at epoch {saved['epoch']}, batch {saved['batch']}" in caplog.text
-    assert result["epoch"] == resumed_epochs - 1
+    where = (f"in epoch {saved['epoch'] + 1} of {resumed_epochs}, after batch {saved['batch']} of {BATCHES_PER_EPOCH}"
+             if saved["batch"] else f"after epoch {saved['epoch']} of {resumed_epochs}")
+    assert f"resumed from {last}: {where}" in caplog.text
+    assert result["epoch"] == resumed_epochs  # the last epoch, numbered from 1
     assert position(last)["epoch"] == resumed_epochs and position(last)["step"] == resumed_epochs * BATCHES_PER_EPOCH
 
 
@@ -158,7 +160,7 @@ def test_sigterm_during_the_last_pretraining_validation_saves_and_exits_143(tmp_
     assert signal.getsignal(signal.SIGTERM) is before
     assert position(tmp_path / "run" / "last.safetensors")["epoch"] == 3  # the last epoch, validated and saved
     with (tmp_path / "run" / "metrics.csv").open() as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
 
 
 def write_config(path: Path, overrides: list[str]) -> Path:
@@ -193,7 +195,7 @@ def test_nan_policy_skip_skips_the_bad_steps_and_finishes(tmp_path, caplog):
     out = caplog.text
     assert "non-finite loss (nan) at epoch 1, batch 3 (optimizer step 3); step skipped" in out
     assert "non-finite loss (nan) at epoch 2, batch 2 (optimizer step 5); step skipped" in out
-    assert result["epoch"] == 1
+    assert result["epoch"] == 2  # the second (last) epoch, numbered from 1
     assert position(tmp_path / "last.safetensors")["step"] == 2 * BATCHES_PER_EPOCH - 2
     tensors, _ = read_checkpoint(tmp_path / "last.safetensors")
     assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
@@ -274,7 +276,7 @@ def test_metrics_of_an_interrupted_run_are_not_duplicated_on_resume(tmp_path):
     first.fit()
     Trainer(load_config(None, tiny(tmp_path, "train.epochs=2", "train.resume=auto"))).fit()
     with (tmp_path / "metrics.csv").open() as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
 
 
 def finished_run(tmp_path: Path, *extra: str) -> list[str]:

@@ -156,7 +156,7 @@ def check_after_a_kill(out: Path, saved_step: int, where: str) -> int:
     if (out / "metrics.csv").exists():
         logged = [int(row["epoch"]) for row in metrics_rows(out / "metrics.csv")]
         # Every finished epoch once; the row of the epoch whose checkpoint the kill interrupted may be there too.
-        assert logged in (list(range(position["epoch"])), list(range(position["epoch"] + 1))), \
+        assert logged in (list(range(1, position["epoch"] + 1)), list(range(1, position["epoch"] + 2))), \
             f"metrics rows {logged} at {where}, checkpoint at {position}"
     return position["step"]
 

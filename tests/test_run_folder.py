@@ -188,7 +188,7 @@ def test_a_resume_that_cannot_finish_rewriting_metrics_csv_keeps_every_row(tmp_p
 
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,lr,train_loss\n" + "".join(f"{e},0.0012345678901234,1.234567890123456\n"
-                                                      for e in range(40)))
+                                                      for e in range(1, 41)))
     before = path.read_text()
     assert on_a_full_disk(1024, trim_metrics, path, 30) == "OSError"  # the kept rows are larger than 1 KiB
     assert path.read_text() == before and temporaries(tmp_path) == []
@@ -211,8 +211,9 @@ def test_a_restart_that_cannot_finish_rewriting_config_yaml_leaves_a_folder_the_
     # 16 KiB: config.yaml (about 2 KiB) is written, the first checkpoint (about 130 KiB) is not.
     assert on_a_full_disk(16 * 1024, start) == "OSError"
     # (and the TensorBoard folder where tensorboard is installed: the same run's curves, not an earlier run's)
+    # train.log holds the failed start's messages; the restart appends to it.
     left = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name not in (LOCK_FILE, "tensorboard"))
-    assert left == ["config.yaml"]
+    assert left == ["config.yaml", "train.log"]
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert on_a_full_disk(1024, start) == "OSError"  # config.yaml itself does not fit
     assert (tmp_path / "run" / "config.yaml").read_text() == saved and temporaries(tmp_path / "run") == []

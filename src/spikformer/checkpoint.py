@@ -537,6 +537,32 @@ def stored_config(path: str | Path, metadata: dict[str, Any], overrides: list[st
     return config
 
 
+MAX_CLASS_NAME_CHARS = 256
+
+
+def stored_class_names(path: str | Path, metadata: dict[str, Any]) -> list[str] | None:
+    """The class names in label order that a checkpoint's metadata stores under ``class_names`` (written by
+    training when its dataset names its classes), or None when it stores none. Checked: a list of at most
+    ``STORED_SIZE_LIMITS``' class count of distinct, non-empty strings of bounded length."""
+    names = metadata.get("class_names")
+    if names is None:
+        return None
+    limit = STORED_SIZE_LIMITS[("model", "num_classes")]
+    if not (isinstance(names, list) and 0 < len(names) <= limit
+            and all(isinstance(n, str) and 0 < len(n) <= MAX_CLASS_NAME_CHARS for n in names)
+            and len(set(names)) == len(names)):
+        raise CheckpointError(f"{path}: its class_names are not a list of 1 to {limit} distinct names of 1 to "
+                              f"{MAX_CLASS_NAME_CHARS} characters; the file is damaged or was not written by "
+                              f"spikformer")
+    return names
+
+
+def checkpoint_class_names(path: str | Path) -> list[str] | None:
+    """``stored_class_names`` of any checkpoint file (None for files that cannot store them: official and
+    legacy ``.pth`` weights)."""
+    return stored_class_names(path, read_checkpoint_metadata(path)) if is_safetensors(path) else None
+
+
 def _bounded_locally(path: str | Path, raw: dict[str, Any], chosen: set[tuple[str, str]]) -> dict[str, Any]:
     raw = {name: dict(values or {}) for name, values in raw.items()}
     for (section, key), value in LOCAL_ONLY.items():

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..console import progress_bar
 from ..neurons import SpikingNeuron
 
 # The parts of a Spikformer a LIF belongs to, by the last names of its module path (checked in order).
@@ -103,7 +103,7 @@ def iterate_inputs(batches: Iterable, max_batches: int | None = None, progress: 
     total = None
     if hasattr(batches, "__len__"):
         total = len(batches) if max_batches is None else min(len(batches), max_batches)
-    bar = tqdm(batches, desc=desc, total=total, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(batches, enabled=progress, desc=desc, total=total)
     for i, batch in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break

@@ -110,7 +110,13 @@ def input_batches(args, model, config, trained: bool) -> list:
         events = get_variant(config.model.name).family == "dvs"
         return random_batches(model, args.batch_size or 8, args.batches or 1, seed=args.seed, events=events)
     batch_size = args.batch_size or config.data.eval_batch_size or config.data.batch_size
-    loader = build_loader(build_dataset(config, source), batch_size, train=False, seed=args.seed)
+    dataset = build_dataset(config, source)
+    if trained:  # the data the checkpoint was trained on, by its class names (when it stores them)
+        from ..checkpoint import checkpoint_class_names
+        from ..data.checks import check_class_names
+
+        check_class_names(dataset, checkpoint_class_names(args.checkpoint), str(args.checkpoint), config.data.name)
+    loader = build_loader(dataset, batch_size, train=False, seed=args.seed)
     batches = []
     for i, batch in enumerate(loader):
         if i >= (args.batches or 10):
@@ -188,8 +194,11 @@ def run(args) -> int:
     written = [out / "layers.csv", out / "firing_rates.csv"]
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        from ..checkpoint import checkpoint_class_names
+
+        class_names = checkpoint_class_names(args.checkpoint) if trained else None
         document = {**report.to_dict(), "static": figures.to_dict(),
-                    "weights": str(args.checkpoint) if trained else "random",
+                    "weights": str(args.checkpoint) if trained else "random", "class_names": class_names,
                     "input": args.data if args.data != "auto" else ("val" if trained else "random")}
         Path(args.json).write_text(json.dumps(document, indent=2))
         written.append(Path(args.json))

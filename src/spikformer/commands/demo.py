@@ -1,8 +1,12 @@
 """``spikformer demo``: train a small Spikformer on the embedded digits, then report what it learned.
 
 Prints the test accuracy, the firing rate of every spiking layer, the synaptic operations and theoretical
-energy per image (and the same network's energy as an ANN, see docs/energy.md), and the wall time. Used by
-``make demo``.
+energy per image in mJ, the unit of every energy figure (and the same network's energy as an ANN, see
+docs/energy.md), and the wall time. Used by ``make demo``.
+
+The run folder is ``runs/demo`` (``train.out_dir=...`` chooses another), apart from ``runs/digits`` where
+``spikformer train --config digits`` writes. Like ``train``, the demo never replaces an earlier run: a folder
+holding one is refused unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import time
 from . import add_config_arguments
 
 log = logging.getLogger(__name__)
+DEMO_OUT_DIR = "runs/demo"
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="train and evaluate on the embedded digits (make demo)")
     add_config_arguments(parser, required=False)
-    parser.set_defaults(func=run, config="digits")  # the packaged config: works outside a clone
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"start over in a run folder that holds an earlier run (default folder {DEMO_OUT_DIR})")
+    # The packaged config works outside a clone. No --resume: the demo reports on a fresh run.
+    parser.set_defaults(func=run, config="digits", resume=None)
 
 
 def run(args) -> int:
@@ -26,14 +34,14 @@ def run(args) -> int:
 
     from ..analysis import measure_energy
     from ..checkpoint import load_model_from_checkpoint
-    from ..config import load_config
     from ..data import build_dataset, build_loader
     from ..models import resolve_config
-    from ..train import Trainer, evaluate
+    from ..train import evaluate
+    from .train import _trainer, fit_run
 
     start = time.perf_counter()
-    config = load_config(args.config, [*args.overrides, "train.overwrite=true"])
-    Trainer(config).fit()
+    args.overrides = [f"train.out_dir={DEMO_OUT_DIR}", *args.overrides]  # the command line's own one wins
+    config, _, _ = fit_run(_trainer, args)
     train_seconds = time.perf_counter() - start
 
     # The final weights, not best.safetensors: the digits have no separate validation split, so picking the
@@ -45,8 +53,8 @@ def run(args) -> int:
     log.info("\nfiring rate per spiking layer (spikes per neuron per time step, test set):")
     for name, rate in report.firing_rates.items():
         log.info(f"  {name:<36} {rate:6.3f}")
-    log.info(f"\nper test image: {report.sops / 1e6:.2f}M synaptic operations, energy {report.energy_mj * 1e3:.2f} uJ "
-             f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj * 1e3:.2f} uJ, "
+    log.info(f"\nper test image: {report.sops / 1e6:.2f}M synaptic operations, energy {report.energy_mj:.4g} mJ "
+             f"(45 nm: E_MAC 4.6 pJ, E_AC 0.9 pJ); as an ANN {report.ann_energy_mj:.4g} mJ, "
              f"{report.ann_energy_mj / report.energy_mj:.1f}x more")
     log.info(f"\ntest accuracy: {result['top1']:.1f}%  ({result['count']} test images, T={model.T})")
     log.info(f"wall time: {time.perf_counter() - start:.0f} s (training {train_seconds:.0f} s)")

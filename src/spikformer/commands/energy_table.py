@@ -63,11 +63,11 @@ def _model_overrides(texts: list[str]) -> dict:
 
 def _variant_rows(args, energy_model) -> list:
     import torch
-    from tqdm.auto import tqdm
 
     from ..analysis import calibrate_batchnorm, measure_energy
     from ..analysis.inputs import random_batches
     from ..analysis.table import table_row
+    from ..console import progress_bar
     from ..errors import ConfigError
     from ..models import VARIANTS, create_model, get_variant
 
@@ -76,7 +76,7 @@ def _variant_rows(args, energy_model) -> list:
         raise ConfigError(f"no registered variant contains {args.models!r}; `spikformer models` lists them")
     overrides = _model_overrides(args.overrides)
     rows = []
-    for name in tqdm(names, desc="energy table", leave=False, dynamic_ncols=True):
+    for name in progress_bar(names, desc="energy table"):
         torch.manual_seed(args.seed)
         try:
             model = create_model(name, **overrides)

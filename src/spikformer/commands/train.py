@@ -70,6 +70,6 @@ def _trainer():
 def run(args) -> int:
     config, result, is_main = fit_run(_trainer, args)
     if is_main:
-        log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch'] + 1}); run folder "
+        log.info(f"best val top-1 {result['best_top1']:.2f}% (epoch {result['best_epoch']}); run folder "
                  f"{config.train.out_dir}")
     return 0

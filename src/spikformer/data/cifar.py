@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DatasetError
 from .digits import take_fraction_per_class
 from .registry import model_input, register_dataset
-from .transforms import image_transform, pil_mode
+from .transforms import grey_conversion_note, image_transform, pil_mode
 
 # The original CIFAR recipe normalises both CIFAR-10 and CIFAR-100 with CIFAR-10's statistics (SPEC §2).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -193,6 +193,12 @@ class CifarDataset(Dataset):
         self.transform = transform
         self.mode = mode
 
+    name = "cifar10"  # the data.name it was built for, named in messages
+
+    def input_conversion(self) -> str | None:
+        """One line when the stored RGB images are made grey for a 1-channel model, else None."""
+        return grey_conversion_note(self.name, f"image 0 of {self.name}", "RGB") if self.mode == "L" else None
+
     def keep(self, indices: np.ndarray) -> None:
         """Restrict the split to ``indices`` (e.g. a labelled fraction for fine-tuning)."""
         self.images, self.labels = self.images[indices], self.labels[indices]
@@ -224,6 +230,7 @@ def build_cifar(config, split: str, name: str) -> CifarDataset:
     transform = image_transform(data, train, model["img_size"], model["in_chans"], CIFAR_MEAN, CIFAR_STD,
                                 crop_pct=1.0)
     dataset = CifarDataset(folder, layout, train, transform, pil_mode(model["in_chans"], name))
+    dataset.name = name
     if train and data.train_fraction < 1.0:
         dataset.keep(take_fraction_per_class(dataset.labels, data.train_fraction))
     return dataset

@@ -46,6 +46,7 @@ class DigitsDataset(Dataset):
     """``(image [C, S, S], label)``; training images are randomly shifted by up to ``shift`` pixels."""
 
     num_classes = 10
+    classes = [str(digit) for digit in range(10)]
 
     def __init__(self, split: str, img_size: int = 32, in_chans: int = 1, shift: int = 0,
                  train_fraction: float = 1.0) -> None:

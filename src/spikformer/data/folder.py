@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DatasetError
 from .digits import take_fraction_per_class
 from .registry import model_input, register_dataset
-from .transforms import image_transform, pil_mode
+from .transforms import COLOUR_MODES, grey_conversion_note, image_transform, pil_mode
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation", "test")}
@@ -114,6 +114,8 @@ def eight_bit_grey(image: Image.Image, path: str) -> Image.Image:
 class ImageFolderDataset(Dataset):
     """``(transform(PIL image in ``mode``), label)`` for each image of a folder-per-class split."""
 
+    name = "folder"  # the data.name it was built for, named in messages
+
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform=None, mode: str = "RGB") -> None:
         self.samples = samples
         self.classes = classes
@@ -127,6 +129,22 @@ class ImageFolderDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def input_conversion(self, looked_at: int = 32) -> str | None:
+        """One line when colour images are made grey for a 1-channel model, else None. Reads the headers (not
+        the pixels) of up to ``looked_at`` images spread over the split."""
+        if self.mode != "L" or not self.samples:
+            return None
+        step = max(1, len(self.samples) // looked_at)
+        for path, _ in self.samples[::step][:looked_at]:
+            try:
+                with Image.open(path) as image:
+                    mode = image.mode
+            except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded
+                continue
+            if mode in COLOUR_MODES:
+                return grey_conversion_note(self.name, path, mode)
+        return None
 
     def load(self, path: str) -> Image.Image:
         try:
@@ -168,7 +186,9 @@ def build_image_folder(config, split: str, name: str) -> ImageFolderDataset:
     model = model_input(config)
     transform = image_transform(data, train, model["img_size"], model["in_chans"], IMAGENET_DEFAULT_MEAN,
                                 IMAGENET_DEFAULT_STD, crop_pct=0.875)
-    return ImageFolderDataset(samples, classes, transform, pil_mode(model["in_chans"], name))
+    dataset = ImageFolderDataset(samples, classes, transform, pil_mode(model["in_chans"], name))
+    dataset.name = name
+    return dataset
 
 
 @register_dataset("imagenet")

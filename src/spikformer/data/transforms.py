@@ -34,6 +34,16 @@ def pil_mode(in_chans: int, dataset: str) -> str:
     return PIL_MODES[in_chans]
 
 
+# PIL modes that hold colour (a palette may): converting them to grey loses it.
+COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA"})
+
+
+def grey_conversion_note(dataset: str, example: str, mode: str) -> str:
+    """The one line that says colour images are made grey for a 1-channel model."""
+    return (f"data.name={dataset}: colour images (e.g. {example}, {mode}) are converted to grey for model.in_chans=1 "
+            f"(PIL's luma); set model.in_chans=3 to train on the colours")
+
+
 def channel_statistics(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
     """Per-channel statistics for ``in_chans`` channels: RGB values averaged for a grey model."""
     if len(values) == in_chans:

@@ -107,22 +107,26 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None,
              dist_info: DistInfo | None = None, progress: bool = False) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy over ``loader`` (reduced over ranks)."""
-    from tqdm.auto import tqdm
+    """Top-1 accuracy (%), top-5 accuracy (%) when the model has more than 5 classes (with 5 or fewer every
+    label is among the top 5: the figure would say nothing), and mean cross-entropy over ``loader`` (reduced
+    over ranks)."""
+    from ..console import progress_bar
 
     model.eval()
     # [loss, top-1, top-5] summed on the device and read once at the end: no host synchronisation per batch
     sums, count = torch.zeros(3, dtype=torch.float64, device=device), 0
-    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    num_classes = getattr(model, "num_classes", None)
+    for images, labels in progress_bar(loader, enabled=progress, desc="eval"):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()
+        num_classes = logits.shape[1]
         loss = F.cross_entropy(logits, labels, reduction="sum")
         sums += torch.cat([loss.reshape(1), topk_hits(logits, labels)]).to(sums.dtype)
         count += len(labels)
     loss_sum, correct1, correct5, count = all_reduce_sum([*sums.tolist(), count], device, dist_info or DistInfo())
+    top5 = {"top5": 100.0 * correct5 / count if count else math.nan} if num_classes is None or num_classes > 5 else {}
     if count == 0:
-        return {"top1": math.nan, "top5": math.nan, "loss": math.nan, "count": 0}
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "count": int(count)}
+        return {"top1": math.nan, **top5, "loss": math.nan, "count": 0}
+    return {"top1": 100.0 * correct1 / count, **top5, "loss": loss_sum / count, "count": int(count)}

@@ -32,7 +32,8 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import Config, config_to_dict, format_config
+from ..config import Config, config_to_dict
+from ..console import collect_records, progress_bar, run_log_file
 from ..data import build_dataset, build_loader
 from ..errors import ConfigError
 from ..models import resolve_config
@@ -153,6 +154,13 @@ class RunLoop:
 
     def __init__(self, config: Config, task: Task, *, model: nn.Module | None = None,
                  train_dataset: Dataset | None = None, val_dataset: Dataset | None = None) -> None:
+        # What the set-up says (e.g. how the data is converted) also goes into train.log, opened by fit().
+        self.setup_records: list[logging.LogRecord] = []
+        with collect_records(self.setup_records):
+            self.build(config, task, model, train_dataset, val_dataset)
+
+    def build(self, config: Config, task: Task, model: nn.Module | None, train_dataset: Dataset | None,
+              val_dataset: Dataset | None) -> None:
         # The architecture is resolved once, here; an unset class count is taken from the dataset (check_data).
         self.config = config = resolve_config(config, leave_num_classes_open=True)
         self.task = task
@@ -174,6 +182,7 @@ class RunLoop:
         # before that); random numbers drawn while training differ per rank (seeded at the end).
         seed_everything(cfg.seed, cfg.deterministic)
         self.train_set, self.val_set = self.build_datasets(train_dataset, val_dataset)
+        self.class_names: list[str] | None = None  # in label order, when the dataset names them (check_data)
         task.check_data(self)
         data = config.data
         cuda = self.device.type == "cuda"
@@ -258,7 +267,8 @@ class RunLoop:
 
     def fit(self) -> dict[str, Any]:
         """Run the configured epochs; return the task's result (the last metrics and what it adds)."""
-        with lock_run_folder(self.out_dir, self.is_main) as lock:  # one run writes a folder at a time
+        # One run writes a folder at a time; train.log is opened once the folder is prepared (see _fit).
+        with lock_run_folder(self.out_dir, self.is_main) as lock, contextlib.ExitStack() as self.run_outputs:
             self.folder_lock = lock
             try:
                 return self._fit()
@@ -270,6 +280,7 @@ class RunLoop:
         if self.is_main:
             # Never a fresh start over earlier output without --overwrite, whatever file is missing.
             prepare_run_folder(self.out_dir, cfg.resume, cfg.overwrite, config_to_dict(self.config))
+        self.run_outputs.enter_context(run_log_file(self.out_dir / "train.log", self.setup_records, self.is_main))
         barrier(self.dist)
         path = self.resume_path()
         if path is not None:
@@ -284,10 +295,7 @@ class RunLoop:
         if self.is_main:
             # save_config's text, written whole or not at all (a restart compares it with its own config)
             replace_run_file(self.out_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
-            self.log(format_config(self.config))
-            self.log(f"global batch {self.global_batch_size} = data.batch_size {self.config.data.batch_size} x "
-                     f"{self.dist.world_size} processes x {self.accum_steps} accumulation steps; "
-                     f"{self.steps_per_epoch} optimizer steps per epoch")
+            self.log(self.run_summary())
         writer = self.tensorboard_writer()
         handlers = self.install_signal_handlers()
         metrics: dict[str, Any] = {}
@@ -297,13 +305,13 @@ class RunLoop:
                 train_stats = self.train_one_epoch(epoch)
                 self.position = Position(epoch + 1, 0, self.position.step, self.position.best_top1,
                                          self.position.best_epoch)
-                metrics = {"epoch": epoch, **train_stats}
+                metrics = {"epoch": epoch + 1, **train_stats}  # epochs are counted from 1 in every output
                 if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == self.total_epochs:
                     metrics.update(self.validate())
                 score = self.task.score(metrics)
                 improved = score is not None and score > self.position.best_top1
                 if improved:
-                    self.position.best_top1, self.position.best_epoch = score, epoch
+                    self.position.best_top1, self.position.best_epoch = score, epoch  # the position counts from 0
                 if improved or score is None:
                     self.check_finite_weights()
                 self.check_run_folder()
@@ -329,16 +337,43 @@ class RunLoop:
                                             scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                             rank=self.dist.rank, reseed=cfg.seed + self.dist.rank)
         self.position.epoch_sums = own_epoch_sums(self.position, self.dist.rank, self.dist.world_size)
-        self.log(f"resumed from {path} at epoch {self.position.epoch}, batch {self.position.batch}")
+        self.log(f"resumed from {path}: {self.describe_position()}")
         if self.is_main:
             trim_metrics(self.out_dir / "metrics.csv", self.position.epoch)
+
+    def describe_position(self) -> str:
+        """Where the run stands, in the 1-based epoch numbering of every output: "after epoch 3 of 15" or
+        "in epoch 4 of 15, after batch 5 of 22"."""
+        epoch, batch = self.position.epoch, self.position.batch
+        if batch == 0:
+            return f"after epoch {epoch} of {self.total_epochs}" if epoch else "at the start"
+        return (f"in epoch {epoch + 1} of {self.total_epochs}, after batch {batch} of "
+                f"{self.steps_per_epoch * self.accum_steps}")
+
+    def run_summary(self) -> str:
+        """A few lines on what this run trains and how (the full resolved config is in ``config.yaml``)."""
+        config, model = self.config, self.config.model
+        data, optim = config.data, config.optim
+        parameters = sum(p.numel() for p in self.model.parameters())
+        classes = f", {model.num_classes} classes" if model.num_classes is not None else ""
+        lines = [
+            f"run folder {self.out_dir} (full resolved config in {self.out_dir / 'config.yaml'}, messages in "
+            f"{self.out_dir / 'train.log'})",
+            f"model {model.name}: {parameters / 1e6:.2f}M parameters, depth {model.depth}, embed_dim "
+            f"{model.embed_dim}, T={model.T}, input {model.in_chans}x{model.img_size}x{model.img_size}{classes}",
+            f"data {data.name}: {len(self.train_set)} training / {len(self.val_set)} validation samples; global "
+            f"batch {self.global_batch_size} = data.batch_size {data.batch_size} x {self.dist.world_size} "
+            f"processes x {self.accum_steps} accumulation steps; {self.steps_per_epoch} optimizer steps per epoch",
+            f"optim {optim.name} lr {optim.lr:g}, weight decay {optim.weight_decay:g}, {optim.schedule} schedule, "
+            f"warm-up {optim.warmup_epochs:g} epochs; {self.total_epochs} epochs on {self.device}, "
+            f"autocast {str(self.amp_dtype).removeprefix('torch.') if self.amp_dtype else 'off'}",
+        ]
+        return "\n".join(lines)
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch from ``self.position.batch`` on; return its logged training metrics (reduced over
         ranks). Gradients of ``accum_steps`` micro-batches are summed before each optimizer step; DDP
         all-reduces them once, on the last micro-batch of each group."""
-        from tqdm.auto import tqdm
-
         cfg = self.config.train
         start = self.position.batch
         self.train_loader.sampler.set_epoch(epoch, start)
@@ -351,9 +386,11 @@ class RunLoop:
         # Micro-batches past the last whole accumulation group are left out, like a dropped last batch.
         batches = self.steps_per_epoch * self.accum_steps
         sums = {"loss": 0.0, "count": 0.0, "time": 0.0, **self.position.epoch_sums}
-        bar = tqdm(self.train_loader, total=batches, initial=start, leave=False,
-                   disable=not (cfg.progress and self.is_main),
-                   desc=f"{self.task.label} {epoch + 1}/{self.total_epochs}", dynamic_ncols=True)
+        # A bar on a terminal; otherwise (a log file, a cluster job) a plain line every train.log_interval batches.
+        show = cfg.progress and self.is_main
+        bar = progress_bar(self.train_loader, enabled=show, total=batches, initial=start,
+                           desc=f"{self.task.label} {epoch + 1}/{self.total_epochs}")
+        plain_lines = show and bar.disable
         tick = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for batch_index, batch in enumerate(bar, start=start):
@@ -382,8 +419,12 @@ class RunLoop:
             now = time.perf_counter()
             sums["time"] += now - tick
             tick = now
-            bar.set_postfix(**self.task.progress(sums), img_s=f"{sums['count'] / max(sums['time'], 1e-9):.1f}")
+            figures = {**self.task.progress(sums), "img_s": f"{sums['count'] / max(sums['time'], 1e-9):.1f}"}
+            bar.set_postfix(**figures)
             done = batch_index + 1
+            if plain_lines and done % cfg.log_interval == 0:
+                self.log(f"{self.task.label} {epoch + 1}/{self.total_epochs}  batch {done}/{batches}  "
+                         + "  ".join(f"{name.replace('_', '/')} {value}" for name, value in figures.items()))
             if last_of_group:
                 self.position.batch, self.position.epoch_sums = done, dict(sums)
                 periodic = cfg.save_every_steps and self.position.step % cfg.save_every_steps == 0
@@ -480,7 +521,7 @@ class RunLoop:
             save_training_state(self.out_dir / "last.safetensors", model=self.model, optimizer=self.optimizer,
                                 scheduler=self.scheduler, scaler=self.scaler, ema=self.ema,
                                 position=self.position, config=config_to_dict(self.config), metrics=metrics,
-                                rng_states=[rng for rng, _ in per_rank])
+                                rng_states=[rng for rng, _ in per_rank], class_names=self.class_names)
         barrier(self.dist)
 
     def check_run_folder(self) -> None:
@@ -513,7 +554,7 @@ class RunLoop:
         if writer is not None:
             for key, value in metrics.items():
                 if key != "epoch" and isinstance(value, int | float):
-                    writer.add_scalar(key, value, metrics["epoch"] + 1)
+                    writer.add_scalar(key, value, metrics["epoch"])
 
     def tensorboard_writer(self):
         if not (self.is_main and self.config.train.tensorboard):
@@ -525,7 +566,7 @@ class RunLoop:
         return SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def epoch_summary(self, m: dict[str, Any]) -> str:
-        text = (f"epoch {m['epoch'] + 1}/{self.total_epochs}  lr {m['lr']:.2e}  {self.task.summary(m)}  "
+        text = (f"epoch {m['epoch']}/{self.total_epochs}  lr {m['lr']:.2e}  {self.task.summary(m)}  "
                 f"{m['train_images_per_s']:.1f} img/s")
         validation = self.task.validation_summary(m)
         return f"{text}  | {validation}" if validation else text
@@ -545,8 +586,13 @@ class RunLoop:
             return {}
 
         parent = os.getppid()
+        owner = os.getpid()
 
         def request_stop(signum, frame):
+            if os.getpid() != owner:
+                # A DataLoader worker forked from this process inherits the handler, and a signal to the process
+                # group reaches every worker: only the run's own process acts on it (and speaks, once).
+                return
             if self.signal_received is not None:
                 # A second signal stops at once, unless the launcher has died: the kernel then repeats the
                 # parent-death signal (``stop_with_parent``) as each of its threads exits, asking nothing new.
@@ -604,14 +650,15 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 
 def trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop the rows of epochs at or after ``epochs_done`` from ``metrics.csv`` (a resumed run redoes them)."""
+    """Keep the rows of the first ``epochs_done`` epochs in ``metrics.csv`` (numbered from 1) and drop the
+    later ones (a resumed run redoes them)."""
     if not path.exists():
         return
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         return
-    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs_done]
+    kept = [rows[0]] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= epochs_done]
     if len(kept) < len(rows):
         text = io.StringIO(newline="")
         csv.writer(text).writerows(kept)

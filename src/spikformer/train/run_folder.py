@@ -38,7 +38,9 @@ from ..errors import ConfigError
 LOCK_FILE = ".spikformer.lock"
 # What a training or pre-training run writes into its folder.
 RUN_OUTPUTS = ("config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "encoder.safetensors",
-               "reconstructions.png", "tensorboard")
+               "reconstructions.png", "tensorboard", "train.log")
+# Appended to by every start of the run (a restart, a resume): the run's history, not a result to protect.
+APPENDED_OUTPUTS = ("tensorboard", "train.log")
 CHECKPOINT_NAMES = ("last.safetensors", "best.safetensors", "encoder.safetensors")
 # The files written atomically (a temporary file renamed over the target), whose temporaries a kill can leave.
 ATOMIC_NAMES = (*CHECKPOINT_NAMES, "config.yaml", "metrics.csv")
@@ -302,10 +304,10 @@ def prepare_run_folder(out_dir: str | Path, resume: str | None, overwrite: bool,
         return path
     found = earlier_outputs(out_dir)
     # This very run, killed before it saved anything: nothing to lose. (Its TensorBoard folder holds at most
-    # the first epoch's curves of the same run, which the restart writes again.)
+    # the first epoch's curves of the same run, which the restart writes again; its train.log continues.)
     saved = _saved_config(out_dir)
     # (compared as a resume compares: how the run is started, e.g. train.resume=auto, may differ)
-    if [name for name in found if name != "tensorboard"] == ["config.yaml"] and config is not None \
+    if [name for name in found if name not in APPENDED_OUTPUTS] == ["config.yaml"] and config is not None \
             and isinstance(saved, dict) and not resume_differences(saved, config):
         return None
     if found:

@@ -118,9 +118,9 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                         scaler: torch.amp.GradScaler | None, ema: nn.Module | None, position: Position,
                         config: dict[str, Any], metrics: dict[str, Any] | None = None,
-                        rng_states: list[RngState] | None = None) -> None:
+                        rng_states: list[RngState] | None = None, class_names: list[str] | None = None) -> None:
     """Write the full training state to ``path``. ``rng_states``: every rank's ``capture_rng()`` in a
-    distributed run (default: this process's)."""
+    distributed run (default: this process's); ``class_names``: the dataset's, in label order, when known."""
     tensors = {f"model.{k}": v for k, v in unwrap_model(model).state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
@@ -142,6 +142,8 @@ def save_training_state(path: str | Path, *, model: nn.Module, optimizer: torch.
         "rng_ranks": {str(rank): meta for rank, (_, meta) in enumerate(rng_states[1:], start=1)},
         "metrics": metrics or {},
     }
+    if class_names is not None:
+        metadata["class_names"] = list(class_names)
     write_checkpoint(path, tensors, metadata)
 
 

@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import save_model
 from ..config import Config, config_to_dict
+from ..data.checks import check_class_count, dataset_class_count, dataset_classes, input_conversion
 from ..data.transforms import build_batch_erasing, build_batch_mixing, chain_batch_transforms
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..models import build_model
 from .engine import autocast, evaluate, topk_hits
 from .loop import (  # noqa: F401  (re-exported: the names other modules import from here)
@@ -53,14 +54,17 @@ class ClassificationTask(Task):
         self.criterion = criterion
 
     def check_data(self, loop: RunLoop) -> None:
-        """Take the class count from the dataset when the config leaves it open; refuse a head too small."""
+        """Take the class count from the dataset when the config leaves it open, and refuse a head of another
+        size; keep the class names for the checkpoints; say in one line how the images are converted when
+        that loses information (colour images for a grey model)."""
         model = loop.config.model
-        found = getattr(loop.train_set, "num_classes", None)
         if model.num_classes is None:
-            model.num_classes = found
-        elif found is not None and found > model.num_classes:
-            raise ConfigError(f"data.name={loop.config.data.name} has {found} classes but the model's head has "
-                              f"{model.num_classes}; set model.num_classes={found} (or leave it unset)")
+            model.num_classes = dataset_class_count(loop.train_set)
+        check_class_count(loop.train_set, model.num_classes, loop.config.data.name)
+        loop.class_names = dataset_classes(loop.train_set)
+        note = input_conversion(loop.train_set)
+        if note:
+            loop.log(note)
 
     def build_model(self, config: Config) -> nn.Module:
         return build_model(config.model)
@@ -105,15 +109,17 @@ class ClassificationTask(Task):
 
     def validate(self, loop: RunLoop) -> dict[str, float]:
         result = evaluate(loop.eval_model, loop.val_loader, loop.device, loop.amp_dtype, loop.dist)
-        return {"val_loss": result["loss"], "val_top1": result["top1"], "val_top5": result["top5"]}
+        top5 = {"val_top5": result["top5"]} if "top5" in result else {}  # only with more than 5 classes
+        return {"val_loss": result["loss"], "val_top1": result["top1"], **top5}
 
     def score(self, metrics: dict[str, Any]) -> float | None:
         return metrics.get("val_top1")
 
     def save_outputs(self, loop: RunLoop, metrics: dict[str, Any], improved: bool) -> None:
         if improved:
+            names = {"class_names": loop.class_names} if loop.class_names is not None else {}
             save_model(loop.out_dir / "best.safetensors", loop.eval_model, config_to_dict(loop.config),
-                       kind="weights", metrics=finite_only(metrics))
+                       kind="weights", metrics=finite_only(metrics), **names)
 
     def summary(self, m: dict[str, Any]) -> str:
         return f"train loss {m['train_loss']:.4f} acc {m['train_top1']:.2f}%"
@@ -121,10 +127,12 @@ class ClassificationTask(Task):
     def validation_summary(self, m: dict[str, Any]) -> str:
         if "val_top1" not in m:
             return ""
-        return f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}% top5 {m['val_top5']:.2f}%"
+        top5 = f" top5 {m['val_top5']:.2f}%" if "val_top5" in m else ""
+        return f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}%{top5}"
 
     def result(self, loop: RunLoop, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {**metrics, "best_top1": loop.position.best_top1, "best_epoch": loop.position.best_epoch}
+        # best_epoch numbered from 1 like every output (the position counts from 0; 0: no epoch validated)
+        return {**metrics, "best_top1": loop.position.best_top1, "best_epoch": loop.position.best_epoch + 1}
 
 
 def load_pretrained(model: nn.Module, path: str, log) -> None:
