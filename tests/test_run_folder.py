@@ -161,6 +161,9 @@ def on_a_full_disk(limit: int, function, *args) -> str:
             os.dup2(null, 1)
             os.dup2(null, 2)
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            # A forked child must not enter OpenMP's thread pool that the parent started (training in the same
+            # process before this test): it would wait forever on threads that were not copied by fork.
+            torch.set_num_threads(1)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
             function(*args)
         except BaseException as error:  # noqa: BLE001 (reported to the parent, whatever it is)

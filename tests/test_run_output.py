@@ -181,9 +181,13 @@ def test_demo_writes_its_own_folder_reports_mj_and_never_replaces_a_run(tmp_path
     demo = tmp_path / "runs" / "demo"
     assert {"last.safetensors", "best.safetensors", "train.log"} <= {p.name for p in demo.iterdir()}
     assert (digits / "metrics.csv").read_text() == "epoch\n1\n" and len(list(digits.iterdir())) == 1
-    # A second demo is refused, as a second `train` into the same folder is, and touches nothing.
+    # A second demo runs in the next free folder and touches nothing of the first.
     before = {p.name: p.read_bytes() for p in demo.iterdir() if p.is_file()}
-    assert main(["demo", *TINY, "train.epochs=1", "train.progress=false"]) == 2
+    assert main(["demo", *TINY, "train.epochs=1", "train.progress=false"]) == 0
+    assert "last.safetensors" in {p.name for p in (tmp_path / "runs" / "demo-2").iterdir()}
+    assert {p.name: p.read_bytes() for p in demo.iterdir() if p.is_file()} == before
+    # train.out_dir naming a folder that holds a run is refused, as a second `train` into it is.
+    assert main(["demo", *TINY, "train.epochs=1", "train.out_dir=runs/demo"]) == 2
     error = capsys.readouterr().err
     assert f"run folder {Path('runs/demo')} already holds a run" in error and "--overwrite" in error
     assert {p.name: p.read_bytes() for p in demo.iterdir() if p.is_file()} == before

@@ -4,9 +4,10 @@ Prints the test accuracy, the firing rate of every spiking layer, the synaptic o
 energy per image in mJ, the unit of every energy figure (and the same network's energy as an ANN, see
 docs/energy.md), and the wall time. Used by ``make demo``.
 
-The run folder is ``runs/demo`` (``train.out_dir=...`` chooses another), apart from ``runs/digits`` where
-``spikformer train --config digits`` writes. Like ``train``, the demo never replaces an earlier run: a folder
-holding one is refused unless ``--overwrite`` is given.
+The run folder is ``runs/demo``, apart from ``runs/digits`` where ``spikformer train --config digits``
+writes; when it already holds a run, the next free ``runs/demo-2``, ``runs/demo-3``, ... so that running the
+demo again (``make demo`` twice) works and never replaces anything. ``train.out_dir=...`` names a folder, which
+is then guarded as ``train`` guards it: a folder holding a run is refused unless ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, config="digits", resume=None)
 
 
+def demo_out_dir(overwrite: bool, base: str = DEMO_OUT_DIR) -> str:
+    """``base`` when it holds no run (or ``overwrite`` asks to start over there), else the first free
+    ``base-2``, ``base-3``, ..."""
+    from pathlib import Path
+
+    def free(folder: Path) -> bool:
+        return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+    if overwrite or free(Path(base)):
+        return base
+    number = 2
+    while not free(Path(f"{base}-{number}")):
+        number += 1
+    return f"{base}-{number}"
+
+
 def run(args) -> int:
     import torch
 
@@ -40,7 +57,7 @@ def run(args) -> int:
     from .train import _trainer, fit_run
 
     start = time.perf_counter()
-    args.overrides = [f"train.out_dir={DEMO_OUT_DIR}", *args.overrides]  # the command line's own one wins
+    args.overrides = [f"train.out_dir={demo_out_dir(args.overwrite)}", *args.overrides]  # the command line's wins
     config, _, _ = fit_run(_trainer, args)
     train_seconds = time.perf_counter() - start
 
