@@ -99,9 +99,10 @@ def write_stand_in(name: str, root: Path) -> tuple[Path, list[str]]:
         return write_cifar10(root, per_batch=2, test=4).parent, ["data.batch_size=4"]  # 10 images
     if name == "cifar100":
         return write_cifar100(root, train=8, test=4).parent, ["data.batch_size=4"]
-    # 9 images of 3 classes; 2 images x 2 accumulation steps per step, at 32x32 to stay small
+    # 9 images of 3 classes (a head of 3: the run refuses a class count other than the data's); 2 images x 2
+    # accumulation steps per step, at 32x32 to stay small
     return write_image_tree(root, train_per_class=3, val_per_class=1), [
-        "data.batch_size=2", "data.global_batch_size=4", "model.img_size=32"]
+        "data.batch_size=2", "data.global_batch_size=4", "model.img_size=32", "model.num_classes=3"]
 
 
 def setting(config, dotted: str):

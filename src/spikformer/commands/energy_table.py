@@ -105,7 +105,8 @@ def _checkpoint_rows(args, energy_model) -> list:
     for path in args.checkpoint:
         model, config = load_model_from_checkpoint(path, [])
         batch_size = None if args.data in ("auto", "train", "val") else args.batch_size
-        request = SimpleNamespace(data=args.data, batch_size=batch_size, batches=args.batches, seed=args.seed)
+        request = SimpleNamespace(data=args.data, batch_size=batch_size, batches=args.batches, seed=args.seed,
+                                  checkpoint=path)
         batches = input_batches(request, model, config, trained=True)
         report = measure_energy(model, batches, energy_model, name=config.model.name)
         params = sum(p.numel() for p in model.parameters())
