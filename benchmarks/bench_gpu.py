@@ -32,7 +32,7 @@ from benchutil import forward_and_backward, markdown_table, record, sync
 from torch import nn
 
 from spikformer import create_model
-from spikformer.neuron import LIFParams, default_backend, lif_multistep
+from spikformer.neurons import LIFParams, default_backend, lif_multistep
 from spikformer.neurons.batchnorm import batch_norm_lif
 
 ANCHORS = (

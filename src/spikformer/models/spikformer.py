@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
 import torch
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
-from .. import memory
 from ..layers import Neuron, SpikformerBlock, build_stem
 from ..neurons import NeuronLayer, neuron_layer
 
@@ -104,14 +106,15 @@ class Spikformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
-        # Training memory (spikformer.memory): spikes saved for backward at 1 bit each; optional checkpointing
-        # (which also restores the BatchNorm running statistics the recomputation would update twice).
         checkpointing = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
-        with memory.spike_packing(self.pack_saved_spikes and self.training):
-            x = self.patch_embed(self.time_first(x))
-            for block in self.blocks:
-                x = memory.checkpoint_block(block, x) if checkpointing else block(x)
+        x = self.patch_embed(self.time_first(x))  # [T, B, N, D]
+        for block in self.blocks:
+            x = self.checkpoint_block(block, x) if checkpointing else block(x)
         return x
+
+    def checkpoint_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)`` under gradient checkpointing (:func:`recompute_in_backward`)."""
+        return recompute_in_backward(block, x)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
@@ -146,9 +149,6 @@ class Spikformer(nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take
-
-    # Class default, so that every model (and a model unpickled from before it existed) has it.
-    pack_saved_spikes: bool = True
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of storing its activations (timm's switch;
@@ -207,6 +207,34 @@ class Spikformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(self.head)
+
+
+def recompute_in_backward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
+
+    The BatchNorm running statistics are restored after the recomputation, so they are updated once per step
+    as without it, and the random state is replayed, so drop-path masks are those of the plain step.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return block(x)
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), running_statistics_restored(block)))
+
+
+@contextlib.contextmanager
+def running_statistics_restored(module: nn.Module):
+    """Put the BatchNorm running statistics of ``module`` back as they were on entry, on exit."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+             for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for b, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                                     if b is not None], buffers):
+                    b.copy_(value)
 
 
 def _neuron_with_backend(neuron: Neuron, options: dict[str, Any] | None, lif_backend: str) -> NeuronLayer:

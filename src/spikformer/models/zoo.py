@@ -19,6 +19,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .. import fast
 from ..errors import ConfigError
 from .official import accept_checkpoint_dialects, timm_filter_fn
 from .registry import VARIANTS, Variant, get_variant
@@ -92,6 +93,7 @@ def _build(name: str, pretrained: bool = False, **kwargs: Any) -> Spikformer:
     if dtype is not None:
         model = model.to(dtype)
     target = getattr(model, "model", model)  # a features_only wrapper holds the model
+    fast.accelerate(target)  # the fused ops (spikformer.fast); FastPolicy.off() undoes them
     # What timm's save_for_hf writes into config.json: the complete description, so a folder rebuilds the
     # same architecture whatever the variant table says then.
     target._model_args = {k: v for k, v in resolved.items() if k != "drop_path_rate"}

@@ -6,12 +6,13 @@
 
 from .base import NeuronLayer, SpikingNeuron, neuron_layer, neuron_names, register_neuron
 from .lif import LIF, UnrolledLIF
-from .lif_backends import LIFParams, lif_backends, lif_multistep, lif_reference
+from .lif_backends import LIFParams, backend_available, default_backend, lif_backends, lif_multistep, lif_reference
 from .plif import ParametricLIF, UnrolledPLIF, plif_reference
 from .surrogate import spike
 
 __all__ = [
-    "LIF", "LIFParams", "NeuronLayer", "ParametricLIF", "SpikingNeuron", "UnrolledLIF", "lif_backends",
+    "LIF", "LIFParams", "NeuronLayer", "ParametricLIF", "SpikingNeuron", "UnrolledLIF", "backend_available",
+    "default_backend", "lif_backends",
     "UnrolledPLIF", "lif_multistep", "lif_reference", "neuron_layer", "neuron_names", "plif_reference",
     "register_neuron", "spike",
 ]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import as_time_major_dense
+from ..fast.kernels import as_time_major_dense
 from ..registry import Registry
 from .surrogate import sigmoid_surrogate_grad, spike
 
@@ -145,7 +145,7 @@ class _FusedLIF(torch.autograd.Function):
 @torch.library.custom_op("spikformer::lif_c", mutates_args=())
 def _lif_c(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float,
            detach_reset: bool) -> torch.Tensor:
-    from ..kernels import cpu
+    from ..fast.kernels import cpu
 
     return cpu.lif_forward(x, tau, v_threshold, v_reset)
 
@@ -158,7 +158,7 @@ def _(x, tau, v_threshold, v_reset, alpha, detach_reset):
 @torch.library.custom_op("spikformer::lif_c_backward", mutates_args=())
 def _lif_c_backward(x: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
                     alpha: float, detach_reset: bool) -> torch.Tensor:
-    from ..kernels import cpu
+    from ..fast.kernels import cpu
 
     return cpu.lif_backward(x, grad_spikes, tau, v_threshold, v_reset, alpha, detach_reset)
 
@@ -187,14 +187,14 @@ _lif_c.register_autograd(_lif_c_grad, setup_context=_lif_c_setup)
 @torch.library.custom_op("spikformer::lif_triton", mutates_args=())
 def _lif_triton(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float,
                 detach_reset: bool, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..kernels import triton_lif
+    from ..fast.kernels import triton_lif
 
     return triton_lif.lif_forward(x, tau, v_threshold, v_reset, keep_h)
 
 
 @_lif_triton.register_fake
 def _(x, tau, v_threshold, v_reset, alpha, detach_reset, keep_h):
-    from ..kernels.triton_lif import H_DTYPE
+    from ..fast.kernels.triton_lif import H_DTYPE
 
     x = as_time_major_dense(x)
     return torch.empty_like(x), (torch.empty_like(x, dtype=H_DTYPE) if keep_h else x.new_empty((0,)))
@@ -203,7 +203,7 @@ def _(x, tau, v_threshold, v_reset, alpha, detach_reset, keep_h):
 @torch.library.custom_op("spikformer::lif_triton_backward", mutates_args=())
 def _lif_triton_backward(h: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float,
                          v_reset: float, alpha: float, detach_reset: bool) -> torch.Tensor:
-    from ..kernels import triton_lif
+    from ..fast.kernels import triton_lif
 
     return triton_lif.lif_backward(h, grad_spikes, tau, v_threshold, v_reset, alpha, detach_reset)
 
@@ -275,11 +275,11 @@ def backend_available(name: str, device_type: str, dtype: torch.dtype) -> bool:
     if name in ("torch", "fused"):
         return name in _BACKENDS
     if name == "c":
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         return device_type == "cpu" and cpu.available(dtype)
     if name == "triton":
-        from ..kernels import triton_lif
+        from ..fast.kernels import triton_lif
 
         return device_type == "cuda" and triton_lif.available(dtype)
     return name in _BACKENDS

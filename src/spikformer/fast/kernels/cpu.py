@@ -137,21 +137,45 @@ def _build(source: str, compiler: str) -> Path:
     return target
 
 
+# Why the library is missing, or where it was loaded from: what build_status() reports.
+_BUILD: dict[str, str | None] = {}
+
+
+def build_status() -> dict[str, str | bool | None]:
+    """Whether the CPU kernels are built (building them now if needed): ``built``, the ``-march`` ``target``,
+    the ``library`` file in the cache, and the ``reason`` when they are not (``spikformer doctor`` shows it)."""
+    built = _library() is not None
+    try:
+        target = target_arch()
+    except ValueError as error:
+        target = str(error)
+    return {"built": built, "target": target, "cache": str(cache_dir()), "library": _BUILD.get("library"),
+            "reason": _BUILD.get("reason")}
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0") or not sys.platform.startswith("linux"):
+    if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0"):
+        _BUILD["reason"] = "SPIKFORMER_NO_CPU_KERNEL is set"
+        return None
+    if not sys.platform.startswith("linux"):
+        _BUILD["reason"] = f"the CPU kernels are built on Linux only (this is {sys.platform})"
         return None
     compiler = _compiler()
     if compiler is None:
+        _BUILD["reason"] = "no C compiler found ($CC, cc, gcc or clang)"
         return None
     try:
         source = resources.files(__package__).joinpath(_SOURCE).read_text()
         _check_arch_runs_here(compiler, target_arch())
-        lib = ctypes.CDLL(str(_build(source, compiler)))
+        path = _build(source, compiler)
+        lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as err:
+        _BUILD["reason"] = str(err)
         warnings.warn(f"spikformer: the CPU LIF kernel could not be built ({err}); using the pure-PyTorch "
                       "'fused' backend", RuntimeWarning, stacklevel=3)
         return None
+    _BUILD["library"] = str(path)
     i64, dbl, ptr, cint = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     lib.lif_supports.argtypes = [cint]
     lib.lif_supports.restype = cint

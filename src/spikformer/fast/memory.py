@@ -8,10 +8,8 @@ its original strides, when the backward pass asks for it: gradients do not chang
 is binary is checked on the way (the C kernel stops at the first other value, which for a pre-activation is
 the first element), so nothing has to be marked as a spike.
 
-:func:`checkpoint_block` recomputes a block's forward pass in the backward pass instead of saving any of its
-activations (``torch.utils.checkpoint``), for the biggest models; the BatchNorm running statistics are
-restored after the recomputation, so they are updated once per step as without it, and the random state is
-replayed, so drop-path masks and gradients are those of the plain step.
+:func:`checkpoint_block` is the model's gradient checkpointing with each block's input kept as int8.
+:class:`SpikeMaxPool2d` is ``nn.MaxPool2d`` without the int64 indices, on the C kernel where it applies.
 """
 
 from __future__ import annotations
@@ -21,10 +19,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
 
-from .kernels import fills_storage
+from ..models.spikformer import recompute_in_backward
+from .kernels import cpu, fills_storage
 
 # Below this many elements a tensor is kept as it is: the bookkeeping would cost more than the bytes saved.
 MIN_PACKED_NUMEL = 4096
@@ -77,8 +74,6 @@ def pack(t: torch.Tensor) -> torch.Tensor | PackedSpikes:
         return t
     flat = _memory_order(t.detach())
     if flat.device.type == "cpu":
-        from .kernels import cpu
-
         if cpu.available(t.dtype):
             bits = cpu.pack_spikes(flat)
         else:  # a look at the first elements turns pre-activations away without a pass over the rest
@@ -95,8 +90,6 @@ def unpack(saved: torch.Tensor | PackedSpikes) -> torch.Tensor:
     out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=saved.bits.device)
     flat = _memory_order(out)
     if flat.device.type == "cpu":
-        from .kernels import cpu
-
         if cpu.available(saved.dtype):
             cpu.unpack_spikes(saved.bits, flat)
             return out
@@ -113,21 +106,6 @@ def spike_packing(enabled: bool = True) -> contextlib.AbstractContextManager:
     if not enabled or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
-
-
-@contextlib.contextmanager
-def _running_statistics_restored(module: nn.Module):
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-             for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved):
-                for b, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-                                     if b is not None], buffers):
-                    b.copy_(value)
 
 
 class SmallIntegers(NamedTuple):
@@ -165,16 +143,12 @@ def unpack_small_integers(saved: torch.Tensor | PackedSpikes | SmallIntegers) ->
 
 
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
-
-    ``x`` is kept as int8 when it holds small integers only (the residual stream between V1's blocks is a
-    count of spikes): one check per block, and the block's input at a quarter (float32) of its bytes."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return block(x)
+    """:func:`~spikformer.models.spikformer.recompute_in_backward`, keeping ``x`` as int8
+    when it holds small integers only (the residual stream between V1's blocks is a count of spikes): one
+    check per block, and the block's input at a quarter (float32) of its bytes."""
     # Only checkpoint's own save of the input sees these hooks: it installs its own for the block's tensors.
     with torch.autograd.graph.saved_tensors_hooks(pack_small_integers, unpack_small_integers):
-        return checkpoint(block, x, use_reentrant=False,
-                          context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+        return recompute_in_backward(block, x)
 
 
 class _MaxPoolRecomputedIndices(torch.autograd.Function):
@@ -219,8 +193,6 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):  # type: ignore[override]
-        from .kernels import cpu
-
         out, places = cpu.max_pool_forward(x, kernel_size, stride, padding, with_places=True)
         ctx.save_for_backward(places)
         ctx.config = (x.shape, kernel_size, stride, padding)
@@ -229,8 +201,6 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        from .kernels import cpu
-
         (places,) = ctx.saved_tensors
         return cpu.max_pool_backward(places, grad_out, *ctx.config), None, None, None
 
@@ -242,8 +212,6 @@ def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding
         return False
     if any(2 * p > k or s < 1 or size + 2 * p < k for k, s, p, size in zip(kernel, stride, padding, x.shape[2:])):
         return False
-    from .kernels import cpu
-
     return cpu.max_pool_applies(x, kernel)
 
 
@@ -256,19 +224,16 @@ class SpikeMaxPool2d(nn.MaxPool2d):
     LIF is a spike map stored at 1 bit per element. Falls back to the built-in pooling for options neither
     covers (dilation, ceil mode, returned indices) and outside :func:`plain_eager` execution."""
 
-    # benchmarks/bench_bf16.py turns the C kernel off per module to measure PyTorch's pooling side by side
-    kernel_on_cpu: bool = True
+    use_kernel: bool = True  # FastPolicy.pool_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_indices or self.ceil_mode or self.dilation not in (1, (1, 1)) or not plain_eager():
             return super().forward(x)
         kernel, stride, padding = _pair(self.kernel_size), _pair(self.stride or self.kernel_size), _pair(self.padding)
         training = torch.is_grad_enabled() and x.requires_grad
-        if self.kernel_on_cpu and _kernel_pools(x, kernel, stride, padding):
+        if self.use_kernel and _kernel_pools(x, kernel, stride, padding):
             if training:
                 return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
-            from .kernels import cpu
-
             return cpu.max_pool_forward(x, kernel, stride, padding, with_places=False)[0]
         if not training:
             return super().forward(x)

@@ -4,7 +4,7 @@
  * no PyTorch headers, so it compiles in well under a second. Each element runs its whole time loop in
  * registers; blocks of LIF_BLOCK elements keep the inner loop vectorisable and are split over threads.
  *
- * Arithmetic follows the reference (spikformer.neuron.lif_reference) operation by operation, and the
+ * Arithmetic follows the reference (spikformer.neurons.lif_backends.lif_reference) operation by operation, and the
  * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's. bfloat16 and float16
  * tensors are read and written in their storage type but computed in float32, exactly as the float32
  * kernel computes their float32 copy (the oracle upcasts half-precision inputs the same way): the membrane
