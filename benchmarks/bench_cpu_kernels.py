@@ -1,4 +1,5 @@
-"""The CPU kernels of issue 17 against PyTorch side by side, and what keeping freed memory does to a step.
+"""The CPU kernels for max-pooling and the attention products against PyTorch, and what keeping freed memory
+does to a step.
 
 Usage: python benchmarks/bench_cpu_kernels.py [--model spikformer_cifar_4_384] [--batch 32] [--repeats 7]
        [--steps 30 (0: the kernels only)] [--threads 1] [--no-record]

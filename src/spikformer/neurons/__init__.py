@@ -1,6 +1,6 @@
 """Spiking neurons: the interface every neuron offers (``base``), the registry of names, and the neurons.
 
-``lif`` (SPEC §1, the default; its kernels in ``lif_backends``, its BatchNorm-fused path in ``batchnorm``) and
+``lif`` (docs/neurons.md, the default; its kernels in ``lif_backends``, its BatchNorm-fused path in ``batchnorm``) and
 ``plif`` (parametric LIF, a learnt time constant per layer). ``docs/neurons.md`` shows how to add one.
 """
 

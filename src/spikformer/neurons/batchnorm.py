@@ -121,7 +121,7 @@ def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> 
 def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
     cdt = scale.dtype
-    # bf16 (issue 17): a half-precision y stays in float32 here, as in the kernels, which never round z.
+    # A half-precision y stays in float32 here, as in the kernels, which never round z.
     out_dtype = cdt if y.dtype in HALF_DTYPES else y.dtype
     return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(out_dtype)
 

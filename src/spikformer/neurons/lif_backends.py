@@ -1,7 +1,7 @@
 """The numerics of the multi-step Leaky Integrate-and-Fire neuron: the oracle and its fast backends.
 
 Time is the first dimension of every input: ``x`` is ``[T, ...]`` with any trailing shape. The neuron
-follows the template charge -> fire -> reset (SPEC §1, SpikingJelly's ``MultiStepLIFNode(tau=2.0,
+follows the template charge -> fire -> reset (docs/neurons.md, SpikingJelly's ``MultiStepLIFNode(tau=2.0,
 detach_reset=True)``):
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau
@@ -69,11 +69,10 @@ def lif_reference(
     x: torch.Tensor, params: LIFParams = LIFParams(), return_membrane: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The oracle: a per-step autograd loop. Optionally also returns ``V`` after reset, ``[T, ...]``."""
-    # --- bf16 (issue 17): half-precision inputs charge a float32 membrane, spikes come back in x's dtype ---
+    # Half-precision inputs charge a float32 membrane; spikes come back in x's dtype.
     if x.dtype in HALF_DTYPES:
         out = lif_reference(x.float(), params, return_membrane)
         return (out[0].to(x.dtype), out[1]) if return_membrane else out.to(x.dtype)
-    # --- end bf16 ---
     v = torch.full_like(x[0], params.v_reset)
     spikes, membranes = [], []
     for t in range(x.shape[0]):
@@ -93,7 +92,7 @@ def lif_reference(
 def torch_lif_forward(x: torch.Tensor, p: LIFParams, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spikes of ``x [T, ...]`` and, if ``keep_h``, the pre-reset potentials ``H`` (no autograd)."""
     spikes = torch.empty_like(x)
-    x = x.float() if x.dtype in HALF_DTYPES else x  # bf16 (issue 17): a float32 membrane, as the oracle
+    x = x.float() if x.dtype in HALF_DTYPES else x  # a float32 membrane, as the oracle
     h_all = torch.empty_like(x) if keep_h else None
     v = torch.full_like(x[0], p.v_reset)
     for t in range(x.shape[0]):
