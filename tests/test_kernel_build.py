@@ -77,3 +77,27 @@ def test_build_kernels_builds_into_the_cache_and_names_the_target(tmp_path):
         assert len(built) == 1 and str(built[0]) in result.stdout and "target native" in result.stdout
     else:
         assert result.returncode != 0 and not built
+
+
+@pytest.mark.skipif(not cpu.available(torch.float32), reason="needs the C kernels")
+def test_the_max_pool_kernel_is_a_custom_op_that_fake_tensors_and_autograd_see_as_one_op():
+    from spikformer.fast.memory import _max_pool_cpu
+
+    x = (torch.rand(2, 8, 9, 9) < 0.3).float().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(
+        _max_pool_cpu,
+        (x, [3, 3], [2, 2], [1, 1], True),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+@pytest.mark.skipif(not cpu.spike_attention_vectorised(), reason="the attention kernel runs with AVX-512 only")
+def test_the_attention_kernel_is_a_custom_op_that_fake_tensors_and_autograd_see_as_one_op():
+    from spikformer.fast.attention import _spike_attention_cpu
+
+    q, k, v = ((torch.rand(2, 1, 64, 16) < 0.3).float().requires_grad_() for _ in range(3))
+    torch.library.opcheck(
+        _spike_attention_cpu,
+        (q, k, v, 2, 0.125),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )

@@ -21,10 +21,10 @@ def fast_spike_products(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, scale: float, use_kernel: bool = True
 ) -> torch.Tensor:
     """``(Q K^T) V * scale`` per head of the spike tensors ``[T, B, N, D]``, as ``[T, B, N, D]``: the CPU kernel
-    where it applies (:class:`_SpikeAttentionKernel`, unless ``use_kernel`` is false), bfloat16 CPU spikes
+    where it applies (:func:`_spike_attention_cpu`, unless ``use_kernel`` is false), bfloat16 CPU spikes
     through :func:`spike_attention`, else the oracle."""
     if use_kernel and _attention_kernel_applies(q, k, v, num_heads):
-        return _SpikeAttentionKernel.apply(q, k, v, num_heads, float(scale))
+        return _spike_attention_cpu(q, k, v, num_heads, float(scale))
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
         T, B, N, D = q.shape
         out = spike_attention(*(split_heads(t, num_heads) for t in (q, k, v)))  # [T, B, h, N, d], integers
@@ -59,30 +59,54 @@ def _bfloat16_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     return out.to(out_dtype)
 
 
-class _SpikeAttentionKernel(torch.autograd.Function):
-    """``(Q K^T V) * scale`` per head, ``[T, B, N, D]`` in and out, on the CPU kernel
+# --- the CPU kernel as custom ops (the LIF's convention: torch.compile and fake tensors see one opaque op) ---
+
+
+@torch.library.custom_op("spikformer::spike_attention_cpu", mutates_args=())
+def _spike_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                         scale: float) -> torch.Tensor:
+    """``(Q K^T V) * scale`` per head, ``[T, B, N, D]`` in and out (float32), on the CPU kernel
     (``kernels.cpu.spike_attention_forward``): the heads are read in place (no split and merge copies, no
     casts), the zeros of the spike operands are skipped, and the float32 result is the unfused path's bit for
     bit (integer sums, then the same float32 product with the scale). The backward pass recomputes ``K^T V``;
     its gradients are the same products in float32, summed in another order and rounded once to the spikes'
     dtype (the unfused bfloat16 path also rounds ``d(K^T V)`` to bfloat16 on the way)."""
+    return cpu.spike_attention_forward(q, k, v, num_heads, scale)
 
-    @staticmethod
-    def forward(ctx, q, k, v, num_heads, scale):  # type: ignore[override]
-        ctx.save_for_backward(q, k, v)
-        ctx.config = (num_heads, scale)
-        return cpu.spike_attention_forward(q, k, v, num_heads, scale)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        q, k, v = ctx.saved_tensors
-        grads = cpu.spike_attention_backward(q, k, v, grad, *ctx.config, needs=tuple(ctx.needs_input_grad[:3]))
-        return *grads, None, None
+@_spike_attention_cpu.register_fake
+def _(q, k, v, num_heads, scale):
+    return torch.empty(q.shape, dtype=torch.float32, device=q.device)
+
+
+@torch.library.custom_op("spikformer::spike_attention_cpu_backward", mutates_args=())
+def _spike_attention_cpu_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor,
+                                  num_heads: int, scale: float, needs: list[bool]) -> list[torch.Tensor]:
+    grads = cpu.spike_attention_backward(q, k, v, grad, num_heads, scale, needs=tuple(needs))
+    return [g if g is not None else q.new_empty((0,)) for g in grads]  # an op returns tensors only
+
+
+@_spike_attention_cpu_backward.register_fake
+def _(q, k, v, grad, num_heads, scale, needs):
+    return [torch.empty_like(q) if need else q.new_empty((0,)) for need in needs]
+
+
+def _spike_attention_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:3])
+    ctx.config = inputs[3:]
+
+
+def _spike_attention_grad(ctx, grad):
+    needs = list(ctx.needs_input_grad[:3])
+    grads = _spike_attention_cpu_backward(*ctx.saved_tensors, grad, *ctx.config, needs)
+    return *(g if need else None for g, need in zip(grads, needs)), None, None
+
+
+_spike_attention_cpu.register_autograd(_spike_attention_grad, setup_context=_spike_attention_setup)
 
 
 def _attention_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> bool:
-    """Whether :class:`_SpikeAttentionKernel` computes what the unfused path would: on the CPU, where the unfused
+    """Whether :func:`_spike_attention_cpu` computes what the unfused path would: on the CPU, where the unfused
     path also returns float32 (float32 spikes, or bfloat16 ones under autocast) and evaluates ``Q (K^T V)``."""
     if q.device.type != "cpu" or not plain_eager():
         return False

@@ -185,24 +185,52 @@ def plain_eager() -> bool:
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack())
 
 
-class _ChannelsLastMaxPool(torch.autograd.Function):
-    """``max_pool2d`` of a channels-last CPU map on the C kernel (``kernels.cpu.max_pool_forward``), which keeps
-    one byte per output element for backward (the maximum's place in its window) instead of PyTorch's input
-    and int64 index; the backward kernel adds the gradients in PyTorch's order and rounding, so outputs and
-    gradients are the built-in ones bit for bit, in about a third of its time."""
+# --- the CPU max-pool kernel as custom ops (the LIF's convention) -----------------------------------------
 
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding):  # type: ignore[override]
-        out, places = cpu.max_pool_forward(x, kernel_size, stride, padding, with_places=True)
-        ctx.save_for_backward(places)
-        ctx.config = (x.shape, kernel_size, stride, padding)
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        (places,) = ctx.saved_tensors
-        return cpu.max_pool_backward(places, grad_out, *ctx.config), None, None, None
+@torch.library.custom_op("spikformer::max_pool_cpu", mutates_args=())
+def _max_pool_cpu(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                  with_places: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_pool2d`` of a channels-last CPU map on the C kernel (``kernels.cpu.max_pool_forward``), and with
+    ``with_places`` one byte per output element for backward (the maximum's place in its window) instead of
+    PyTorch's input and int64 index; the backward kernel adds the gradients in PyTorch's order and rounding,
+    so outputs and gradients are the built-in ones bit for bit, in about a third of its time."""
+    out, places = cpu.max_pool_forward(x, kernel_size, stride, padding, with_places=with_places)
+    return out, places if places is not None else x.new_empty((0,), dtype=torch.uint8)
+
+
+@_max_pool_cpu.register_fake
+def _(x, kernel_size, stride, padding, with_places):
+    N, C, H, W = x.shape
+    OH = (H + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    OW = (W + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    out = torch.empty((N, C, OH, OW), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    places = x.new_empty((N, OH, OW, C) if with_places else (0,), dtype=torch.uint8)
+    return out, places
+
+
+@torch.library.custom_op("spikformer::max_pool_cpu_backward", mutates_args=())
+def _max_pool_cpu_backward(places: torch.Tensor, grad_out: torch.Tensor, shape: list[int], kernel_size: list[int],
+                           stride: list[int], padding: list[int]) -> torch.Tensor:
+    return cpu.max_pool_backward(places, grad_out, torch.Size(shape), kernel_size, stride, padding)
+
+
+@_max_pool_cpu_backward.register_fake
+def _(places, grad_out, shape, kernel_size, stride, padding):
+    return torch.empty(shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=torch.channels_last)
+
+
+def _max_pool_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.config = (list(inputs[0].shape), *inputs[1:4])
+
+
+def _max_pool_grad(ctx, grad_out, grad_places):
+    (places,) = ctx.saved_tensors
+    return _max_pool_cpu_backward(places, grad_out, *ctx.config), None, None, None, None
+
+
+_max_pool_cpu.register_autograd(_max_pool_grad, setup_context=_max_pool_setup)
 
 
 def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int]) -> bool:
@@ -218,7 +246,7 @@ def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding
 class SpikeMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (same options, same outputs and gradients bit for bit) that stores no int64 indices.
 
-    A channels-last float32/bfloat16 map on the CPU pools on the C kernel (:class:`_ChannelsLastMaxPool`: one
+    A channels-last float32/bfloat16 map on the CPU pools on the C kernel (:func:`_max_pool_cpu`: one
     byte per output kept for backward; in inference the values alone); any other input recomputes the
     argmax in the backward pass (:class:`_MaxPoolRecomputedIndices`), keeping only its input, which after a
     LIF is a spike map stored at 1 bit per element. Falls back to the built-in pooling for options neither
@@ -232,9 +260,7 @@ class SpikeMaxPool2d(nn.MaxPool2d):
         kernel, stride, padding = _pair(self.kernel_size), _pair(self.stride or self.kernel_size), _pair(self.padding)
         training = torch.is_grad_enabled() and x.requires_grad
         if self.use_kernel and _kernel_pools(x, kernel, stride, padding):
-            if training:
-                return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
-            return cpu.max_pool_forward(x, kernel, stride, padding, with_places=False)[0]
+            return _max_pool_cpu(x, kernel, stride, padding, training)[0]
         if not training:
             return super().forward(x)
         return _MaxPoolRecomputedIndices.apply(x, kernel, stride, padding)
