@@ -19,7 +19,8 @@ with ``--threads 1`` the CPU-time ratio is the steadier measure of the same thin
   AdamW ``fused=True``);
 - ``ours, spikes unpacked``: the same with ``model.pack_saved_spikes = False`` (what the 1-bit storage costs);
 - ``ours, PyTorch's SSA products and max-pool``: the same with the C kernels for the attention products and
-  the stem's max-pool turned off (``kernel_on_cpu = False``), i.e. the step before those kernels;
+  the stem's max-pool turned off (``FastPolicy(attention_kernel=False, pool_kernel=False)``), i.e. the step
+  before those kernels;
 - inference: ``ours`` (eval, ``inference_mode``) and ``ours, BN folded`` (``model.fuse()``).
 
 The process keeps freed memory as the ``spikformer`` commands do (``spikformer.allocator``); with
@@ -41,8 +42,7 @@ from benchutil import markdown_table, record
 
 from spikformer import create_model
 from spikformer.allocator import keep_freed_memory
-from spikformer.layers import SpikingSelfAttention
-from spikformer.memory import SpikeMaxPool2d
+from spikformer.fast import FastPolicy, accelerate
 from spikformer.train.engine import autocast
 
 CPU = torch.device("cpu")
@@ -116,9 +116,7 @@ def main() -> None:
     unpacked = copy.deepcopy(base)
     unpacked.pack_saved_spikes = False
     unfused = copy.deepcopy(base)
-    for module in unfused.modules():
-        if isinstance(module, SpikingSelfAttention | SpikeMaxPool2d):
-            module.kernel_on_cpu = False
+    accelerate(unfused, policy=FastPolicy(attention_kernel=False, pool_kernel=False))
     configs: dict[tuple[str, str], Callable[[], None]] = {
         ("train", "ours"): training_step(copy.deepcopy(base), args.train_batch, dtype),
         ("train", "ours, spikes unpacked"): training_step(unpacked, args.train_batch, dtype),

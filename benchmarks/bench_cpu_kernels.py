@@ -1,4 +1,5 @@
-"""The CPU kernels of issue 17 against PyTorch side by side, and what keeping freed memory does to a step.
+"""The CPU kernels for max-pooling and the attention products against PyTorch, and what keeping freed memory
+does to a step.
 
 Usage: python benchmarks/bench_cpu_kernels.py [--model spikformer_cifar_4_384] [--batch 32] [--repeats 7]
        [--steps 30 (0: the kernels only)] [--threads 1] [--no-record]
@@ -7,8 +8,8 @@ Kernels (one process, the two paths taking turns, median of ``--repeats``), on t
 T=4 and ``--batch``, bfloat16 and float32 spike maps:
 
 - the stem's max-pool of its biggest map: ``memory.SpikeMaxPool2d`` with the C kernel against the same
-  module with ``kernel_on_cpu = False`` (PyTorch's max-pool, the argmax found again in the backward pass);
-- the attention products of one block: ``layers.scaled_spike_attention`` with and without the C kernel
+  module with ``use_kernel = False`` (PyTorch's max-pool, the argmax found again in the backward pass);
+- the attention products of one block: ``fast.attention.fast_spike_products`` with and without the C kernel
   (bfloat16 under autocast, as training runs it).
 
 Allocator (``--steps`` bfloat16 training steps in a fresh process each): glibc's defaults against
@@ -32,8 +33,9 @@ from bench_bf16 import training_step
 from benchutil import forward_and_backward, markdown_table, record, run_worker, time_interleaved
 
 from spikformer import allocator, create_model
-from spikformer.layers import SpikingSelfAttention, scaled_spike_attention
-from spikformer.memory import SpikeMaxPool2d
+from spikformer.fast.attention import fast_spike_products
+from spikformer.fast.memory import SpikeMaxPool2d
+from spikformer.layers import SpikingSelfAttention
 
 
 def shapes(model: torch.nn.Module, batch: int) -> tuple[torch.Size, torch.Size]:
@@ -62,7 +64,7 @@ def attention_step(qkv: list[torch.Tensor], grad: torch.Tensor, heads: int, amp:
     its backward pass."""
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(backward):
-            out = scaled_spike_attention(*qkv, heads, 0.125, use_kernel=use_kernel)
+            out = fast_spike_products(*qkv, heads, 0.125, use_kernel=use_kernel)
         if backward:
             out.backward(grad)
     return step
@@ -76,7 +78,7 @@ def kernel_rows(model: torch.nn.Module, batch: int, repeats: int) -> list[list[s
         amp = dtype == torch.bfloat16
         x = spike_map(pool_shape, dtype, channels_last=True)
         ours, theirs = SpikeMaxPool2d(3, 2, 1), SpikeMaxPool2d(3, 2, 1)
-        theirs.kernel_on_cpu = False
+        theirs.use_kernel = False
         grad = torch.randn_like(ours(x))
         x_grad = x.clone().requires_grad_()
         fns = {}

@@ -4,12 +4,12 @@ Usage: python benchmarks/bench_cpu_path.py [--batch 64] [--repeats 10] [--no-rec
 
 Rows (float32, the implementations taking turns in every round):
 - batch statistics (per-channel mean and biased variance): ``torch.var_mean`` over the non-channel
-  dimensions against the C kernel (``spikformer.kernels.cpu.bn_stats``) on the shapes of a
+  dimensions against the C kernel (``spikformer.fast.kernels.cpu.bn_stats``) on the shapes of a
   ``spikformer_cifar_4_384`` training step at batch 32 (tokens, MLP hidden tokens, the widest stem map in
   both memory layouts);
 - the stem's 3x3 max-pool on spike maps, NCHW against channels-last;
 - a whole ``spikformer_cifar_4_384`` inference step (T=4) with the stem in NCHW against channels-last
-  (``SpikingConvStage.channels_last_on_cpu``).
+  (``FastPolicy.channels_last``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from benchutil import markdown_table, record, time_interleaved
 
 from spikformer import create_model
-from spikformer.kernels import cpu
+from spikformer.fast.kernels import cpu
 from spikformer.layers import SpikingConvStage
 
 
@@ -61,7 +61,7 @@ def stem_layout_row(batch: int, repeats: int) -> list[str]:
     def step(channels_last: bool):
         def run():
             for stage in stages:
-                stage.channels_last_on_cpu = channels_last
+                stage.channels_last = channels_last
             with torch.inference_mode():
                 return model(images)
         return run

@@ -209,7 +209,7 @@ def build(row: Row, device, toy: bool):
     import torch
 
     from spikformer import create_model
-    from spikformer.neuron import default_backend
+    from spikformer.neurons import default_backend
 
     sequence = row.model.startswith("spikformer_dvs")
     kwargs = dict(TOY) if toy else {}

@@ -18,7 +18,7 @@ import argparse
 import torch
 from benchutil import forward_and_backward, markdown_table, record, time_interleaved
 
-from spikformer.neuron import LIFParams, default_backend, lif_multistep, lif_reference
+from spikformer.neurons import LIFParams, default_backend, lif_multistep, lif_reference
 
 
 def spikingjelly_node(backend: str):

@@ -9,7 +9,7 @@ the first step: activations, gradients and optimizer state (so "per image" also 
 parameter-sized part, which batch 8 shows most). Paths, on the same weights:
 
 - ``plain``: the model with 1-bit spike storage turned off (``model.pack_saved_spikes = False``): the step
-  as it was before ``spikformer.memory``;
+  as it was before ``spikformer.fast.memory``;
 - ``packed``: the default: spike tensors saved for backward stored at 1 bit each;
 - ``packed+ckpt``: also ``model.set_grad_checkpointing(True)`` (``train.checkpointing=true``);
 - ``reference`` (T=4 and the time batch only): the original code's way of computing the model

@@ -107,8 +107,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def record(title: str, device: torch.device | str, table: str, notes: list[str] | None = None,
            path: Path = RESULTS, write: bool = True) -> None:
-    """Print ``table`` with the machine, the command and the date, and append it to docs/benchmarks.md
-    (``write=False``, the scripts' ``--no-record``: print only)."""
+    """Print ``table`` with the machine, the command and the date, and write it into docs/benchmarks.md
+    (``write=False``, the scripts' ``--no-record``: print only): in place of the table with the same heading,
+    else as a new table before the page's "Other measurements", so that each heading appears once."""
     settings = "".join(f"{name}={shlex.quote(value)} " for name, value in isa_caps().items())
     command = settings + "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -120,11 +121,26 @@ def record(title: str, device: torch.device | str, table: str, notes: list[str] 
     if not write:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nAppended by the scripts in `benchmarks/`; newest last. "
-                        "See docs/performance.md for how to read them.\n\n")
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
+    page = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n## Current tables\n\n"
+    path.write_text(replace_table(page, f"### {title}", text), encoding="utf-8")
+
+
+OTHER_MEASUREMENTS = "## Other measurements"
+
+
+def replace_table(page: str, heading: str, text: str) -> str:
+    """``page`` with the block under ``heading`` (up to the next heading) replaced by ``text``; a new heading's
+    block goes before :data:`OTHER_MEASUREMENTS`, or at the end of a page without it."""
+    lines = page.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
+    if start is None:
+        end = start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == OTHER_MEASUREMENTS), len(lines))
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "### "))), len(lines))
+    before = "".join(lines[:start])
+    if before and not before.endswith("\n\n"):
+        before += "\n"
+    return before + text + "".join(lines[end:])
 
 
 def run_worker(script: str, cfg: dict) -> dict:

@@ -6,7 +6,7 @@ from torch import nn
 
 import spikformer
 from spikformer.analysis import FiringRateRecorder, lif_role, measure_firing_rates
-from spikformer.neuron import LIF
+from spikformer.neurons import LIF
 
 
 def tiny_model(**overrides):

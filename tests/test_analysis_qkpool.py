@@ -10,6 +10,7 @@ from test_analysis_energy import Fixed  # a preset spike tensor standing in for 
 from torch import nn
 
 import spikformer
+import spikformer.fast.modules as fast_modules
 import spikformer.layers as layers
 from spikformer.analysis import FiringRateRecorder, attention_map, calibrate_batchnorm, count_operations
 from spikformer.layers import SpikingSelfAttention, token_max_pool
@@ -61,13 +62,15 @@ def calibrated_gesture_model() -> tuple[nn.Module, torch.Tensor]:
 def operands(monkeypatch):
     """The (q, k, v) every SSA forward hands to the spike product, as the forward computes them."""
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    original = layers.scaled_spike_attention
+    def recorder(original):
+        def recording(q, k, v, num_heads, scale, **options):
+            seen.append(tuple(layers.split_heads(t, num_heads) for t in (q, k, v)))
+            return original(q, k, v, num_heads, scale, **options)
+        return recording
 
-    def recording(q, k, v, num_heads, scale, **options):
-        seen.append(tuple(layers.split_heads(t, num_heads) for t in (q, k, v)))
-        return original(q, k, v, num_heads, scale, **options)
-
-    monkeypatch.setattr(layers, "scaled_spike_attention", recording)
+    monkeypatch.setattr(layers, "scaled_spike_attention", recorder(layers.scaled_spike_attention))
+    # the accelerated model's SSA (spikformer.fast) multiplies through the fast path's function instead
+    monkeypatch.setattr(fast_modules, "fast_spike_products", recorder(fast_modules.fast_spike_products))
     return seen
 
 

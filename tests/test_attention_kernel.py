@@ -10,9 +10,11 @@ import copy
 import pytest
 import torch
 
-from spikformer import layers
-from spikformer.kernels import cpu
-from spikformer.layers import SpikingSelfAttention, scaled_spike_attention, spike_attention, split_heads
+from spikformer.fast import attention
+from spikformer.fast.attention import fast_spike_products as scaled_spike_attention
+from spikformer.fast.kernels import cpu
+from spikformer.fast.modules import FastSpikingSelfAttention as SpikingSelfAttention
+from spikformer.layers import spike_attention, split_heads
 
 needs_kernel = pytest.mark.skipif(not cpu.spike_attention_vectorised(),
                                   reason="the kernel runs with AVX-512 only (elsewhere PyTorch's is faster)")
@@ -40,7 +42,7 @@ def test_the_kernel_gives_the_unfused_products_bit_for_bit(dtype, heads, dim, to
     # scale must be applied as one float32 product, as the unfused path applies it
     q, k, v = (spikes((2, 3, tokens, dim), density, seed, dtype) for seed in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        assert layers._attention_kernel_applies(q, k, v, heads)
+        assert attention._attention_kernel_applies(q, k, v, heads)
         got = scaled_spike_attention(q, k, v, heads, scale)
         expected = unfused(q, k, v, heads, scale)
     assert got.dtype == expected.dtype == torch.float32 and got.shape == expected.shape
@@ -56,14 +58,14 @@ def test_the_kernels_gradients_are_the_unfused_ones_to_rounding(amp):
     results = []
     for kernel in (False, True):
         module, xi = copy.deepcopy(ssa), x.clone().requires_grad_()
-        original = layers._attention_kernel_applies
-        layers._attention_kernel_applies = original if kernel else (lambda *args: False)
+        original = attention._attention_kernel_applies
+        attention._attention_kernel_applies = original if kernel else (lambda *args: False)
         try:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 out = module(xi)
             out.float().pow(2).sum().backward()
         finally:
-            layers._attention_kernel_applies = original
+            attention._attention_kernel_applies = original
         results.append((out, xi.grad, {n: p.grad for n, p in module.named_parameters()}))
     (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
     assert torch.equal(out_a, out_b)  # the spikes after the attention neuron and the projection
@@ -89,11 +91,11 @@ def test_the_kernel_returns_only_the_gradients_asked_for_and_handles_nonbinary_v
 
 def test_the_unfused_path_runs_where_the_kernel_would_differ():
     q, k, v = (spikes((1, 2, 8, 32), 0.3, seed) for seed in range(3))
-    assert not layers._attention_kernel_applies(q, k, v, 2)  # N <= d: the unfused path takes (Q K^T) V
+    assert not attention._attention_kernel_applies(q, k, v, 2)  # N <= d: the unfused path takes (Q K^T) V
     q, k, v = (spikes((1, 2, 40, 32), 0.3, seed, torch.bfloat16) for seed in range(3))
-    assert not layers._attention_kernel_applies(q, k, v, 2)  # bfloat16 without autocast returns bfloat16
-    assert not layers._attention_kernel_applies(q.double(), k.double(), v.double(), 2)
-    assert not layers._attention_kernel_applies(q.float().transpose(2, 3), k.float(), v.float(), 2)
+    assert not attention._attention_kernel_applies(q, k, v, 2)  # bfloat16 without autocast returns bfloat16
+    assert not attention._attention_kernel_applies(q.double(), k.double(), v.double(), 2)
+    assert not attention._attention_kernel_applies(q.float().transpose(2, 3), k.float(), v.float(), 2)
 
 
 @needs_kernel

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spikformer.kernels import cpu
+from spikformer.fast.kernels import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
@@ -38,7 +38,7 @@ def _run(args: list[str], tmp_path: Path, cwd: Path = ROOT) -> subprocess.Comple
 
 
 def test_the_avx2_machine_has_float32_amp_and_a_kernel_without_avx512(tmp_path):
-    probe = _run(["-c", "import torch; from spikformer.kernels import cpu; from spikformer.train import engine; "
+    probe = _run(["-c", "import torch; from spikformer.fast.kernels import cpu; from spikformer.train import engine; "
                   "print(torch.backends.cpu.get_cpu_capability(), cpu.available(torch.bfloat16), "
                   "cpu.spike_attention_vectorised(), engine.autocast_dtype(torch.device('cpu'), 'auto'))"],
                  tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spikformer.kernels import cpu
+from spikformer.fast.kernels import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import spikformer
-from spikformer.kernels import cpu
-from spikformer.layers import LinearBNLIF, SpikingConvStage, spike_attention
-from spikformer.neuron import LIFParams, lif_multistep, lif_reference
+from spikformer.fast.attention import spike_attention
+from spikformer.fast.kernels import cpu
+from spikformer.layers import LinearBNLIF, SpikingConvStage
+from spikformer.neurons import LIFParams, lif_multistep, lif_reference
 from spikformer.neurons.batchnorm import batch_norm_lif
 
 pytestmark = pytest.mark.skipif(not cpu.available(torch.bfloat16), reason="needs the CPU kernel")

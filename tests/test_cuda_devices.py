@@ -76,7 +76,7 @@ def test_training_forward_traces_on_fake_cuda_tensors(monkeypatch, name, autocas
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import spikformer
-    from spikformer import memory
+    from spikformer.fast import memory
 
     monkeypatch.setattr(memory, "_binary", lambda t: True)
     mode = FakeTensorMode(allow_non_fake_inputs=True)

@@ -129,7 +129,7 @@ def test_the_cpu_stem_runs_channels_last_and_hands_over_contiguous_tokens():
         tokens = model.patch_embed(x)
         for hook in hooks:
             hook.remove()
-        first.channels_last_on_cpu = False
+        first.channels_last = False
         nchw = first(x)
     for out in stage_outputs:  # each step's images channels-last, so conv and max-pool take NHWC
         assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
@@ -194,7 +194,7 @@ def test_model_with_sync_batchnorm_runs_forward_and_backward():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["tokens", "nchw", "channels_last"])
 def test_kernel_batch_statistics_are_exact_var_mean_and_differentiable(kind, dtype):
-    from spikformer.kernels import cpu
+    from spikformer.fast.kernels import cpu
     from spikformer.neurons.batchnorm import _KernelBatchStatistics
 
     shape, dims = ((300, 7), (0,)) if kind == "tokens" else ((6, 7, 9, 11), (0, 2, 3))

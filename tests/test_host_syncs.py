@@ -58,10 +58,10 @@ class HostReads:
 
 
 def test_gpu_spike_packing_reads_the_device_once_per_saved_tensor(monkeypatch):
-    from spikformer.memory import _pack_bits_torch
+    from spikformer.fast.memory import _pack_bits_torch
 
     # the packing path of devices without the C kernel (GPUs)
-    reads = HostReads(monkeypatch, "memory.py")
+    reads = HostReads(monkeypatch, "fast/memory.py")
     reads.active = True
     assert _pack_bits_torch((torch.rand(8192) < 0.2).float()) is not None
     assert _pack_bits_torch(torch.randn(8192)) is None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from spikformer.kernels import cpu as cpu_kernel
-from spikformer.kernels import is_time_major_dense
-from spikformer.neuron import (
+from spikformer.fast.kernels import cpu as cpu_kernel
+from spikformer.fast.kernels import is_time_major_dense
+from spikformer.neurons import (
     LIF,
     LIFParams,
     backend_available,
@@ -153,7 +155,9 @@ def test_lif_layer_traces_into_one_graph():
 @pytest.fixture
 def fresh_kernel_state(monkeypatch, tmp_path):
     """Forget the built C kernel and the backend choices; restore them afterwards."""
-    from spikformer import neuron
+    import spikformer.neurons.lif_backends  # noqa: F401  (the module, not the function of that name)
+
+    neuron = sys.modules["spikformer.neurons.lif_backends"]
 
     def clear():
         cpu_kernel._library.cache_clear()
@@ -228,7 +232,7 @@ def test_triton_kernels_launch_on_the_device_of_their_tensors(monkeypatch):
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from spikformer.kernels import triton_lif
+    from spikformer.fast.kernels import triton_lif
 
     current, launches = ["cuda:0"], []
 
@@ -256,7 +260,7 @@ def test_triton_kernel_matches_reference_in_the_interpreter(monkeypatch):
     pytest.importorskip("triton")
     import importlib
 
-    from spikformer.kernels import triton_lif
+    from spikformer.fast.kernels import triton_lif
 
     # Kernels defined while TRITON_INTERPRET=1 run on CPU tensors through Triton's interpreter. Its bfloat16
     # rounding is not faithful (it truncates), so bfloat16 is checked on GPUs only.
@@ -311,7 +315,7 @@ def test_triton_lif_backward_sees_no_spike_on_a_membrane_just_below_threshold(mo
     pytest.importorskip("triton")
     import importlib
 
-    from spikformer.kernels import triton_lif
+    from spikformer.fast.kernels import triton_lif
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     round_to_nearest_in_the_interpreter(monkeypatch)

@@ -14,7 +14,7 @@ from torch import nn
 import spikformer
 from spikformer import create_model, list_models
 from spikformer.models import get_variant
-from spikformer.neuron import LIF
+from spikformer.neurons import LIF
 
 ALL_MODELS = list_models()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikformer.neuron import LIF, LIFParams, backend_available, lif_backends, lif_multistep, lif_reference
+from spikformer.neurons import LIF, LIFParams, backend_available, lif_backends, lif_multistep, lif_reference
 
 sj_neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
 sj_surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")

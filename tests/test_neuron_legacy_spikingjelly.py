@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikformer.neuron import LIFParams, backend_available, lif_backends, lif_multistep, lif_reference
+from spikformer.neurons import LIFParams, backend_available, lif_backends, lif_multistep, lif_reference
 
 legacy = pytest.importorskip("spikingjelly.clock_driven.neuron")
 pytestmark = pytest.mark.legacy_spikingjelly

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import spikformer
-from spikformer import memory
 from spikformer.config import TrainConfig, load_config
+from spikformer.fast import memory
+from spikformer.fast.modules import FastSpikingConvStage
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, img_size=16)
 
@@ -37,7 +38,7 @@ def test_the_pure_torch_packer_used_off_the_cpu_agrees_with_the_kernel():
     spikes = (torch.rand(5, 1001) < 0.5).float()
     flat = spikes.view(-1)
     bits = memory._pack_bits_torch(flat)
-    from spikformer.kernels import cpu
+    from spikformer.fast.kernels import cpu
 
     assert torch.equal(bits, cpu.pack_spikes(flat))
     out = torch.empty_like(flat)
@@ -238,7 +239,7 @@ def test_stem_units_recomputing_their_conv_output_give_bit_identical_gradients(a
 
 
 def test_a_unit_recomputing_its_conv_stores_its_input_spikes_instead_of_the_conv_output():
-    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit = FastSpikingConvStage(16, 64).train()
     unit.recompute_conv = True
     spikes = (torch.rand(2, 4, 16, 8, 8) < 0.3).float()  # [T, B, C, H, W]
 
@@ -256,7 +257,7 @@ def test_a_unit_recomputing_its_conv_stores_its_input_spikes_instead_of_the_conv
 
 def test_a_hook_on_the_conv_or_the_neuron_still_sees_every_training_call():
     # the recomputing path calls neither module, so it steps aside while a forward hook watches one
-    unit = spikformer.layers.SpikingConvStage(16, 64).train()
+    unit = FastSpikingConvStage(16, 64).train()
     unit.recompute_conv = True
     calls = []
     for module in (unit.conv, unit.lif):

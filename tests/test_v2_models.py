@@ -9,8 +9,7 @@ import torch
 import spikformer
 from spikformer.config import load_config
 from spikformer.errors import ConfigError
-from spikformer.layers import SpikingPatchSplitting
-from spikformer.layers_v2 import SCSOptions, SpikingConvolutionalStem
+from spikformer.layers import SCSOptions, SpikingConvolutionalStem, SpikingPatchSplitting
 from spikformer.models import get_variant, list_models, resolve_config
 
 V2_NAMES = list_models("spikformer_v2_")

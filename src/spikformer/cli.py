@@ -34,7 +34,7 @@ def shorten(error: BaseException | str) -> str:
 
 # Each module defines ``register(subparsers)`` (adds its parser with ``set_defaults(func=run)``).
 COMMANDS = ("train", "pretrain", "eval", "reconstruct", "models", "configs", "demo", "analyze", "energy_table",
-            "frames", "export", "predict", "doctor")
+            "frames", "export", "predict", "doctor", "build_kernels")
 
 
 def version_text() -> str:

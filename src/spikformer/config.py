@@ -62,7 +62,7 @@ class ModelConfig:
     # The stem by name ("sps": V1's patch splitting, "scs": V2's convolutional stem) or by the import path of a
     # builder of your own (my_stems:build_stem, docs/neurons.md); None keeps the variant's.
     stem: str | None = None
-    # Options of the stem (SCS: the keys of layers_v2.SCSOptions); empty: the stem's defaults.
+    # Options of the stem (SCS: the keys of layers.SCSOptions); empty: the stem's defaults.
     stem_options: dict[str, Any] = field(default_factory=dict)
     # The spiking neuron of every layer: a registered name (lif, plif) or the import path of a SpikingNeuron
     # class of your own (my_neurons:IntegrateAndFire, docs/neurons.md).

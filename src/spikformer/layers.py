@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -25,9 +24,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .memory import SpikeMaxPool2d, plain_eager
-from .neurons import LIF, NeuronLayer, neuron_layer
-from .neurons.batchnorm import conv_batch_norm_lif
+from .neurons import NeuronLayer, neuron_layer
 from .registry import Registry, did_you_mean
 from .sparse import sparse_batch_norm, visible_map
 
@@ -83,27 +80,12 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-def _unhooked(*modules: nn.Module) -> bool:
-    """Whether no forward hook (of these modules, or global) would miss a call these modules do not get."""
-    from torch.nn.modules import module as module_mod
-
-    if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
 class SpikingConvStage(nn.Module):
     """``Conv2d(k, stride, no bias) -> BatchNorm2d -> neuron [-> MaxPool2d(3, 2, 1)]`` on ``[T, B, C, H, W]``.
 
     ``forward(x, mask)`` runs the unit as an emulated sparse convolution (``spikformer.sparse``): given
     ``x`` zero under the patch mask, its output is zero there too, and BatchNorm sees visible positions only.
     """
-
-    # See convolve(); benchmarks/bench_cpu_path.py turns it off per stage to measure NCHW side by side.
-    channels_last_on_cpu: bool = True
-    # Training: recompute the conv output in the backward pass instead of storing it (neurons.batchnorm.
-    # conv_batch_norm_lif); the stem turns it on where the conv is cheap next to the bytes it would store.
-    recompute_conv: bool = False
 
     def __init__(
         self,
@@ -119,37 +101,19 @@ class SpikingConvStage(nn.Module):
         self.conv = nn.Conv2d(in_chans, out_chans, kernel_size, stride, kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(out_chans)
         self.lif = neuron_layer(neuron, neuron_options)()  # named lif for the state-dict and layer names
-        self.pool = SpikeMaxPool2d(3, 2, 1) if pool else nn.Identity()
+        self.pool = nn.MaxPool2d(3, 2, 1) if pool else nn.Identity()
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, C, H, W] -> [T*B, C', H', W']``, the conv alone.
-
-        On the CPU the images go channels-last: oneDNN's convolutions and PyTorch's max-pool run faster on
-        that layout here (about 10% of a CIFAR inference step, docs/performance.md), the LIF kernels read it
-        in place, and the stem's tokens come out contiguous with no copy. Values do not depend on the layout
-        beyond the convolution's summation order.
-        """
-        return self.conv(self.convolve_input(x))
-
-    def convolve_input(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, C, H, W] -> [T*B, C, H, W]`` in the layout the conv reads (see :meth:`convolve`)."""
-        x = x.flatten(0, 1)
-        if x.device.type == "cpu" and self.channels_last_on_cpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        """``[T, B, C, H, W] -> [T*B, C', H', W']``, the conv alone."""
+        return self.conv(x.flatten(0, 1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[T, B, C, H, W] -> [T, B, C', H', W']``; with a patch ``mask [B, h, w]``, the sparse unit."""
         if mask is not None:
             return self.forward_masked(x, mask)
         T, B = x.shape[:2]
-        if self.recompute_conv and self.training and type(self.lif) is LIF and _unhooked(self.conv, self.bn, self.lif):
-            # the conv output is recomputed in the backward pass from x instead of being stored (this calls
-            # neither the conv nor the LIF module, so it is skipped while a hook watches either)
-            y = conv_batch_norm_lif(self.convolve_input(x), self.conv, self.bn, self.lif.params, T, self.lif.backend)
-        else:
-            y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
-            y = self.lif(y, norm=self.bn)
+        y = self.convolve(x).unflatten(0, (T, B))  # [T, B, C', H', W']
+        y = self.lif(y, norm=self.bn)
         return self.pool(y.flatten(0, 1)).unflatten(0, (T, B))
 
     def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -205,10 +169,6 @@ class SpikingSelfAttention(nn.Module):
     paper's DVS128 Gesture variant; see ``token_max_pool``).
     """
 
-    # On the CPU the products run on the C kernel where it applies (scaled_spike_attention); benchmarks/
-    # bench_bf16.py turns it off per module to measure PyTorch's products side by side.
-    kernel_on_cpu: bool = True
-
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool, scale: float, attn_threshold: float = 0.5,
         neuron: Neuron = "lif", neuron_options: dict[str, Any] | None = None, qk_pool: int = 0,
@@ -242,8 +202,12 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.q(x), self.k(x), self.v(x)
         q, k = self.pool_qk(q, k)
-        out = scaled_spike_attention(q, k, v, self.num_heads, self.scale, use_kernel=self.kernel_on_cpu)
+        out = self.spike_products(q, k, v)  # [T, B, N, D], integers times the scale
         return self.proj(self.attn_lif(out))
+
+    def spike_products(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(Q K^T) V * scale`` per head of the spikes ``[T, B, N, D]``: the attention neuron's input."""
+        return scaled_spike_attention(q, k, v, self.num_heads, self.scale)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -253,55 +217,12 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def scaled_spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-                           scale: float, use_kernel: bool = True) -> torch.Tensor:
+                           scale: float) -> torch.Tensor:
     """``(Q K^T) V * scale`` per head of the spike tensors ``[T, B, N, D]``, as ``[T, B, N, D]``: the input of the
-    attention neuron. :func:`spike_attention` on the split heads, or where it applies the CPU kernel
-    (:class:`_SpikeAttentionKernel`, unless ``use_kernel`` is false), which gives the same values bit for bit
-    on 0/1 operands (and on any small integers: every sum is exact); on other values, to float rounding."""
-    if use_kernel and _attention_kernel_applies(q, k, v, num_heads):
-        return _SpikeAttentionKernel.apply(q, k, v, num_heads, float(scale))
+    attention neuron (:func:`spike_attention` on the split heads)."""
     T, B, N, D = q.shape
     out = spike_attention(*(split_heads(t, num_heads) for t in (q, k, v)))  # [T, B, h, N, d], integers
     return (out * scale).transpose(2, 3).reshape(T, B, N, D)
-
-
-class _SpikeAttentionKernel(torch.autograd.Function):
-    """``(Q K^T V) * scale`` per head, ``[T, B, N, D]`` in and out, on the CPU kernel
-    (``kernels.cpu.spike_attention_forward``): the heads are read in place (no split and merge copies, no
-    casts), the zeros of the spike operands are skipped, and the float32 result is the unfused path's bit for
-    bit (integer sums, then the same float32 product with the scale). The backward pass recomputes ``K^T V``;
-    its gradients are the same products in float32, summed in another order and rounded once to the spikes'
-    dtype (the unfused bfloat16 path also rounds ``d(K^T V)`` to bfloat16 on the way)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, num_heads, scale):  # type: ignore[override]
-        from .kernels import cpu
-
-        ctx.save_for_backward(q, k, v)
-        ctx.config = (num_heads, scale)
-        return cpu.spike_attention_forward(q, k, v, num_heads, scale)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        from .kernels import cpu
-
-        q, k, v = ctx.saved_tensors
-        grads = cpu.spike_attention_backward(q, k, v, grad, *ctx.config, needs=tuple(ctx.needs_input_grad[:3]))
-        return *grads, None, None
-
-
-def _attention_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> bool:
-    """Whether :class:`_SpikeAttentionKernel` computes what the unfused path would: on the CPU, where the unfused
-    path also returns float32 (float32 spikes, or bfloat16 ones under autocast) and evaluates ``Q (K^T V)``."""
-    if q.device.type != "cpu" or not plain_eager():
-        return False
-    N, d = q.shape[-2], q.shape[-1] // num_heads
-    if N <= d or not (q.dtype == torch.float32 or (q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"))):
-        return False
-    from .kernels import cpu
-
-    return cpu.spike_attention_applies(q, k, v)
 
 
 def token_max_pool(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -370,17 +291,6 @@ def spike_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     dtype = exact_spike_product_dtype(q, N, d, out_dtype)
     no_autocast = torch.autocast(q.device.type, enabled=False) if autocast_device else contextlib.nullcontext()
     with no_autocast:
-        # --- bf16 (issue 17): bfloat16 spikes on the CPU. The inner product's sums stay below its inner length
-        # (at most max(N, d)), exact in bfloat16 up to 256, so it reads the spikes as they are; only the outer
-        # product, whose sums reach N * d, runs in float32 (one cast, of one operand, instead of three).
-        if q.dtype == torch.bfloat16 and dtype == torch.float32 and q.device.type == "cpu" and max(N, d) <= 256:
-            as_float = functools.partial(torch.Tensor.to, dtype=torch.float32, memory_format=torch.contiguous_format)
-            if N > d:
-                out = as_float(q) @ (k.transpose(-2, -1) @ v).float()
-            else:
-                out = (q @ k.transpose(-2, -1)).float() @ as_float(v)
-            return out.to(out_dtype)
-        # --- end bf16 ---
         out = exact_spike_products(q, k, v, dtype)
     return out.to(out_dtype)
 
@@ -505,13 +415,6 @@ class SCSOptions:
         return cls(depths=(1, 1, 1, 1))
 
 
-# A stem unit recomputes its conv output in the backward pass (instead of storing it) when the conv costs at
-# most this many multiply-adds per output element: V1's first two units on CIFAR (3 -> 48 -> 96 channels)
-# store 75 MiB at batch 32, T=4, for about 1.5% of the step's arithmetic; the later, wider units would cost
-# 6% each.
-RECOMPUTED_CONV_MACS = 48 * 9
-
-
 class SpikingConvolutionalStem(nn.Module):
     """The stem: ``[T, B, C, H, W] -> [T, B, N, D]`` tokens with ``N = (H/patch) * (W/patch)``.
 
@@ -545,8 +448,6 @@ class SpikingConvolutionalStem(nn.Module):
                     neuron=make,
                 ))
                 chans = width
-        for unit in units:
-            unit.recompute_conv = unit.conv.in_channels * options.kernel_size ** 2 <= RECOMPUTED_CONV_MACS
         self.stages = nn.ModuleList(units)
         self.rpe = SpikingConvStage(embed_dim, embed_dim, neuron=make) if options.rpe else None
 

@@ -41,35 +41,29 @@ def register(subparsers) -> None:
 
 
 def c_kernel_status() -> tuple[bool, str]:
-    """Whether the CPU C kernels are usable here, and why (the build's own error when it failed)."""
-    from ..kernels import cpu
+    """Whether the CPU C kernels are usable here, and why: the build's own status (``fast.kernels.cpu``)."""
+    from ..fast.kernels import cpu
 
     if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0"):
         return False, "switched off by SPIKFORMER_NO_CPU_KERNEL"
-    if not sys.platform.startswith("linux"):
-        return False, f"built on Linux only (this is {sys.platform})"
-    compiler = cpu._compiler()
-    if compiler is None:
-        return False, f"no C compiler: CC={os.environ.get('CC', 'cc')!r} not found, nor gcc or clang"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ok = cpu.available()
-    if ok:
-        return True, f"{os.path.basename(compiler)} -march={cpu.target_arch()}"
-    messages = [str(w.message) for w in caught if "could not be built" in str(w.message)]
-    if not messages:
-        return False, "its build failed earlier in this process"
-    # the warning reads "spikformer: the CPU LIF kernel could not be built (ERROR); using ...": keep ERROR
-    error = messages[-1].split("could not be built (", 1)[1].rsplit("); using", 1)[0]
-    return False, "build failed: " + " ".join(error.split()).rstrip(":")[:300]
+    with warnings.catch_warnings():  # the build's warning is this command's report, said below
+        warnings.simplefilter("ignore")
+        status = cpu.build_status()
+    if status["built"]:
+        compiler = cpu._compiler() or "cc"
+        return True, f"{os.path.basename(compiler)} -march={status['target']}"
+    reason = " ".join(str(status["reason"] or "its build failed earlier in this process").split())
+    if cpu._compiler() is not None and sys.platform.startswith("linux"):
+        reason = "build failed: " + reason
+    return False, reason.rstrip(":")[:300]
 
 
 def cpu_choices() -> tuple[list[OpChoice], dict[str, Any]]:
     """The fused ops' backends for CPU tensors, and the CPU's facts."""
     import torch
 
-    from ..kernels import cpu
-    from ..neuron import default_backend
+    from ..fast.kernels import cpu
+    from ..neurons import default_backend
 
     built, why = c_kernel_status()
     flags = cpu.cpu_flags()
@@ -126,7 +120,7 @@ def cuda_choices() -> tuple[list[OpChoice], dict[str, Any]]:
     """The fused ops' backends for tensors on the current CUDA device (empty without one), and its facts."""
     import torch
 
-    from ..neuron import default_backend
+    from ..neurons import default_backend
 
     triton = _triton_version()
     facts: dict[str, Any] = {"cuda_build": torch.version.cuda, "triton": triton or "not installed"}
@@ -219,7 +213,7 @@ def run(args) -> int:
 
 
 def _triton_version() -> str | None:
-    from ..kernels import triton_lif
+    from ..fast.kernels import triton_lif
 
     return getattr(triton_lif.triton, "__version__", None) if triton_lif.triton is not None else None
 

@@ -74,7 +74,7 @@ def stem_option_defaults(stem: str) -> dict[str, Any]:
     from ..layers import _STEMS
 
     if stem == "scs":
-        from ..layers_v2 import SCSOptions
+        from ..layers import SCSOptions
 
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in dataclasses.asdict(SCSOptions()).items()}
@@ -128,7 +128,7 @@ def _check_architecture(model: ModelConfig) -> None:
         raise ConfigError(f"model.img_size {model.img_size} is not divisible by model.patch_size {model.patch_size}")
     if model.embed_dim % model.num_heads:
         raise ConfigError(f"model.embed_dim {model.embed_dim} is not divisible by model.num_heads {model.num_heads}")
-    from ..neuron import lif_backends
+    from ..neurons import lif_backends
 
     backends = ["auto", *lif_backends()]
     if model.lif_backend not in backends:  # the LIF looks its backend up only in its first forward pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -9,8 +10,10 @@ import torch
 from timm.layers import register_notrace_function, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
-from .. import layers, memory
+from .. import layers
 from ..layers import Neuron, SpikformerBlock, build_stem
 from ..neurons import NeuronLayer, SpikingNeuron, neuron_layer
 from ..neurons.lif import UnrolledLIF
@@ -18,7 +21,7 @@ from ..neurons.lif import UnrolledLIF
 # torch.fx (timm's fx feature extraction, torchvision's create_feature_extractor) traces the model down to these
 # units and calls them as they are: each runs the neuron's custom autograd Function (the surrogate gradient,
 # which tracing through would lose) or branches on its input's device, shape or dtype.
-for _unit in (SpikingNeuron, UnrolledLIF, layers.SpikingConvStage, layers.LinearBNLIF, memory.SpikeMaxPool2d):
+for _unit in (SpikingNeuron, UnrolledLIF, layers.SpikingConvStage, layers.LinearBNLIF):
     register_notrace_module(_unit)
 register_notrace_function(layers.scaled_spike_attention)
 register_notrace_function(layers.token_max_pool)
@@ -92,14 +95,15 @@ class Spikformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images or frames -> token features ``[T, B, N, D]`` after the last block."""
-        # Training memory (spikformer.memory): spikes saved for backward at 1 bit each; optional checkpointing
-        # (which also restores the BatchNorm running statistics the recomputation would update twice).
         checkpointing = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
-        with memory.spike_packing(self.pack_saved_spikes and self.training):
-            x = self.patch_embed(time_first(x, self.T, self.in_chans, self.patch_size, self.img_size))
-            for block in self.blocks:
-                x = memory.checkpoint_block(block, x) if checkpointing else block(x)
+        x = self.patch_embed(self.time_first(x))  # [T, B, N, D]
+        for block in self.blocks:
+            x = self.checkpoint_block(block, x) if checkpointing else block(x)
         return x
+
+    def checkpoint_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)`` under gradient checkpointing (:func:`recompute_in_backward`)."""
+        return recompute_in_backward(block, x)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
@@ -135,8 +139,6 @@ class Spikformer(nn.Module):
             self.reset_classifier(0)
         return take
 
-    # Class default, so that every model (and a model unpickled from before it existed) has it.
-    pack_saved_spikes: bool = True
     # The axis of forward_features' output [T, B, N, D] that holds the features (timm's feature_dim): its
     # features are tokens over time, not a [B, C, H, W] map.
     feature_dim: int = -1
@@ -231,6 +233,34 @@ def time_first(x: torch.Tensor, T: int, in_chans: int, patch_size: int, img_size
     if not x.is_floating_point():
         x = x.float()
     return x
+
+
+def recompute_in_backward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
+
+    The BatchNorm running statistics are restored after the recomputation, so they are updated once per step
+    as without it, and the random state is replayed, so drop-path masks are those of the plain step.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return block(x)
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), running_statistics_restored(block)))
+
+
+@contextlib.contextmanager
+def running_statistics_restored(module: nn.Module):
+    """Put the BatchNorm running statistics of ``module`` back as they were on entry, on exit."""
+    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+             for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(norms, saved):
+                for b, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+                                     if b is not None], buffers):
+                    b.copy_(value)
 
 
 def _neuron_with_backend(neuron: Neuron, options: dict[str, Any] | None, lif_backend: str) -> NeuronLayer:

@@ -9,7 +9,6 @@ lists every count; ``tests/test_v2_models.py`` pins them.
 
 from __future__ import annotations
 
-from .. import layers_v2  # noqa: F401  (registers the "scs" stem)
 from .registry import Variant, register_variant
 
 

@@ -20,6 +20,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .. import fast
 from ..errors import ConfigError
 from .official import accept_checkpoint_dialects, timm_filter_fn
 from .registry import VARIANTS, Variant, get_variant
@@ -98,6 +99,7 @@ def _build(name: str, pretrained: bool = False, **kwargs: Any) -> Spikformer:
     target = getattr(model, "model", model)  # a features_only wrapper holds the model
     if pretrained and not timm_args.get("features_only"):
         _say_if_the_head_was_not_loaded(name, target.pretrained_cfg.get("num_classes"), resolved["num_classes"])
+    fast.accelerate(target)  # the fused ops (spikformer.fast); FastPolicy.off() undoes them
     # What timm's save_for_hf writes into config.json: the complete description, so a folder rebuilds the
     # same architecture whatever the variant table says then.
     target._model_args = {k: v for k, v in resolved.items() if k != "drop_path_rate"}

@@ -68,7 +68,7 @@ class _KernelBatchStatistics(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y):  # type: ignore[override]
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         mean, var = cpu.bn_stats(y)
         cdt = _compute_dtype(y)
@@ -89,7 +89,7 @@ class _KernelBatchStatistics(torch.autograd.Function):
 def _kernel_statistics_apply(y: torch.Tensor) -> bool:
     if y.device.type != "cpu" or y.ndim not in (2, 4) or torch.compiler.is_compiling():
         return False
-    from ..kernels import cpu
+    from ..fast.kernels import cpu
 
     return cpu.available(y.dtype)
 
@@ -121,7 +121,7 @@ def _scale_shift(norm: _BatchNorm, mean: torch.Tensor, invstd: torch.Tensor) -> 
 def _normalize(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # Two separately rounded operations (no fused multiply-add), as the C kernel computes them.
     cdt = scale.dtype
-    # bf16 (issue 17): a half-precision y stays in float32 here, as in the kernels, which never round z.
+    # A half-precision y stays in float32 here, as in the kernels, which never round z.
     out_dtype = cdt if y.dtype in HALF_DTYPES else y.dtype
     return (y.to(cdt) * _per_channel(scale, y) + _per_channel(shift, y)).to(out_dtype)
 
@@ -148,7 +148,7 @@ def _bn_lif_forward(y, norm, params, backend, steps):
     scale, shift = _scale_shift(norm, mean, invstd)
     p = params
     if backend == "c":
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         spikes = cpu.bn_lif_forward(y, scale, shift, steps, float(p.tau), float(p.v_threshold), float(p.v_reset))
     else:
@@ -162,7 +162,7 @@ def _bn_lif_backward(y, grad_spikes, stats, params, backend, steps, want_weight,
     mean, invstd, scale, shift = stats
     p = params
     if backend == "c":
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         grad_z, sum_g, sum_gy = cpu.bn_lif_backward(
             y, grad_spikes, scale, shift, mean, steps, float(p.tau), float(p.v_threshold), float(p.v_reset),
@@ -219,7 +219,7 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tenso
 
 class _ConvBatchNormLIF(torch.autograd.Function):
     """Training-mode ``LIF(BN(conv(x)))`` that stores ``x`` (a spike map, so 1 bit per element under
-    ``spikformer.memory.spike_packing``) instead of the conv output ``y``: the backward pass recomputes ``y``
+    ``spikformer.fast.memory.spike_packing``) instead of the conv output ``y``: the backward pass recomputes ``y``
     with the same convolution (deterministic, so bit for bit), then runs :class:`_BatchNormLIF`'s backward
     and the convolution's own backward kernel, so the gradients are the unfused path's."""
 
@@ -270,7 +270,7 @@ def batch_norm_lif(x: torch.Tensor, norm: nn.Module, params: LIFParams, backend:
         if name != "c" or needs_grad or _uses_batch_statistics(norm):
             return lif_multistep(batch_norm(y, norm).view(x.shape), params, name).to(x.dtype)
         # inference on CPU: normalise inside the LIF kernel, without a BatchNorm output tensor
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         cdt = _compute_dtype(y)
         scale, shift = _scale_shift(norm, norm.running_mean.to(cdt),

@@ -1,4 +1,4 @@
-"""The LIF neuron as a layer (SPEC §1): the model's default neuron, with the backends of ``lif_backends``."""
+"""The LIF neuron as a layer (docs/neurons.md): the model's default neuron, with the backends of ``lif_backends``."""
 
 from __future__ import annotations
 

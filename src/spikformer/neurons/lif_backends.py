@@ -1,7 +1,7 @@
 """The numerics of the multi-step Leaky Integrate-and-Fire neuron: the oracle and its fast backends.
 
 Time is the first dimension of every input: ``x`` is ``[T, ...]`` with any trailing shape. The neuron
-follows the template charge -> fire -> reset (SPEC §1, SpikingJelly's ``MultiStepLIFNode(tau=2.0,
+follows the template charge -> fire -> reset (docs/neurons.md, SpikingJelly's ``MultiStepLIFNode(tau=2.0,
 detach_reset=True)``):
 
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) / tau
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import as_time_major_dense
+from ..fast.kernels import as_time_major_dense
 from ..registry import Registry
 from .surrogate import sigmoid_surrogate_grad, spike
 
@@ -69,11 +69,10 @@ def lif_reference(
     x: torch.Tensor, params: LIFParams = LIFParams(), return_membrane: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The oracle: a per-step autograd loop. Optionally also returns ``V`` after reset, ``[T, ...]``."""
-    # --- bf16 (issue 17): half-precision inputs charge a float32 membrane, spikes come back in x's dtype ---
+    # Half-precision inputs charge a float32 membrane; spikes come back in x's dtype.
     if x.dtype in HALF_DTYPES:
         out = lif_reference(x.float(), params, return_membrane)
         return (out[0].to(x.dtype), out[1]) if return_membrane else out.to(x.dtype)
-    # --- end bf16 ---
     v = torch.full_like(x[0], params.v_reset)
     spikes, membranes = [], []
     for t in range(x.shape[0]):
@@ -93,7 +92,7 @@ def lif_reference(
 def torch_lif_forward(x: torch.Tensor, p: LIFParams, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Spikes of ``x [T, ...]`` and, if ``keep_h``, the pre-reset potentials ``H`` (no autograd)."""
     spikes = torch.empty_like(x)
-    x = x.float() if x.dtype in HALF_DTYPES else x  # bf16 (issue 17): a float32 membrane, as the oracle
+    x = x.float() if x.dtype in HALF_DTYPES else x  # a float32 membrane, as the oracle
     h_all = torch.empty_like(x) if keep_h else None
     v = torch.full_like(x[0], p.v_reset)
     for t in range(x.shape[0]):
@@ -145,7 +144,7 @@ class _FusedLIF(torch.autograd.Function):
 @torch.library.custom_op("spikformer::lif_c", mutates_args=())
 def _lif_c(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float,
            detach_reset: bool) -> torch.Tensor:
-    from ..kernels import cpu
+    from ..fast.kernels import cpu
 
     return cpu.lif_forward(x, tau, v_threshold, v_reset)
 
@@ -158,7 +157,7 @@ def _(x, tau, v_threshold, v_reset, alpha, detach_reset):
 @torch.library.custom_op("spikformer::lif_c_backward", mutates_args=())
 def _lif_c_backward(x: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float, v_reset: float,
                     alpha: float, detach_reset: bool) -> torch.Tensor:
-    from ..kernels import cpu
+    from ..fast.kernels import cpu
 
     return cpu.lif_backward(x, grad_spikes, tau, v_threshold, v_reset, alpha, detach_reset)
 
@@ -187,14 +186,14 @@ _lif_c.register_autograd(_lif_c_grad, setup_context=_lif_c_setup)
 @torch.library.custom_op("spikformer::lif_triton", mutates_args=())
 def _lif_triton(x: torch.Tensor, tau: float, v_threshold: float, v_reset: float, alpha: float,
                 detach_reset: bool, keep_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..kernels import triton_lif
+    from ..fast.kernels import triton_lif
 
     return triton_lif.lif_forward(x, tau, v_threshold, v_reset, keep_h)
 
 
 @_lif_triton.register_fake
 def _(x, tau, v_threshold, v_reset, alpha, detach_reset, keep_h):
-    from ..kernels.triton_lif import H_DTYPE
+    from ..fast.kernels.triton_lif import H_DTYPE
 
     x = as_time_major_dense(x)
     return torch.empty_like(x), (torch.empty_like(x, dtype=H_DTYPE) if keep_h else x.new_empty((0,)))
@@ -203,7 +202,7 @@ def _(x, tau, v_threshold, v_reset, alpha, detach_reset, keep_h):
 @torch.library.custom_op("spikformer::lif_triton_backward", mutates_args=())
 def _lif_triton_backward(h: torch.Tensor, grad_spikes: torch.Tensor, tau: float, v_threshold: float,
                          v_reset: float, alpha: float, detach_reset: bool) -> torch.Tensor:
-    from ..kernels import triton_lif
+    from ..fast.kernels import triton_lif
 
     return triton_lif.lif_backward(h, grad_spikes, tau, v_threshold, v_reset, alpha, detach_reset)
 
@@ -275,11 +274,11 @@ def backend_available(name: str, device_type: str, dtype: torch.dtype) -> bool:
     if name in ("torch", "fused"):
         return name in _BACKENDS
     if name == "c":
-        from ..kernels import cpu
+        from ..fast.kernels import cpu
 
         return device_type == "cpu" and cpu.available(dtype)
     if name == "triton":
-        from ..kernels import triton_lif
+        from ..fast.kernels import triton_lif
 
         return device_type == "cuda" and triton_lif.available(dtype)
     return name in _BACKENDS

@@ -1,6 +1,6 @@
 """The surrogate gradient every neuron shares: a Heaviside step forward, the derivative of a sigmoid backward.
 
-SPEC §1: ``dS/dH = alpha * sg(alpha x) * (1 - sg(alpha x))`` with ``x = H - V_th``, SpikingJelly's
+docs/neurons.md: ``dS/dH = alpha * sg(alpha x) * (1 - sg(alpha x))`` with ``x = H - V_th``, SpikingJelly's
 ``surrogate.Sigmoid(alpha=4.0)``.
 """
 

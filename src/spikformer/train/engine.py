@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from ..kernels.cpu import cpu_flags
+from ..fast.kernels.cpu import cpu_flags
 from .distributed import DistInfo, all_reduce_sum
 
 

@@ -218,7 +218,7 @@ class RunLoop:
         self.scheduler = build_scheduler(self.optimizer, config.optim, cfg.epochs, self.steps_per_epoch)
         self.amp_dtype = autocast_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        if cfg.checkpointing:  # recompute each block in the backward pass (spikformer.memory)
+        if cfg.checkpointing:  # recompute each block in the backward pass (spikformer.fast.memory)
             set_checkpointing = getattr(self.model, "set_grad_checkpointing", None)
             if set_checkpointing is None:
                 raise ConfigError(f"train.checkpointing=true, but {type(self.model).__name__} has no "

@@ -1,4 +1,4 @@
-"""Compiled LIF kernels: ``cpu`` (C, through ctypes) and ``triton_lif`` (CUDA). See ``spikformer.neuron``.
+"""Compiled LIF kernels: ``cpu`` (C, through ctypes) and ``triton_lif`` (CUDA). See ``spikformer.neurons.lif_backends``.
 
 Both treat a ``[T, ...]`` tensor as ``T`` rows of ``M`` neurons in memory order, so any layout that keeps
 time outermost and the rest dense (contiguous, or channels-last images) runs without a copy.

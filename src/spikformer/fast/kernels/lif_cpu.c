@@ -1,11 +1,12 @@
 /* Multi-step LIF, forward and backward, for CPU tensors laid out as [T, M] (time first, contiguous).
  *
- * Built at first use by spikformer/kernels/cpu.py with the system C compiler and called through ctypes:
+ * Built by spikformer/fast/kernels/cpu.py with the system C compiler (ahead of time by `spikformer
+ * build-kernels`, else at first use) and called through ctypes, with the signatures of spikformer_kernels.h:
  * no PyTorch headers, so it compiles in well under a second. Each element runs its whole time loop in
  * registers; blocks of LIF_BLOCK elements keep the inner loop vectorisable and are split over threads.
  *
- * Arithmetic follows the reference (spikformer.neuron.lif_reference) operation by operation, and the
- * library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's. bfloat16 and float16
+ * Arithmetic follows the reference (spikformer.neurons.lif_backends.lif_reference) operation by operation, and
+ * the library is compiled with -ffp-contract=off, so spikes are bit-identical to PyTorch's. bfloat16 and float16
  * tensors are read and written in their storage type but computed in float32, exactly as the float32
  * kernel computes their float32 copy (the oracle upcasts half-precision inputs the same way): the membrane
  * never rounds to 8 or 11 mantissa bits, and no float32 copy of the input is ever made. PyTorch's CPU
@@ -18,10 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "spikformer_kernels.h"
+
 #define LIF_BLOCK 256
 #define LIF_MAX_THREADS 256
-
-enum { LIF_F32 = 0, LIF_F64 = 1, LIF_BF16 = 2, LIF_F16 = 3 };
 
 typedef struct {
     int dtype;

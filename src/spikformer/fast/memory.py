@@ -8,10 +8,8 @@ its original strides, when the backward pass asks for it: gradients do not chang
 is binary is checked on the way (the C kernel stops at the first other value, which for a pre-activation is
 the first element), so nothing has to be marked as a spike.
 
-:func:`checkpoint_block` recomputes a block's forward pass in the backward pass instead of saving any of its
-activations (``torch.utils.checkpoint``), for the biggest models; the BatchNorm running statistics are
-restored after the recomputation, so they are updated once per step as without it, and the random state is
-replayed, so drop-path masks and gradients are those of the plain step.
+:func:`checkpoint_block` is the model's gradient checkpointing with each block's input kept as int8.
+:class:`SpikeMaxPool2d` is ``nn.MaxPool2d`` without the int64 indices, on the C kernel where it applies.
 """
 
 from __future__ import annotations
@@ -21,10 +19,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.checkpoint import checkpoint
 
-from .kernels import fills_storage
+from ..models.spikformer import recompute_in_backward
+from .kernels import cpu, fills_storage
 
 # Below this many elements a tensor is kept as it is: the bookkeeping would cost more than the bytes saved.
 MIN_PACKED_NUMEL = 4096
@@ -77,8 +74,6 @@ def pack(t: torch.Tensor) -> torch.Tensor | PackedSpikes:
         return t
     flat = _memory_order(t.detach())
     if flat.device.type == "cpu":
-        from .kernels import cpu
-
         if cpu.available(t.dtype):
             bits = cpu.pack_spikes(flat)
         else:  # a look at the first elements turns pre-activations away without a pass over the rest
@@ -95,8 +90,6 @@ def unpack(saved: torch.Tensor | PackedSpikes) -> torch.Tensor:
     out = torch.empty_strided(saved.shape, saved.stride, dtype=saved.dtype, device=saved.bits.device)
     flat = _memory_order(out)
     if flat.device.type == "cpu":
-        from .kernels import cpu
-
         if cpu.available(saved.dtype):
             cpu.unpack_spikes(saved.bits, flat)
             return out
@@ -113,21 +106,6 @@ def spike_packing(enabled: bool = True) -> contextlib.AbstractContextManager:
     if not enabled or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
-
-
-@contextlib.contextmanager
-def _running_statistics_restored(module: nn.Module):
-    norms = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    saved = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-             for m in norms]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved):
-                for b, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-                                     if b is not None], buffers):
-                    b.copy_(value)
 
 
 class SmallIntegers(NamedTuple):
@@ -165,16 +143,12 @@ def unpack_small_integers(saved: torch.Tensor | PackedSpikes | SmallIntegers) ->
 
 
 def checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``, keeping only ``x`` for backward and recomputing the block there (same gradients).
-
-    ``x`` is kept as int8 when it holds small integers only (the residual stream between V1's blocks is a
-    count of spikes): one check per block, and the block's input at a quarter (float32) of its bytes."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return block(x)
+    """:func:`~spikformer.models.spikformer.recompute_in_backward`, keeping ``x`` as int8
+    when it holds small integers only (the residual stream between V1's blocks is a count of spikes): one
+    check per block, and the block's input at a quarter (float32) of its bytes."""
     # Only checkpoint's own save of the input sees these hooks: it installs its own for the block's tensors.
     with torch.autograd.graph.saved_tensors_hooks(pack_small_integers, unpack_small_integers):
-        return checkpoint(block, x, use_reentrant=False,
-                          context_fn=lambda: (contextlib.nullcontext(), _running_statistics_restored(block)))
+        return recompute_in_backward(block, x)
 
 
 class _MaxPoolRecomputedIndices(torch.autograd.Function):
@@ -211,28 +185,52 @@ def plain_eager() -> bool:
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack())
 
 
-class _ChannelsLastMaxPool(torch.autograd.Function):
-    """``max_pool2d`` of a channels-last CPU map on the C kernel (``kernels.cpu.max_pool_forward``), which keeps
-    one byte per output element for backward (the maximum's place in its window) instead of PyTorch's input
-    and int64 index; the backward kernel adds the gradients in PyTorch's order and rounding, so outputs and
-    gradients are the built-in ones bit for bit, in about a third of its time."""
+# --- the CPU max-pool kernel as custom ops (the LIF's convention) -----------------------------------------
 
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding):  # type: ignore[override]
-        from .kernels import cpu
 
-        out, places = cpu.max_pool_forward(x, kernel_size, stride, padding, with_places=True)
-        ctx.save_for_backward(places)
-        ctx.config = (x.shape, kernel_size, stride, padding)
-        return out
+@torch.library.custom_op("spikformer::max_pool_cpu", mutates_args=())
+def _max_pool_cpu(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                  with_places: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_pool2d`` of a channels-last CPU map on the C kernel (``kernels.cpu.max_pool_forward``), and with
+    ``with_places`` one byte per output element for backward (the maximum's place in its window) instead of
+    PyTorch's input and int64 index; the backward kernel adds the gradients in PyTorch's order and rounding,
+    so outputs and gradients are the built-in ones bit for bit, in about a third of its time."""
+    out, places = cpu.max_pool_forward(x, kernel_size, stride, padding, with_places=with_places)
+    return out, places if places is not None else x.new_empty((0,), dtype=torch.uint8)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        from .kernels import cpu
 
-        (places,) = ctx.saved_tensors
-        return cpu.max_pool_backward(places, grad_out, *ctx.config), None, None, None
+@_max_pool_cpu.register_fake
+def _(x, kernel_size, stride, padding, with_places):
+    N, C, H, W = x.shape
+    OH = (H + 2 * padding[0] - kernel_size[0]) // stride[0] + 1
+    OW = (W + 2 * padding[1] - kernel_size[1]) // stride[1] + 1
+    out = torch.empty((N, C, OH, OW), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    places = x.new_empty((N, OH, OW, C) if with_places else (0,), dtype=torch.uint8)
+    return out, places
+
+
+@torch.library.custom_op("spikformer::max_pool_cpu_backward", mutates_args=())
+def _max_pool_cpu_backward(places: torch.Tensor, grad_out: torch.Tensor, shape: list[int], kernel_size: list[int],
+                           stride: list[int], padding: list[int]) -> torch.Tensor:
+    return cpu.max_pool_backward(places, grad_out, torch.Size(shape), kernel_size, stride, padding)
+
+
+@_max_pool_cpu_backward.register_fake
+def _(places, grad_out, shape, kernel_size, stride, padding):
+    return torch.empty(shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=torch.channels_last)
+
+
+def _max_pool_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.config = (list(inputs[0].shape), *inputs[1:4])
+
+
+def _max_pool_grad(ctx, grad_out, grad_places):
+    (places,) = ctx.saved_tensors
+    return _max_pool_cpu_backward(places, grad_out, *ctx.config), None, None, None, None
+
+
+_max_pool_cpu.register_autograd(_max_pool_grad, setup_context=_max_pool_setup)
 
 
 def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int]) -> bool:
@@ -242,34 +240,27 @@ def _kernel_pools(x: torch.Tensor, kernel: list[int], stride: list[int], padding
         return False
     if any(2 * p > k or s < 1 or size + 2 * p < k for k, s, p, size in zip(kernel, stride, padding, x.shape[2:])):
         return False
-    from .kernels import cpu
-
     return cpu.max_pool_applies(x, kernel)
 
 
 class SpikeMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` (same options, same outputs and gradients bit for bit) that stores no int64 indices.
 
-    A channels-last float32/bfloat16 map on the CPU pools on the C kernel (:class:`_ChannelsLastMaxPool`: one
+    A channels-last float32/bfloat16 map on the CPU pools on the C kernel (:func:`_max_pool_cpu`: one
     byte per output kept for backward; in inference the values alone); any other input recomputes the
     argmax in the backward pass (:class:`_MaxPoolRecomputedIndices`), keeping only its input, which after a
     LIF is a spike map stored at 1 bit per element. Falls back to the built-in pooling for options neither
     covers (dilation, ceil mode, returned indices) and outside :func:`plain_eager` execution."""
 
-    # benchmarks/bench_bf16.py turns the C kernel off per module to measure PyTorch's pooling side by side
-    kernel_on_cpu: bool = True
+    use_kernel: bool = True  # FastPolicy.pool_kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.return_indices or self.ceil_mode or self.dilation not in (1, (1, 1)) or not plain_eager():
             return super().forward(x)
         kernel, stride, padding = _pair(self.kernel_size), _pair(self.stride or self.kernel_size), _pair(self.padding)
         training = torch.is_grad_enabled() and x.requires_grad
-        if self.kernel_on_cpu and _kernel_pools(x, kernel, stride, padding):
-            if training:
-                return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
-            from .kernels import cpu
-
-            return cpu.max_pool_forward(x, kernel, stride, padding, with_places=False)[0]
+        if self.use_kernel and _kernel_pools(x, kernel, stride, padding):
+            return _max_pool_cpu(x, kernel, stride, padding, training)[0]
         if not training:
             return super().forward(x)
         return _MaxPoolRecomputedIndices.apply(x, kernel, stride, padding)

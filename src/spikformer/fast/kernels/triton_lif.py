@@ -6,7 +6,8 @@ PyTorch's CUDA kernels for the reference loop operation by operation: scalars ar
 tensor's dtype (as TensorIterator does with a wrapped number), the division by the scalar ``tau`` is a
 multiplication by its float32 reciprocal (as ``div_true_kernel_cuda`` does) and fused multiply-adds are
 disabled, so spikes are bit-identical to the reference on the same GPU. Half-precision tensors are read and
-written in their storage type and computed in float32, as the reference computes them (``spikformer.neuron``).
+written in their storage type and computed in float32, as the reference computes them
+(``spikformer.neurons.lif_backends``).
 ``H`` stays float32 for every input dtype: the backward decides from it which neurons fired, and a half-precision
 copy rounded to nearest would put a membrane just below the threshold onto it.
 ``TRITON_INTERPRET=1`` runs these kernels on CPU tensors

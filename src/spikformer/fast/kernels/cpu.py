@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import torch
 from . import as_time_major_dense, like_layout
 
 _SOURCE = "lif_cpu.c"
+HEADER = "spikformer_kernels.h"  # the exported functions' prototypes: the ctypes signatures come from it
 # -ffp-contract=off: no fused multiply-adds, so results round exactly as PyTorch's; -fno-trapping-math lets
 # conditional selects vectorise (it changes no value, only the assumption that FP exceptions are unobserved).
 _CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread")
@@ -115,12 +117,12 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
 
 
-def _build(source: str, compiler: str) -> Path:
+def _build(source: str, compiler: str, header: str = "") -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     flags = _cflags()
     # Only a native build depends on the CPU it is built on; one for a named target is the same everywhere.
     host = _cpu_fingerprint() if target_arch() == "native" else ""
-    key = hashlib.sha256("\0".join([source, compiler, version, *flags, host]).encode())
+    key = hashlib.sha256("\0".join([source, header, compiler, version, *flags, host]).encode())
     target = cache_dir() / f"lif_cpu_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -128,6 +130,7 @@ def _build(source: str, compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / _SOURCE
         src.write_text(source)
+        (Path(tmp) / HEADER).write_text(header)
         out = Path(tmp) / target.name
         result = subprocess.run([compiler, *flags, str(src), "-o", str(out)], capture_output=True,
                                 text=True, timeout=300)
@@ -137,51 +140,70 @@ def _build(source: str, compiler: str) -> Path:
     return target
 
 
+_C_TYPES = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "double": ctypes.c_double, "float": ctypes.c_float}
+
+
+def header_signatures(header: str) -> dict[str, list[type]]:
+    """The ctypes argument types of every ``int name(...);`` prototype in the header's text (pointers of any
+    type are ``c_void_p``; ``(void)`` is no argument)."""
+    signatures = {}
+    for name, params in re.findall(r"^int (\w+)\(([^)]*)\);", header, re.M):
+        argtypes = []
+        for param in " ".join(params.split()).split(","):
+            param = param.strip()
+            if param == "void":
+                continue
+            if "*" in param:
+                argtypes.append(ctypes.c_void_p)
+            else:
+                argtypes.append(_C_TYPES[param.rsplit(" ", 1)[0].removeprefix("const ")])
+        signatures[name] = argtypes
+    return signatures
+
+
+# Why the library is missing, or where it was loaded from: what build_status() reports.
+_BUILD: dict[str, str | None] = {}
+
+
+def build_status() -> dict[str, str | bool | None]:
+    """Whether the CPU kernels are built (building them now if needed): ``built``, the ``-march`` ``target``,
+    the ``library`` file in the cache, and the ``reason`` when they are not (``spikformer doctor`` shows it)."""
+    built = _library() is not None
+    try:
+        target = target_arch()
+    except ValueError as error:
+        target = str(error)
+    return {"built": built, "target": target, "cache": str(cache_dir()), "library": _BUILD.get("library"),
+            "reason": _BUILD.get("reason")}
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0") or not sys.platform.startswith("linux"):
+    if os.environ.get("SPIKFORMER_NO_CPU_KERNEL", "") not in ("", "0"):
+        _BUILD["reason"] = "SPIKFORMER_NO_CPU_KERNEL is set"
+        return None
+    if not sys.platform.startswith("linux"):
+        _BUILD["reason"] = f"the CPU kernels are built on Linux only (this is {sys.platform})"
         return None
     compiler = _compiler()
     if compiler is None:
+        _BUILD["reason"] = "no C compiler found ($CC, cc, gcc or clang)"
         return None
     try:
         source = resources.files(__package__).joinpath(_SOURCE).read_text()
+        header = resources.files(__package__).joinpath(HEADER).read_text()
         _check_arch_runs_here(compiler, target_arch())
-        lib = ctypes.CDLL(str(_build(source, compiler)))
+        path = _build(source, compiler, header)
+        lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as err:
+        _BUILD["reason"] = str(err)
         warnings.warn(f"spikformer: the CPU LIF kernel could not be built ({err}); using the pure-PyTorch "
                       "'fused' backend", RuntimeWarning, stacklevel=3)
         return None
-    i64, dbl, ptr, cint = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
-    lib.lif_supports.argtypes = [cint]
-    lib.lif_supports.restype = cint
-    lib.lif_forward.argtypes = [cint, ptr, ptr, i64, i64, dbl, dbl, dbl, cint]
-    lib.lif_forward.restype = cint
-    lib.lif_backward.argtypes = [cint, ptr, ptr, ptr, i64, i64, dbl, dbl, dbl, dbl, cint, cint]
-    lib.lif_backward.restype = cint
-    lib.bn_lif_forward.argtypes = [cint, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl, dbl, cint]
-    lib.bn_lif_forward.restype = cint
-    lib.bn_lif_backward.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, dbl, dbl,
-                                    dbl, dbl, cint, cint]
-    lib.bn_lif_backward.restype = cint
-    lib.bn_grad_input.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, cint, cint]
-    lib.bn_grad_input.restype = cint
-    lib.bn_stats.argtypes = [cint, ptr, ptr, ptr, i64, i64, i64, cint, cint]
-    lib.bn_stats.restype = cint
-    lib.spikes_pack.argtypes = [cint, ptr, ptr, i64]
-    lib.spikes_pack.restype = cint
-    lib.spikes_unpack.argtypes = [cint, ptr, ptr, i64]
-    lib.spikes_unpack.restype = cint
-    lib.max_pool_forward.argtypes = [cint, ptr, ptr, ptr, *[i64] * 12, cint]
-    lib.max_pool_forward.restype = cint
-    lib.max_pool_backward.argtypes = [cint, ptr, ptr, ptr, *[i64] * 12, cint]
-    lib.max_pool_backward.restype = cint
-    lib.spike_attention_vectorised.argtypes = []
-    lib.spike_attention_vectorised.restype = cint
-    lib.spike_attention_forward.argtypes = [cint, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, cint]
-    lib.spike_attention_forward.restype = cint
-    lib.spike_attention_backward.argtypes = [cint, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, dbl, cint]
-    lib.spike_attention_backward.restype = cint
+    _BUILD["library"] = str(path)
+    for name, argtypes in header_signatures(header).items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, ctypes.c_int
     return lib
 
 
