@@ -68,6 +68,19 @@ def test_gpu_spike_packing_reads_the_device_once_per_saved_tensor(monkeypatch):
     assert reads.total == 2, reads.where
 
 
+def test_a_gpu_training_forward_packs_spikes_only_when_the_policy_pays_its_reads():
+    import spikformer
+    from spikformer.fast import FastPolicy, accelerate
+
+    model = spikformer.create_model("spikformer_cifar_4_256", embed_dim=16, depth=1, num_heads=2, img_size=8,
+                                    patch_size=4, T=1).train()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 1)
+    assert model.packs_saved_spikes(cpu) and not model.packs_saved_spikes(gpu)  # no read per tensor by default
+    accelerate(model, policy=FastPolicy(pack_spikes_off_cpu=True))
+    assert model.packs_saved_spikes(gpu)
+    assert not model.eval().packs_saved_spikes(cpu)  # inference saves nothing for a backward pass
+
+
 def test_training_step_reads_the_device_once_per_micro_batch(monkeypatch, tmp_path):
     from spikformer.train.loop import RunLoop
 

@@ -87,9 +87,17 @@ class FastSpikformer(Spikformer):
     checkpointed blocks keep their input as int8 (:mod:`spikformer.fast.memory`)."""
 
     pack_saved_spikes: bool = True
+    pack_saved_spikes_off_cpu: bool = False
+
+    def packs_saved_spikes(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` stores its saved spikes at 1 bit each. Off the CPU, telling a 0/1
+        tensor from another takes one host read per saved tensor (hundreds per step, each a synchronisation
+        of the GPU), so there only when ``pack_saved_spikes_off_cpu`` asks for the memory at that price."""
+        return (self.training and self.pack_saved_spikes
+                and (device.type == "cpu" or self.pack_saved_spikes_off_cpu))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        with spike_packing(self.pack_saved_spikes and self.training):
+        with spike_packing(self.packs_saved_spikes(x.device)):
             return super().forward_features(x)
 
     def checkpoint_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,8 @@ class FastPolicy:
     pool_kernel: bool = True  # the stem's max-pool on the CPU kernel where it applies
     channels_last: bool = True  # the stem's CPU images channels-last
     recompute_conv: bool = True  # cheap stem convs recomputed in backward (RECOMPUTED_CONV_MACS)
-    pack_spikes: bool = True  # spikes saved for backward at 1 bit each
+    pack_spikes: bool = True  # spikes saved for backward at 1 bit each, on the CPU
+    pack_spikes_off_cpu: bool = False  # also on a GPU, at one host read (a synchronisation) per saved tensor
 
     @classmethod
     def off(cls) -> FastPolicy:
@@ -64,6 +65,7 @@ def accelerate(
             module.__class__ = twin
         if isinstance(module, FastSpikformer):
             module.pack_saved_spikes = policy.pack_spikes
+            module.pack_saved_spikes_off_cpu = policy.pack_spikes_off_cpu
         elif isinstance(module, FastSpikingSelfAttention):
             module.attention_kernel = policy.attention_kernel
         elif isinstance(module, FastSpikingConvStage):
