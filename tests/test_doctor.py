@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from spikformer import neuron
+from spikformer import neurons as neuron
 from spikformer.cli import main
 from spikformer.commands import doctor
 
