@@ -97,6 +97,8 @@ class FastSpikformer(Spikformer):
                 and (device.type == "cpu" or self.pack_saved_spikes_off_cpu))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):  # torch.fx traces the computation; packing is a runtime choice
+            return super().forward_features(x)
         with spike_packing(self.packs_saved_spikes(x.device)):
             return super().forward_features(x)
 
