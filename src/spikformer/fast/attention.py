@@ -79,7 +79,10 @@ def _(q, k, v, num_heads, scale):
     return torch.empty(q.shape, dtype=torch.float32, device=q.device)
 
 
-@torch.library.custom_op("spikformer::spike_attention_cpu_backward", mutates_args=())
+# An explicit schema: PyTorch's schema inference reads ``list[bool]`` only from 2.7 on (the floor is 2.6).
+@torch.library.custom_op(
+    "spikformer::spike_attention_cpu_backward", mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor grad, int num_heads, float scale, bool[] needs) -> Tensor[]")
 def _spike_attention_cpu_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor,
                                   num_heads: int, scale: float, needs: list[bool]) -> list[torch.Tensor]:
     grads = cpu.spike_attention_backward(q, k, v, grad, num_heads, scale, needs=tuple(needs))

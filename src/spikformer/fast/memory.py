@@ -188,7 +188,10 @@ def plain_eager() -> bool:
 # --- the CPU max-pool kernel as custom ops (the LIF's convention) -----------------------------------------
 
 
-@torch.library.custom_op("spikformer::max_pool_cpu", mutates_args=())
+# Explicit schemas: PyTorch's schema inference reads ``list[int]`` only from 2.7 on (the floor is 2.6).
+@torch.library.custom_op(
+    "spikformer::max_pool_cpu", mutates_args=(),
+    schema="(Tensor x, int[] kernel_size, int[] stride, int[] padding, bool with_places) -> (Tensor, Tensor)")
 def _max_pool_cpu(x: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                   with_places: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``max_pool2d`` of a channels-last CPU map on the C kernel (``kernels.cpu.max_pool_forward``), and with
@@ -209,7 +212,9 @@ def _(x, kernel_size, stride, padding, with_places):
     return out, places
 
 
-@torch.library.custom_op("spikformer::max_pool_cpu_backward", mutates_args=())
+@torch.library.custom_op(
+    "spikformer::max_pool_cpu_backward", mutates_args=(),
+    schema="(Tensor places, Tensor grad_out, int[] shape, int[] kernel_size, int[] stride, int[] padding) -> Tensor")
 def _max_pool_cpu_backward(places: torch.Tensor, grad_out: torch.Tensor, shape: list[int], kernel_size: list[int],
                            stride: list[int], padding: list[int]) -> torch.Tensor:
     return cpu.max_pool_backward(places, grad_out, torch.Size(shape), kernel_size, stride, padding)
