@@ -57,14 +57,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device 
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from spikformer.fast.kernels.cpu import cpu_model_name
+
+    return cpu_model_name()
 
 
 def machine(device: torch.device | str) -> str:

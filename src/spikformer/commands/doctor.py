@@ -69,7 +69,7 @@ def cpu_choices() -> tuple[list[OpChoice], dict[str, Any]]:
     flags = cpu.cpu_flags()
     native_bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
     facts = {
-        "cpu": _cpu_name(),
+        "cpu": cpu.cpu_model_name(),
         "threads": torch.get_num_threads(),
         "pytorch_kernels": torch.backends.cpu.get_cpu_capability(),
         "bfloat16": f"native ({', '.join(native_bf16)})" if native_bf16 else "converted to float32 per operation",
@@ -216,14 +216,3 @@ def _triton_version() -> str | None:
     from ..fast.kernels import triton_lif
 
     return getattr(triton_lif.triton, "__version__", None) if triton_lif.triton is not None else None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

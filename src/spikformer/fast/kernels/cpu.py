@@ -61,6 +61,18 @@ def _cpu_fingerprint() -> str:
         return platform.processor() + platform.machine()
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (else what ``platform`` knows): for reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:
